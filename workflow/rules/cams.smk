@@ -1,0 +1,15 @@
+rule cams:
+    input:
+        model=model_path,
+        code=code("data", "models", "methods", "cams"),
+    output:
+        cams="results/cams/{dataset}/{method}/seed{seed}/{split}.npz",
+        timing="results/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
+    params:
+        cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
+    threads: 2
+    log:
+        "results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
+    shell:
+        "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
+        " --out {output.cams} --timing {output.timing} --threads {threads} 2> {log}"

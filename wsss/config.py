@@ -1,0 +1,218 @@
+"""Loading and validating ``params.yaml``, and resolving one job's settings from it.
+
+``params.yaml`` is the single source of truth. Snakemake validates it through
+:func:`validate_params` before any job starts; each rule then passes a job the
+resolved block it needs (:func:`training_config`, :func:`cam_config`, ...), so
+Snakemake's params trigger reruns exactly the jobs whose settings changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """A malformed params file; the message names the key and what is expected."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base`` (dicts recursively, everything else replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
+    """Read a params file (plus override files deep-merged on top, like ``--configfile``) and validate."""
+    params: dict[str, Any] = {}
+    for file in (path, *overrides):
+        file = Path(file)
+        if not file.is_file():
+            raise ParamsError(f"{file}: params file not found")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{file}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ParamsError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
+        params = deep_merge(params, data)
+    validate_params(params, source=str(path))
+    return params
+
+
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _format_schema_error(error: Any) -> str:
+    import jsonschema
+
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        key = ".".join(filter(None, [path, missing[0] if missing else ""]))
+        return f"{key}: missing required key"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(filter(None, [path, extra[0] if extra else ""]))
+        known = sorted(error.schema.get("properties", {}))
+        return f"{key}: unknown key (known here: {', '.join(known)})"
+    if error.context:  # oneOf/allOf: report the most specific sub-error
+        best = jsonschema.exceptions.best_match(error.context)
+        return _format_schema_error(best) if best.absolute_path else f"{path}: {best.message}"
+    return f"{path or '<top level>'}: {error.message}"
+
+
+def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:
+    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_format_schema_error(e) for e in errors[:10])
+        raise ParamsError(f"{source} is invalid:\n  {lines}")
+    _check_names(params, source)
+
+
+def _check_names(params: dict[str, Any], source: str) -> None:
+    from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+
+    problems = []
+    for dataset in params["grid"]["datasets"]:
+        if dataset not in params["datasets"]:
+            problems.append(
+                f"grid.datasets: {dataset!r} is not defined under datasets "
+                f"(defined: {', '.join(sorted(params['datasets']))})"
+            )
+    for variant in params["grid"]["methods"]:
+        if variant not in params["methods"]:
+            problems.append(
+                f"grid.methods: unknown method {variant!r} (defined under methods: "
+                f"{', '.join(sorted(params['methods']))})"
+            )
+    for variant, spec in params["methods"].items():
+        if spec["train"] not in TRAINING_METHODS:
+            problems.append(
+                f"methods.{variant}.train: unknown training method {spec['train']!r} "
+                f"(registered: {', '.join(TRAINING_METHODS.names())})"
+            )
+        refine = spec.get("refine", "none")
+        if refine not in CAM_REFINERS:
+            problems.append(
+                f"methods.{variant}.refine: unknown CAM refiner {refine!r} "
+                f"(registered: {', '.join(CAM_REFINERS.names())})"
+            )
+    for name in params["method_params"]:
+        if name not in TRAINING_METHODS and name not in CAM_REFINERS:
+            known = sorted(set(TRAINING_METHODS.names()) | set(CAM_REFINERS.names()))
+            problems.append(f"method_params.{name}: no registered method of that name (known: {', '.join(known)})")
+    thresholds = params["evaluate"]["thresholds"]
+    if thresholds["start"] > thresholds["stop"]:
+        problems.append("evaluate.thresholds: start must not exceed stop")
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    # Constructing the methods checks their parameter names too.
+    for variant in params["methods"]:
+        try:
+            build_variant_methods(params, variant)
+        except ValueError as err:
+            raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def dataset_block(params: dict[str, Any], dataset: str, block: str) -> dict[str, Any]:
+    """The global ``model``/``train``/``cam`` block with the dataset's overrides merged in."""
+    overrides = params["datasets"][dataset].get("overrides", {}).get(block, {})
+    return deep_merge(params[block], overrides)
+
+
+def variant_spec(params: dict[str, Any], variant: str) -> dict[str, Any]:
+    spec = params["methods"][variant]
+    train, refine = spec["train"], spec.get("refine", "none")
+    return {
+        "name": variant,
+        "train": train,
+        "refine": refine,
+        "label": spec.get("label"),
+        "cam": spec.get("cam", {}),
+        "train_params": deep_merge(params["method_params"].get(train, {}), spec.get("train_params", {})),
+        "refine_params": deep_merge(params["method_params"].get(refine, {}), spec.get("refine_params", {})),
+    }
+
+
+def training_key(params: dict[str, Any], variant: str) -> str:
+    """Name of the training run a variant uses.
+
+    Variants that only differ by refiner share one trained model (refinement
+    must not retrain); a variant with its own ``train_params`` trains its own.
+    """
+    spec = params["methods"][variant]
+    return variant if spec.get("train_params") else spec["train"]
+
+
+def training_variant(params: dict[str, Any], key: str) -> str:
+    """A variant that trains under ``key`` (inverse of :func:`training_key`)."""
+    for variant in params["methods"]:
+        if training_key(params, variant) == key:
+            return variant
+    raise ParamsError(f"no method in params uses the training run {key!r}")
+
+
+def build_variant_methods(params: dict[str, Any], variant: str):
+    from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+
+    spec = variant_spec(params, variant)
+    method = TRAINING_METHODS.get(spec["train"])(spec["train_params"])
+    refiner = CAM_REFINERS.get(spec["refine"])(spec["refine_params"])
+    return method, refiner
+
+
+def training_config(params: dict[str, Any], dataset: str, key: str) -> dict[str, Any]:
+    """Everything a training job needs (what its rule passes on the command line)."""
+    variant = training_variant(params, key)
+    spec = variant_spec(params, variant)
+    return {
+        "dataset": dataset_config(params, dataset),
+        "model": dataset_block(params, dataset, "model"),
+        "train": dataset_block(params, dataset, "train"),
+        "method": {"name": spec["train"], "params": spec["train_params"]},
+    }
+
+
+def cam_config(params: dict[str, Any], dataset: str, variant: str) -> dict[str, Any]:
+    spec = variant_spec(params, variant)
+    return {
+        "dataset": dataset_config(params, dataset),
+        "model": dataset_block(params, dataset, "model"),
+        "train": {"device": dataset_block(params, dataset, "train")["device"]},
+        "cam": deep_merge(dataset_block(params, dataset, "cam"), spec["cam"]),
+        "method": {"name": spec["train"], "params": spec["train_params"]},
+        "refiner": {"name": spec["refine"], "params": spec["refine_params"]},
+    }
+
+
+def dataset_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    block = dict(params["datasets"][dataset])
+    block.pop("overrides", None)
+    block["name"] = dataset
+    return block
+
+
+def variant_label(params: dict[str, Any], variant: str) -> str:
+    from wsss.methods import Variant
+
+    spec = variant_spec(params, variant)
+    return Variant(variant, spec["train"], spec["refine"], spec["cam"], spec["label"]).display_label()

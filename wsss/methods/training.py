@@ -1,0 +1,196 @@
+"""The training loop shared by every method: the method supplies the model and the loss.
+
+Resumable: a checkpoint is written atomically after every epoch and picked up
+again by a rerun with the same configuration (a different configuration starts
+over). The final ``model.pt`` only appears once training has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from wsss.runtime import progress as tqdm
+
+from wsss.data.datasets import ClassificationDataset, open_dataset
+from wsss.io import atomic_path, write_json
+from wsss.methods.base import TRAINING_METHODS, TrainingMethod
+from wsss.runtime import config_digest, resolve_device, seed_everything
+
+log = logging.getLogger("wsss")
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warm-up from ``floor`` to ``peak``, then cosine decay back to ``floor``."""
+    if warmup and step < warmup:
+        return floor + (peak - floor) * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, tokens and position embeddings (timm/DeiT practice)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(("tokens", "pos_embed")) or "token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_method(config: dict[str, Any]) -> TrainingMethod:
+    return TRAINING_METHODS.get(config["method"]["name"])(config["method"]["params"])
+
+
+def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train one (dataset, method, seed) run into ``out_dir``; return its summary metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = config["train"]
+    seed_everything(seed)
+    device = resolve_device(settings["device"])
+    dataset = open_dataset(config["dataset"])
+    method = build_method(config)
+    model = method.build_model(config["model"], dataset.num_classes).to(device)
+    data = ClassificationDataset(
+        dataset,
+        config["dataset"]["train_split"],
+        img_size=config["model"]["img_size"],
+        crop_scale=tuple(settings["crop_scale"]),
+        hflip=settings["hflip"],
+        cache_images=settings["cache_images"],
+        seed=seed,
+    )
+    batch_size = min(settings["batch_size"], len(data))
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(data) > batch_size,
+        num_workers=settings["num_workers"],
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+        persistent_workers=settings["num_workers"] > 0,
+    )
+    peak_lr = settings["lr"] * (batch_size / 512 if settings["lr_batch_scaling"] else 1.0)
+    floor_lr = min(settings["min_lr"], peak_lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=peak_lr)
+    epochs = settings["epochs"]
+    steps_per_epoch = len(loader)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = settings["warmup_epochs"] * steps_per_epoch
+    use_amp = settings["amp"] and device.type == "cuda"
+
+    digest = config_digest({"config": config, "seed": seed})
+    checkpoint_path = out_dir / "checkpoint.pt"
+    start_epoch, history = 0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state.get("digest") == digest:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, history = state["epoch"], state["history"]
+            log.info("resuming %s from epoch %d", out_dir, start_epoch)
+        else:
+            log.info("ignoring %s: written by a different configuration", checkpoint_path)
+
+    method.on_train_start(model, data, device)
+    log.info(
+        "training %s on %s (%d images, %d classes), seed %d, %d epochs x %d steps, device %s",
+        method.name, dataset.name, len(data), dataset.num_classes, seed, epochs, steps_per_epoch, device,
+    )
+    train_seconds = sum(h["seconds"] for h in history)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        data.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for step, (images, labels) in enumerate(bar):
+            global_step = epoch * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(global_step, total_steps, warmup_steps, peak_lr, floor_lr)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, parts = method.loss(model, images, labels, epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        seconds = time.perf_counter() - started
+        train_seconds += seconds
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+        row.update({k: v / steps_per_epoch for k, v in sums.items()})
+        history.append(row)
+        log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(
+                {"digest": digest, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
+                tmp,
+            )
+
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(
+            {"model": model.state_dict(), "config": config, "seed": seed,
+             "class_names": dataset.class_names, "method": method.name},
+            tmp,
+        )
+    checkpoint_path.unlink(missing_ok=True)
+    _write_history(out_dir / "train_log.tsv", history)
+    summary = {
+        "final_loss": history[-1]["loss"],
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "images_per_second": epochs * steps_per_epoch * batch_size / max(train_seconds, 1e-9),
+        "train_map": train_map(model, method, data, device),
+    }
+    write_json(out_dir / "train_metrics.json", summary)
+    return summary
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    keys = list(history[0])
+    lines = ["\t".join(keys)] + ["\t".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in history]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+@torch.no_grad()
+def train_map(model, method: TrainingMethod, data: ClassificationDataset, device) -> float:
+    """Mean average precision of the class-token scores on the (augmented) training split."""
+    model.eval()
+    scores, labels = [], []
+    loader = DataLoader(data, batch_size=64, shuffle=False)
+    for images, target in loader:
+        scores.append(method.forward(model, images.to(device), epoch=-1).class_logits.float().cpu())
+        labels.append(target)
+    return mean_average_precision(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    aps = []
+    for c in range(labels.shape[1]):
+        positives = labels[:, c] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = positives[order]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum() / hits.sum()))
+    return float(np.mean(aps)) if aps else float("nan")

@@ -1,0 +1,248 @@
+"""MCTformer-V2: a ViT with one class token per class, built from timm modules.
+
+The backbone is any timm ViT/DeiT with a single CLS token. Its weights keep
+timm's layout (so ``pretrained`` and local checkpoints load through timm), and
+the blocks run through :func:`block_forward`, which composes the block's own
+sub-modules but also returns the attention a WSSS method needs: the per-block
+softmax attention and, on request, its pre-softmax logits.
+
+Following the official MCTformer code (methods.md section 2):
+- the C class tokens start as copies of the CLS token, their position
+  embeddings as copies of the CLS position embedding;
+- the final LayerNorm is not applied; class score = channel mean of the class
+  token's output;
+- PatchCAM (V2): a 3x3 conv (D -> C, with bias) on the patch-token map, scored
+  by global average pooling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """How to build the backbone (the ``model`` block of ``params.yaml``)."""
+
+    backbone: str = "deit_small_patch16_224"
+    img_size: int = 224
+    pretrained: bool = False
+    weights: str | None = None  # local .pth/.safetensors for offline clusters
+    drop_path_rate: float = 0.1
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. depth/embed_dim for tiny models
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    """Everything a method or the CAM extractor reads from one forward pass.
+
+    Shapes: B batch, C classes, D width, h x w patch grid, T = C + h*w tokens,
+    L blocks, H heads.
+    """
+
+    class_logits: torch.Tensor  # B x C: mean over D of each class token
+    patch_logits: torch.Tensor  # B x C: GAP of the PatchCAM logits
+    patch_cam: torch.Tensor  # B x C x h x w: PatchCAM logits F
+    attentions: list[torch.Tensor]  # L x (B x H x T x T), softmax
+    attention_logits: list[torch.Tensor] | None  # L x (B x H x T x T), pre-softmax, if asked
+    class_tokens: torch.Tensor  # B x C x D (block outputs, no final norm)
+    patch_tokens: torch.Tensor  # B x N x D
+    grid: tuple[int, int]
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_logits.shape[1]
+
+
+# A block hook lets a plug-in method (e.g. DOEI) act on a block's output
+# without touching the weights: hook(index, x_in, x_out, attention, context) -> x_out.
+BlockHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
+def block_forward(
+    block: Block, x: torch.Tensor, want_logits: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run a timm ViT block, returning (output, softmax attention, logits or None).
+
+    timm's fused attention kernel never materialises the attention matrix, so
+    the attention is recomputed here from the block's own ``qkv``/``proj``
+    modules; the arithmetic follows timm's non-fused path.
+    """
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("gated attention blocks are not supported")
+    batch, tokens, _ = x.shape
+    h = block.norm1(x)
+    qkv = attn.qkv(h).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    weights = logits.softmax(dim=-1)
+    mixed = attn.attn_drop(weights) @ v
+    mixed = mixed.transpose(1, 2).reshape(batch, tokens, -1)
+    mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
+    x = x + block.drop_path1(block.ls1(mixed))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, weights, (logits if want_logits else None)
+
+
+def create_backbone(config: ModelConfig) -> VisionTransformer:
+    """Create the timm ViT named by ``config.backbone`` (pretrained or local weights)."""
+    name = config.backbone
+    if not timm.is_model(name):
+        vits = ", ".join(timm.list_models("deit_*") + timm.list_models("vit_*")[:10])
+        raise ValueError(
+            f"model.backbone: unknown timm model {name!r}; use a timm ViT/DeiT name such as {vits}, ..."
+        )
+    kwargs: dict[str, Any] = dict(
+        num_classes=0,
+        img_size=config.img_size,
+        drop_path_rate=config.drop_path_rate,
+        dynamic_img_size=True,  # any h x w grid at CAM time; pos-embeds are resampled
+        **config.overrides,
+    )
+    pretrained = config.pretrained or config.weights is not None
+    if config.weights is not None:
+        path = Path(config.weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.weights: {path} does not exist; expected a timm-layout .pth or .safetensors "
+                f"state dict for {name}"
+            )
+        # timm's own loader handles .pth/.safetensors, key filtering and
+        # position-embedding resampling to img_size.
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"model.backbone: {name!r} does not accept {sorted(kwargs)}: {err}") from err
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"model.backbone: {name!r} is a {type(model).__name__}, not a ViT/DeiT")
+    if model.num_prefix_tokens != 1 or model.cls_token is None or model.no_embed_class:
+        raise ValueError(
+            f"model.backbone: {name!r} has {model.num_prefix_tokens} prefix tokens; "
+            "a multi-class-token model needs a ViT with exactly one CLS token"
+        )
+    return model
+
+
+class MultiClassTokenViT(nn.Module):
+    """MCTformer-V2 on a timm ViT: C class tokens + patch tokens + PatchCAM head."""
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dim = backbone.embed_dim
+        self.patch_embed = backbone.patch_embed
+        self.pos_drop = backbone.pos_drop
+        self.norm_pre = backbone.norm_pre
+        self.blocks = backbone.blocks
+        self.patch_size = self.patch_embed.patch_size[0]
+        cls_token = backbone.cls_token.detach()
+        cls_pos = backbone.pos_embed.detach()[:, :1]
+        self.class_tokens = nn.Parameter(cls_token.repeat(1, num_classes, 1))
+        self.class_pos_embed = nn.Parameter(cls_pos.repeat(1, num_classes, 1))
+        self.patch_pos_embed = nn.Parameter(backbone.pos_embed.detach()[:, 1:].clone())
+        self.base_grid = tuple(self.patch_embed.grid_size)
+        self.patch_head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, padding=1)
+        nn.init.trunc_normal_(self.patch_head.weight, std=0.02)
+        nn.init.zeros_(self.patch_head.bias)
+        self.block_hooks: list[BlockHook] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def _patch_positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == self.base_grid:
+            return self.patch_pos_embed
+        return resample_abs_pos_embed(
+            self.patch_pos_embed, new_size=list(grid), old_size=list(self.base_grid), num_prefix_tokens=0
+        )
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens [class; patch] with position embeddings, before the blocks."""
+        patches = self.patch_embed(images)  # B x h x w x D (dynamic_img_size keeps the grid)
+        batch, gh, gw, dim = patches.shape
+        grid = (gh, gw)
+        patches = patches.reshape(batch, gh * gw, dim) + self._patch_positions(grid)
+        classes = (self.class_tokens + self.class_pos_embed).expand(batch, -1, -1)
+        tokens = torch.cat([classes, patches], dim=1)
+        return self.norm_pre(self.pos_drop(tokens)), grid
+
+    def forward(self, images: torch.Tensor, want_logits: bool = False) -> ModelOutput:
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"input {height}x{width} is not a multiple of the patch size {self.patch_size}; "
+                "pad or resize first"
+            )
+        x, grid = self.embed(images)
+        context: dict[str, Any] = {"images": images, "embedded": x, "grid": grid, "num_classes": self.num_classes}
+        attentions, logits = [], []
+        for index, block in enumerate(self.blocks):
+            x_in = x
+            x, weights, block_logits = block_forward(block, x, want_logits)
+            for hook in self.block_hooks:
+                x = hook(index, x_in, x, weights, context)
+            attentions.append(weights)
+            if want_logits:
+                logits.append(block_logits)
+        return self.heads(x, grid, attentions, logits if want_logits else None)
+
+    def heads(self, x, grid, attentions, logits) -> ModelOutput:
+        c = self.num_classes
+        class_tokens, patch_tokens = x[:, :c], x[:, c:]
+        batch, n, dim = patch_tokens.shape
+        feature_map = patch_tokens.transpose(1, 2).reshape(batch, dim, *grid)
+        patch_cam = self.patch_head(feature_map)
+        return ModelOutput(
+            class_logits=class_tokens.mean(dim=-1),
+            patch_logits=patch_cam.mean(dim=(2, 3)),
+            patch_cam=patch_cam,
+            attentions=attentions,
+            attention_logits=logits,
+            class_tokens=class_tokens,
+            patch_tokens=patch_tokens,
+            grid=grid,
+        )
+
+
+def build_model(config: ModelConfig | dict[str, Any], num_classes: int) -> MultiClassTokenViT:
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return MultiClassTokenViT(create_backbone(config), num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def grid_size(height: int, width: int, patch: int) -> tuple[int, int]:
+    return math.ceil(height / patch), math.ceil(width / patch)
+
+
+def multilabel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MLSM: the mean over classes of the sigmoid BCE (``multilabel_soft_margin_loss``)."""
+    return F.multilabel_soft_margin_loss(logits, labels)
