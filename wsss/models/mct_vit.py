@@ -134,7 +134,7 @@ def create_backbone(config: ModelConfig) -> VisionTransformer:
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:
-        raise ValueError(f"model.backbone: {name!r} does not accept {sorted(kwargs)}: {err}") from err
+        raise ValueError(f"model.backbone: {name!r} is not a timm ViT/DeiT ({err})") from err
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"model.backbone: {name!r} is a {type(model).__name__}, not a ViT/DeiT")
     if model.num_prefix_tokens != 1 or model.cls_token is None or model.no_embed_class:

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+
+from wsss.cams.attention import class_to_patch, patch_affinity, propagate, select_blocks
+from wsss.cams.extract import CamSettings, cams_for_batch
+from wsss.cams.store import CamReader, CamWriter, dequantize, quantize
+from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+from wsss.models import build_model
+
+
+def _attention_stack():
+    # 2 classes + 4 patches (2x2 grid), 1 head, 3 blocks; block b has value b+1
+    # everywhere except a recognisable class->patch pattern.
+    blocks = []
+    for b in range(3):
+        a = torch.full((1, 1, 6, 6), float(b + 1))
+        a[0, 0, 0, 2:] = torch.tensor([1.0, 2.0, 3.0, 4.0]) * (b + 1)
+        blocks.append(a)
+    return blocks
+
+
+def test_select_blocks():
+    assert select_blocks(4, "all") == [0, 1, 2, 3]
+    assert select_blocks(4, 3) == [1, 2, 3]
+    assert select_blocks(4, [0, -1]) == [0, 3]
+    with pytest.raises(ValueError):
+        select_blocks(4, 5)
+    with pytest.raises(ValueError):
+        select_blocks(4, [7])
+
+
+def test_class_to_patch_sums_last_blocks_by_hand():
+    maps = class_to_patch(_attention_stack(), num_classes=2, grid=(2, 2), layers=2, reduce="sum")
+    # class 0 row, blocks 2 and 3 (values x2 and x3): [1,2,3,4] * 5
+    assert maps.shape == (1, 2, 2, 2)
+    assert torch.equal(maps[0, 0], torch.tensor([[5.0, 10.0], [15.0, 20.0]]))
+    # class 1 row is constant b+1: 2 + 3
+    assert torch.equal(maps[0, 1], torch.full((2, 2), 5.0))
+    mean = class_to_patch(_attention_stack(), 2, (2, 2), layers="all", reduce="mean")
+    assert torch.equal(mean[0, 0], torch.tensor([[2.0, 4.0], [6.0, 8.0]]))
+
+
+def test_patch_affinity_and_propagate_by_hand():
+    affinity = patch_affinity(_attention_stack(), num_classes=2, layers="all", reduce="sum")
+    assert affinity.shape == (1, 4, 4)
+    assert torch.equal(affinity, torch.full((1, 4, 4), 6.0))
+    cam = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    p = torch.tensor([[[0.5, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]])
+    out = propagate(cam, p)
+    # gather: out(i) = sum_j P_ij cam(j): rows 0 and 3 see patch 0
+    assert torch.equal(out, torch.tensor([[[[0.5, 0.0], [0.0, 1.0]]]]))
+
+
+def test_quantize_roundtrip():
+    x = np.array([0.0, 0.5, 1.0, 1.2, -0.1, 0.2])
+    q = quantize(x)
+    assert q.dtype == np.uint8
+    assert q.tolist() == [0, 128, 255, 255, 0, 51]
+    assert np.abs(dequantize(q[:3]) - x[:3]).max() <= 0.5 / 255 + 1e-7
+
+
+def test_store_roundtrip_and_errors(tmp_path):
+    writer = CamWriter(num_classes=4)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 5, 7), dtype=np.uint8)
+    b = rng.integers(0, 256, (1, 3, 4), dtype=np.uint8)
+    writer.add("img_b", np.array([4]), b)
+    writer.add("img_a", np.array([1, 3]), a)
+    writer.add("img_c", np.array([], dtype=int), np.zeros((0, 2, 2), np.uint8))
+    path = tmp_path / "cams.npz"
+    writer.save(path)
+    reader = CamReader(path)
+    assert reader.ids == ["img_a", "img_b", "img_c"]
+    assert np.array_equal(reader.get("img_a").cams, a)
+    assert reader.get("img_a").classes.tolist() == [1, 3]
+    assert np.array_equal(reader.get("img_b").cams, b)
+    assert reader.get("img_c").cams.shape == (0, 2, 2)
+    with pytest.raises(ValueError, match="class labels must be in 1..4"):
+        writer.add("bad", np.array([5]), b)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable CAM file"):
+        CamReader(path)
+    with pytest.raises(FileNotFoundError, match="run the cams stage"):
+        CamReader(tmp_path / "missing.npz")
+
+
+@pytest.fixture
+def trained_like(tiny_model_config):
+    model = build_model(tiny_model_config, num_classes=3).eval()
+    method = TRAINING_METHODS.get("mctformer_v2")()
+    return model, method
+
+
+@pytest.mark.parametrize("refiner_name", ["none", "affinity"])
+def test_extraction_invariants(trained_like, refiner_name):
+    model, method = trained_like
+    refiner = CAM_REFINERS.get(refiner_name)()
+    images = torch.randint(0, 256, (3, 3, 28, 36), dtype=torch.uint8)  # not a patch multiple: padded
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1]])
+    settings = CamSettings.from_dict(
+        {"scales": [1.0, 0.75], "flip": True, "batch_size": 8, "class_layers": 2, "class_reduce": "sum",
+         "fusion": "fused", "affinity_layers": "all", "affinity_reduce": "sum"}
+    )
+    cams = cams_for_batch(model, method, refiner, images, labels, settings)
+    assert cams.shape == (3, 3, 28, 36)
+    assert cams.min() >= 0 and cams.max() <= 1
+    off = labels == 0
+    assert cams[off].abs().max() == 0  # non-GT classes are zeroed
+    on_max = cams.amax(dim=(2, 3))[labels > 0]
+    assert torch.allclose(on_max, torch.ones_like(on_max), atol=1e-4)  # per-class min-max
+    # With flip on, the CAM of a mirrored image is the mirrored CAM.
+    flipped = cams_for_batch(model, method, refiner, images.flip(-1), labels, settings)
+    assert torch.allclose(flipped, cams.flip(-1), atol=1e-4)
+
+
+def test_extraction_is_batch_independent(trained_like):
+    model, method = trained_like
+    refiner = CAM_REFINERS.get("none")()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.ones(4, 3)
+    settings = CamSettings.from_dict(
+        {"scales": [1.0], "flip": False, "batch_size": 8, "class_layers": 3, "class_reduce": "sum",
+         "fusion": "fused", "affinity_layers": "all", "affinity_reduce": "sum"}
+    )
+    together = cams_for_batch(model, method, refiner, images, labels, settings)
+    alone = torch.cat([cams_for_batch(model, method, refiner, images[i : i + 1], labels[:1], settings) for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)
