@@ -88,6 +88,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from wsss.bench import markdown, run_bench, write_bench
+    from wsss.config import load_params
+
+    params = load_params(args.params, *args.configfile)
+    report = run_bench(params, args.shared_data, quick=args.quick)
+    write_bench(report, args.out_dir)
+    print(markdown(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsss", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method-order", nargs="*", default=None)
     _common(p)
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("bench", help="measure every stage as ratios (writes bench.json and bench.md)")
+    p.add_argument("params", nargs="?", default="params.yaml")
+    p.add_argument("--configfile", action="append", default=[])
+    p.add_argument(
+        "--shared-data",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+        help="folder with voc_masks/ (the real VOC masks the evaluation benchmark reads)",
+    )
+    p.add_argument("--out-dir", default="results")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a check, not a measurement)")
+    _common(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,118 @@
+"""The Snakemake DAG: dry runs of the grid, and a smoke run of every stage."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _copy_project(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", ".pytest_cache", ".ruff_cache")
+    for part in ("workflow", "wsss", "configs"):
+        shutil.copytree(REPO / part, dest / part, ignore=ignore)
+    shutil.copy(REPO / "params.yaml", dest / "params.yaml")
+    return dest
+
+
+def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir, env=env, capture_output=True, text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table:
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif parts and not set(line.strip()) <= {"-", " "}:
+                if counts:
+                    break
+    return counts
+
+
+@pytest.fixture
+def project(tmp_path):
+    return _copy_project(tmp_path / "project")
+
+
+def test_dry_run_lists_the_grid(project):
+    override = project / "grid.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"datasets": ["synthetic", "synthetic_easy"], "seeds": [0, 1]},
+                "datasets": {
+                    "synthetic_easy": {
+                        "kind": "synthetic", "root": "data/synthetic-easy", "train_split": "train",
+                        "eval_split": "train", "generator": {"context_prob": 0.0, "context_alone_prob": 0.0},
+                    }
+                },
+            }
+        )
+    )
+    result = _snakemake(project, "-n", "--configfile", str(override))
+    counts = _job_counts(result.stdout)
+    methods = yaml.safe_load((project / "params.yaml").read_text())["grid"]["methods"]
+    train_runs = {yaml.safe_load((project / "params.yaml").read_text())["methods"][m]["train"] for m in methods}
+    assert counts["prepare_data"] == 2
+    assert counts["train"] == 2 * 2 * len(train_runs)  # refiners share trained models
+    assert counts["cams"] == 2 * 2 * len(methods)
+    assert counts["evaluate_cams"] == 2 * 2 * len(methods)
+    assert counts["table"] == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"grid": {"methods": ["no_such_method"]}}, "grid.methods: unknown method 'no_such_method'"),
+        ({"train": {"epochs": -1}}, "train.epochs: -1 is less than the minimum of 1"),
+    ],
+)
+def test_bad_params_fail_before_any_job(project, override, message):
+    path = project / "bad.yaml"
+    path.write_text(yaml.safe_dump(override))
+    result = _snakemake(project, "-n", "--configfile", str(path), check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (project / "results").exists()
+
+
+@pytest.mark.slow
+def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
+    smoke = str(project / "configs" / "smoke.yaml")
+    _snakemake(project, "--configfile", smoke)
+    table = (project / "results" / "table.md").read_text()
+    assert "MCTformer-V2" in table and "patch affinity" in table
+    metrics = json.loads((project / "results" / "metrics.json").read_text())
+    run = metrics["synthetic"]["mctformer_v2"]
+    assert 0.0 <= run["cam_miou"] <= 1.0 and run["seeds"] == 1
+    assert (project / "results" / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log").stat().st_size > 0
+
+    again = _snakemake(project, "-n", "--configfile", smoke)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Editing evaluation code reruns evaluation and the table, not training or CAMs.
+    with open(project / "wsss" / "evaluation" / "cam_eval.py", "a") as f:
+        f.write("\n# edited\n")
+    counts = _job_counts(_snakemake(project, "-n", "--configfile", smoke).stdout)
+    assert counts == {"evaluate_cams": 2, "table": 1, "total": 3}

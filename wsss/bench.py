@@ -1,0 +1,399 @@
+"""``wsss bench``: the measured cost of every stage, as ratios taken in one run.
+
+Absolute seconds depend on the machine; ratios measured side by side in the
+same process do not (much). Each stage is timed against its physical floor
+and against the way the official repositories do the same work:
+
+- training: images/s per method vs a plain forward+backward of the same timm
+  backbone (fused attention, one CLS token, no CAM head);
+- CAM extraction: batched multi-scale+flip extraction vs plain inference
+  forward passes over the same scales and flips; reference: one image at a time;
+- evaluation: confusion matrices over the 2,913 real VOC masks vs only
+  decoding the PNGs; reference: the per-class boolean loops of the official
+  ``evaluation.py``;
+- threshold sweep: the whole sweep from one histogram vs one threshold;
+  reference: re-reading per-image ``.npy`` CAM dicts for every threshold;
+- artifact size: our CAM file vs per-image ``.npy`` dicts, per image and
+  extrapolated to VOC train_aug (10,582 images).
+
+Each section runs in a fresh process so its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VOC_TRAIN_AUG = 10_582
+
+
+def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _in_subprocess(target: Callable[..., dict], *args: Any) -> dict:
+    """Run one section in a fresh process; add its peak RSS (MiB)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_run_section, (target, args))
+
+
+def _run_section(target: Callable[..., dict], args: tuple) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = target(*args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+# ------------------------------------------------------------------ training
+
+
+def bench_training(model_config: dict, method_specs: dict[str, dict], num_classes: int, batch: int, steps: int) -> dict:
+    from wsss.methods import TRAINING_METHODS
+    from wsss.models.mct_vit import create_backbone, ModelConfig
+
+    torch.manual_seed(0)
+    size = model_config["img_size"]
+    images = torch.randn(batch, 3, size, size)
+    labels = (torch.rand(batch, num_classes) < 0.3).float()
+    labels[:, 0] = 1.0
+
+    backbone = create_backbone(ModelConfig.from_dict(model_config))
+    head = torch.nn.Linear(backbone.embed_dim, num_classes)
+    floor_opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=1e-4)
+
+    def floor_step():
+        for _ in range(steps):
+            logits = head(backbone.forward_features(images)[:, 0])
+            loss = F.multilabel_soft_margin_loss(logits, labels)
+            floor_opt.zero_grad()
+            loss.backward()
+            floor_opt.step()
+
+    floor = _timeit(floor_step)
+    result: dict[str, Any] = {"batch": batch, "steps": steps, "img_size": size, "floor_images_per_s": batch * steps / floor, "methods": {}}
+    for name, spec in method_specs.items():
+        method = TRAINING_METHODS.get(spec["name"])(spec.get("params", {}))
+        model = method.build_model(model_config, num_classes)
+        method.on_train_start(model, None, torch.device("cpu"))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        epoch = spec.get("epoch", 10**6)  # past any warm-up: the full loss
+
+        def step():
+            for _ in range(steps):
+                loss, _ = method.loss(model, images, labels, epoch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        seconds = _timeit(step)
+        result["methods"][name] = {
+            "images_per_s": batch * steps / seconds,
+            "ratio_to_floor": seconds / floor,
+        }
+    baseline = result["methods"].get("mctformer_v2")
+    if baseline:
+        for entry in result["methods"].values():
+            entry["ratio_to_mctformer_v2"] = baseline["images_per_s"] / entry["images_per_s"]
+    return result
+
+
+# ------------------------------------------------------------ CAM extraction
+
+
+def bench_cams(model_config: dict, cam_config: dict, refiners: dict[str, dict], num_classes: int, images_n: int, height: int, width: int) -> dict:
+    from wsss.cams.extract import CamSettings, _pad_to_multiple, cams_for_batch
+    from wsss.data.datasets import normalize
+    from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+
+    torch.manual_seed(0)
+    method = TRAINING_METHODS.get("mctformer_v2")()
+    model = method.build_model(model_config, num_classes).eval()
+    settings = CamSettings.from_dict(cam_config)
+    images = torch.randint(0, 256, (images_n, 3, height, width), dtype=torch.uint8)
+    labels = (torch.rand(images_n, num_classes) < 0.3).float()
+    labels[:, 0] = 1.0
+    batch = settings.batch_size
+
+    @torch.inference_mode()
+    def plain():
+        for start in range(0, images_n, batch):
+            x = normalize(images[start : start + batch])
+            for scale in settings.scales:
+                size = (round(height * scale), round(width * scale))
+                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if scale != 1 else x
+                if settings.flip:
+                    xs = torch.cat([xs, xs.flip(-1)])
+                model(_pad_to_multiple(xs, model.patch_size))
+
+    floor = _timeit(plain)
+    result: dict[str, Any] = {
+        "images": images_n, "size": [height, width], "scales": settings.scales, "flip": settings.flip,
+        "plain_forward_images_per_s": images_n / floor, "refiners": {},
+    }
+    for name, spec in refiners.items():
+        refiner = CAM_REFINERS.get(spec["name"])(spec.get("params", {}))
+
+        def ours():
+            for start in range(0, images_n, batch):
+                cams_for_batch(model, method, refiner, images[start : start + batch], labels[start : start + batch], settings)
+
+        seconds = _timeit(ours)
+        result["refiners"][name] = {"images_per_s": images_n / seconds, "ratio_to_plain_forward": seconds / floor}
+    none = CAM_REFINERS.get("none")()
+
+    def one_at_a_time():
+        for i in range(images_n):
+            cams_for_batch(model, method, none, images[i : i + 1], labels[i : i + 1], settings)
+
+    reference = _timeit(one_at_a_time, repeat=1)
+    baseline = result["refiners"].get("none", {}).get("images_per_s")
+    result["reference_one_image_at_a_time"] = {
+        "images_per_s": images_n / reference,
+        "speedup_of_batched": (baseline * reference / images_n) if baseline else None,
+    }
+    if baseline:
+        for entry in result["refiners"].values():
+            entry["ratio_to_unrefined"] = baseline / entry["images_per_s"]
+    return result
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _voc_mask_paths(shared_data: Path) -> list[Path]:
+    folder = shared_data / "voc_masks" / "SegmentationClassAug"
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no VOC masks under {folder}; set --shared-data to the folder holding voc_masks/")
+    return paths
+
+
+def _derived_prediction(mask: np.ndarray) -> np.ndarray:
+    """A deterministic, imperfect prediction made from the GT: shifted by 3 pixels, ignore -> bg."""
+    pred = np.roll(mask, 3, axis=1).copy()
+    pred[pred == 255] = 0
+    return pred
+
+
+def bench_evaluation(shared_data: str) -> dict:
+    from wsss.data.palette import load_label_png
+    from wsss.evaluation import ConfusionAccumulator
+
+    paths = _voc_mask_paths(Path(shared_data))
+
+    def decode_only():
+        for p in paths:
+            load_label_png(p)
+
+    def ours():
+        acc = ConfusionAccumulator(21)
+        for p in paths:
+            mask = load_label_png(p)
+            acc.update(mask, _derived_prediction(mask))
+        return acc.matrix
+
+    def official_style():
+        # Per image and per class boolean passes, as the official evaluation.py does.
+        tp, p_count, t_count = np.zeros(21), np.zeros(21), np.zeros(21)
+        for p in paths:
+            mask = load_label_png(p)
+            pred = _derived_prediction(mask)
+            valid = mask < 255
+            for c in range(21):
+                p_count[c] += np.sum((pred == c) & valid)
+                t_count[c] += np.sum(mask == c)
+                tp[c] += np.sum((mask == c) & (pred == c))
+        return tp, p_count, t_count
+
+    decode = _timeit(decode_only, repeat=3)
+    ours_s = _timeit(ours, repeat=3)
+    reference = _timeit(official_style, repeat=1)
+    # The two must agree before their speeds are compared.
+    conf = ours()
+    tp, p_count, t_count = official_style()
+    assert np.allclose(np.diag(conf), tp) and np.allclose(conf.sum(0), p_count)
+    return {
+        "masks": len(paths),
+        "decode_masks_per_s": len(paths) / decode,
+        "masks_per_s": len(paths) / ours_s,
+        "ratio_to_decode": ours_s / decode,
+        "target_ratio_to_decode": 1.5,
+        "reference_masks_per_s": len(paths) / reference,
+        "speedup_over_reference": reference / ours_s,
+    }
+
+
+def _fake_cams(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """CAM-like maps for the GT classes of a real mask: a blurred indicator plus noise."""
+    classes = np.array([c for c in np.unique(mask) if 0 < c < 255], dtype=np.int64)
+    if len(classes) == 0:
+        return classes, np.zeros((0, *mask.shape), np.float32)
+    onehot = torch.from_numpy((mask[None] == classes[:, None, None]).astype(np.float32))[None]
+    small = F.avg_pool2d(onehot, 8)
+    blurred = F.interpolate(small, size=mask.shape, mode="bilinear", align_corners=False)[0].numpy()
+    cams = np.clip(blurred + rng.normal(0, 0.05, blurred.shape), 0, 1).astype(np.float32)
+    return classes, cams
+
+
+def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
+    from wsss.cams.store import CamReader, CamWriter, quantize
+    from wsss.data.palette import load_label_png
+    from wsss.evaluation import ThresholdSweep, confusion_matrix, threshold_grid
+
+    paths = _voc_mask_paths(Path(shared_data))
+    rng = np.random.default_rng(0)
+    thresholds = threshold_grid(0.0, (steps - 1) / 100, 0.01)
+    masks = {p.stem: load_label_png(p) for p in paths}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        writer = CamWriter(20)
+        npy_dir = tmp / "npy"
+        npy_dir.mkdir()
+        npy_bytes = 0
+        for n, (image_id, mask) in enumerate(masks.items()):
+            classes, cams = _fake_cams(mask, rng)
+            writer.add(image_id, classes, quantize(cams))
+            if n < reference_images:
+                # The official format: {class index (0-based): float32 HxW} pickled per image.
+                path = npy_dir / f"{image_id}.npy"
+                np.save(path, {int(c) - 1: cams[i] for i, c in enumerate(classes)}, allow_pickle=True)
+                npy_bytes += path.stat().st_size
+        ours_path = tmp / "cams.npz"
+        writer.save(ours_path)
+        ours_bytes = ours_path.stat().st_size
+
+        def sweep_with(ts):
+            sweep = ThresholdSweep(21)
+            for record in CamReader(ours_path):
+                sweep.update(masks[record.image_id], record.cams, record.classes)
+            return sweep.sweep(ts)
+
+        one = _timeit(lambda: sweep_with(thresholds[:1]), repeat=3)
+        full = _timeit(lambda: sweep_with(thresholds), repeat=3)
+
+        reference_ids = list(masks)[:reference_images]
+
+        def official_style():
+            results = []
+            for t in thresholds:
+                conf = np.zeros((21, 21), np.int64)
+                for image_id in reference_ids:
+                    cam_dict = np.load(npy_dir / f"{image_id}.npy", allow_pickle=True).item()
+                    mask = masks[image_id]
+                    stack = np.zeros((21, *mask.shape), np.float32)
+                    for c, cam in cam_dict.items():
+                        stack[c + 1] = cam
+                    stack[0] = t
+                    conf += confusion_matrix(mask, stack.argmax(0), 21)
+                results.append(conf)
+            return results
+
+        reference = _timeit(official_style, repeat=1, warmup=0)
+        per_image_ours = full / len(masks)
+        per_image_reference = reference / reference_images
+    return {
+        "images": len(masks),
+        "thresholds": len(thresholds),
+        "one_threshold_s": one,
+        "full_sweep_s": full,
+        "ratio_full_sweep_to_one_threshold": full / one,
+        "target_ratio": 2.0,
+        "reference_images": reference_images,
+        "speedup_over_reference_per_image": per_image_reference / per_image_ours,
+        "artifact": {
+            "ours_bytes_per_image": ours_bytes / len(masks),
+            "npy_dict_bytes_per_image": npy_bytes / reference_images,
+            "ours_voc_train_aug_gib": ours_bytes / len(masks) * VOC_TRAIN_AUG / 2**30,
+            "npy_dict_voc_train_aug_gib": npy_bytes / reference_images * VOC_TRAIN_AUG / 2**30,
+        },
+    }
+
+
+# -------------------------------------------------------------------- driver
+
+
+def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
+    from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
+
+    grid = params["grid"]
+    dataset = grid["datasets"][0]
+    model_config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
+    num_classes = params["datasets"][dataset].get("generator", {}).get("num_classes", 20)
+    train_specs = {}
+    for variant in grid["methods"]:
+        key = training_key(params, variant)
+        if key not in train_specs:
+            train_specs[key] = training_config(params, dataset, key)["method"]
+    refiners = {}
+    for variant in grid["methods"]:
+        spec = variant_spec(params, variant)
+        refiners.setdefault(spec["refine"], {"name": spec["refine"], "params": spec["refine_params"]})
+    cam = cam_config(params, dataset, grid["methods"][0])["cam"]
+    size = model_config["img_size"]
+    report: dict[str, Any] = {"machine": _machine(), "dataset": dataset, "model": model_config}
+    report["training"] = _in_subprocess(bench_training, model_config, train_specs, num_classes, 32, 2 if quick else 5)
+    report["cams"] = _in_subprocess(bench_cams, model_config, cam, refiners, num_classes, 32 if quick else 128, size, size)
+    report["evaluation"] = _in_subprocess(bench_evaluation, shared_data)
+    report["sweep"] = _in_subprocess(bench_sweep, shared_data, 20 if quick else 100, 80)
+    return report
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def markdown(report: dict) -> str:
+    t, c, e, s = report["training"], report["cams"], report["evaluation"], report["sweep"]
+    rows = ["| stage | measured | ratio | target |", "|---|---|---|---|"]
+    for name, m in t["methods"].items():
+        rows.append(f"| train {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_floor']:.2f}x plain fwd+bwd; {m.get('ratio_to_mctformer_v2', 1):.2f}x baseline | ≤ 1.5x baseline |")
+    for name, m in c["refiners"].items():
+        rows.append(f"| CAMs, refiner {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_plain_forward']:.2f}x plain forward; {m.get('ratio_to_unrefined', 1):.2f}x unrefined | ≤ 1.3x plain; refiner ≤ 1.5x |")
+    ref = c["reference_one_image_at_a_time"]
+    rows.append(f"| CAMs one image at a time (reference) | {ref['images_per_s']:.0f} img/s | batched is {ref['speedup_of_batched']:.1f}x faster | |")
+    rows.append(f"| evaluation, {e['masks']} VOC masks | {e['masks_per_s']:.0f} masks/s | {e['ratio_to_decode']:.2f}x PNG decoding; {e['speedup_over_reference']:.1f}x faster than per-class loops | ≤ 1.5x |")
+    rows.append(f"| {s['thresholds']}-step sweep, {s['images']} masks | {s['full_sweep_s']:.1f} s | {s['ratio_full_sweep_to_one_threshold']:.2f}x one threshold; {s['speedup_over_reference_per_image']:.0f}x faster than re-reading .npy per threshold | ≤ 2x |")
+    a = s["artifact"]
+    rows.append(f"| CAM storage | {a['ours_bytes_per_image'] / 1024:.0f} KiB/image | .npy dicts {a['npy_dict_bytes_per_image'] / 1024:.0f} KiB/image; VOC train_aug {a['ours_voc_train_aug_gib']:.2f} vs {a['npy_dict_voc_train_aug_gib']:.2f} GiB | |")
+    mem = " / ".join(f"{k} {report[k]['peak_rss_mib']:.0f}" for k in ("training", "cams", "evaluation", "sweep"))
+    rows.append(f"| peak RSS (MiB) | {mem} | | |")
+    return "\n".join(rows) + "\n"
+
+
+def write_bench(report: dict, out_dir: str | Path) -> None:
+    from wsss.io import write_json, write_text
+
+    write_json(Path(out_dir) / "bench.json", report)
+    write_text(Path(out_dir) / "bench.md", markdown(report))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(run_bench({}, ""), indent=2))

@@ -1,0 +1,222 @@
+"""Pixel-adaptive refinement (PAR) and the two-threshold pseudo-label rule.
+
+PAR (Ru et al., ToCo / AFA; the version AReAM and ClusterCAM ship) refines a
+stack of score maps with the image's own colours: each pixel repeatedly takes
+an affinity-weighted sum of its 8 neighbours at several dilations
+(methods.md section 1.4). What this module does, read from the official
+``networks/PAR.py`` of ``Jessie459/AReAM`` (identical to ToCo's):
+
+* Neighbours: for each dilation d in ``dilations`` the 8 pixels at offsets
+  (+-d, +-d), (+-d, 0), (0, +-d), so 8 x len(dilations) = 48 neighbours by
+  default. The pixel itself is not one of its neighbours. Borders are
+  replicate-padded (a neighbour outside the image is the nearest border
+  pixel): one padding by the largest dilation, then shifted views.
+* Colour affinity: for every channel, ``-(|I_i - I_j| / (std_j(I) + eps) / w1)^2``
+  where ``std_j`` is the (unbiased) standard deviation of the 48 neighbours'
+  values of that channel at pixel i; averaged over the RGB channels, then a
+  softmax over the 48 neighbours.
+* Positional term (our reading of "a softmax of a positional-distance
+  term", which is what the code does): the distance of each neighbour,
+  ``d`` for the 4 axis neighbours and ``d * sqrt(2)`` for the 4 diagonal ones,
+  scored as ``-(dist / std(dist) / w1)^2`` (the same ``w1``) and
+  softmaxed over the 48 neighbours. It is the same for every pixel and favours
+  the near neighbours. The final affinity is ``softmax(colour) + w2 * softmax(pos)``.
+* Each of ``num_iters`` iterations sets ``mask_i = sum_j affinity_ij mask_j``.
+
+Note the affinity sums to ``1 + w2`` per pixel in the official code, so every
+iteration scales all masks by 1.01: harmless for the arg-max the pseudo-labels
+take, but a constant mask is returned as ``c * 1.01**10``. ``renormalize=True``
+divides by ``1 + w2`` so the refinement is a convex combination (a constant
+mask is then returned unchanged); the default keeps the code's behaviour.
+
+Images: B x 3 x H x W in any linear intensity scale. The colour term divides
+a difference by a standard deviation of the same channel, so it is invariant
+to the scale (denormalised [0, 1] and 0..255 give the same affinity up to the
+``eps``). :func:`denormalize` turns the pipeline's ImageNet-normalised
+training images back into [0, 1], as the official code does before PAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+# The 8 neighbour offsets (dy, dx) in the order of the official kernel:
+# row-major over the 3x3 window, centre skipped. Diagonals are 0, 2, 5, 7.
+_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def denormalize(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalised B x 3 x H x W -> RGB in [0, 1] (float32)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, -1, 1, 1)
+    return images.float() * std + mean
+
+
+class PAR(nn.Module):
+    """Pixel-adaptive refinement of B x K x H x W masks guided by B x 3 x H x W images."""
+
+    def __init__(
+        self,
+        dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
+        num_iters: int = 10,
+        w1: float = 0.3,
+        w2: float = 0.01,
+        eps: float = 1e-8,
+        renormalize: bool = False,
+    ) -> None:
+        super().__init__()
+        if not dilations or any(int(d) < 1 for d in dilations):
+            raise ValueError(f"PAR dilations must be positive integers, got {list(dilations)}")
+        self.dilations = tuple(int(d) for d in dilations)
+        self.num_iters = int(num_iters)
+        self.w1 = float(w1)
+        self.w2 = float(w2)
+        self.eps = float(eps)
+        self.renormalize = bool(renormalize)
+        self._offsets = [(dy * d, dx * d) for d in self.dilations for dy, dx in _OFFSETS]
+        # d for the axis neighbours, d * sqrt(2) for the diagonal ones
+        distance = torch.tensor(self._offsets, dtype=torch.float32).norm(dim=1)
+        self.register_buffer("distance", distance, persistent=False)
+
+    def positional_weights(self) -> torch.Tensor:
+        """The positional part of the affinity: M weights summing to 1, the same at every pixel."""
+        distance = self.distance
+        return (-((distance / (distance.std() + self.eps) / self.w1) ** 2)).softmax(dim=0)
+
+    @property
+    def num_neighbours(self) -> int:
+        return len(self._offsets)
+
+    def neighbours(self, x: torch.Tensor) -> torch.Tensor:
+        """B x K x H x W values -> B x K x M x H x W values of every pixel's M neighbours."""
+        height, width = x.shape[-2:]
+        pad = max(self.dilations)
+        padded = F.pad(x, [pad] * 4, mode="replicate")
+        return torch.stack(
+            [padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in self._offsets],
+            dim=2,
+        )
+
+    def affinity(self, images: torch.Tensor) -> torch.Tensor:
+        """The B x M x H x W refinement weights (each pixel's weights sum to 1 + w2, or 1 if renormalised)."""
+        images = images.float()
+        neighbours = self.neighbours(images)  # B x 3 x M x H x W
+        diff = (neighbours - images.unsqueeze(2)).abs()
+        spread = neighbours.std(dim=2, keepdim=True)
+        colour = -((diff / (spread + self.eps) / self.w1) ** 2)
+        colour = colour.mean(dim=1).softmax(dim=1)  # B x M x H x W
+        position = self.positional_weights().to(colour)
+        weights = colour + self.w2 * position.view(1, -1, 1, 1)
+        if self.renormalize:
+            weights = weights / (1.0 + self.w2)
+        return weights
+
+    def propagate(self, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``num_iters`` rounds of ``mask_i <- sum_j weight_ij mask_j`` (weights: B x M x H x W).
+
+        A loop over the M shifted views of one padded tensor, accumulated in
+        place: on CPU this is ~15x faster than one gather of all neighbours
+        and it never holds the B x K x M x H x W neighbour tensor.
+        """
+        height, width = masks.shape[-2:]
+        pad = max(self.dilations)
+        weights = weights.unsqueeze(1)  # B x 1 x M x H x W
+        for _ in range(self.num_iters):
+            padded = F.pad(masks, [pad] * 4, mode="replicate")
+            out = torch.zeros_like(masks)
+            for n, (dy, dx) in enumerate(self._offsets):
+                view = padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+                out.addcmul_(view, weights[:, :, n])
+            masks = out
+        return masks
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
+            raise ValueError(
+                f"PAR: images {tuple(images.shape)} and masks {tuple(masks.shape)} must share batch and size"
+            )
+        return self.propagate(masks.float(), self.affinity(images))
+
+
+def fuse_pseudo_labels(
+    high_label: torch.Tensor, low_label: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
+    """Two-threshold fusion (methods.md 1.4): keep the high-bg-threshold label where it is
+    foreground; background only where both labels are background; 255 where the
+    high-threshold label is background but the low-threshold one is foreground.
+
+    Labels are 0 = background, c + 1 = class c.
+    """
+    fused = high_label.clone()
+    high_bg = high_label == 0
+    fused[high_bg] = ignore_index
+    fused[high_bg & (low_label == 0)] = 0
+    return fused
+
+
+def _half_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def refine_cams_to_labels(
+    images: torch.Tensor,
+    cams: torch.Tensor,
+    labels: torch.Tensor,
+    bg_low: float,
+    bg_high: float,
+    par: PAR | None,
+    scale: float = 0.5,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Pseudo-labels from CAMs, as AReAM's training step 4 (``cam_to_seg`` run twice, then fused).
+
+    ``images``: B x 3 x H x W RGB (denormalised, see :func:`denormalize`);
+    ``cams``: B x C x H x W, normalised to [0, 1] per class; ``labels``: B x C
+    multi-hot image labels. For each background score t in (bg_low, bg_high):
+    a constant channel t is put in front of the CAMs, only background and the
+    image's GT classes are kept, the maps are softmaxed over those channels at
+    ``scale`` x the resolution, refined with ``par`` (``None``: no refinement),
+    upsampled back and arg-maxed. The two labellings are fused with
+    :func:`fuse_pseudo_labels`. Returns B x H x W int64 with 0 = background,
+    c + 1 = class c, ``ignore_index`` = uncertain.
+
+    Vectorised over the batch: instead of the official per-image loop over the
+    kept channels, each image's kept channels are gathered into the first
+    ``1 + max #GT`` slots and the unused slots get probability 0 (a softmax
+    of -inf), which PAR (linear, non-negative weights) keeps at 0 - the same
+    arg-max as the per-image code, with memory bounded by the largest label set.
+    """
+    batch, classes, height, width = cams.shape
+    cams = cams.float()
+    keep = torch.cat([torch.ones_like(labels[:, :1], dtype=torch.bool), labels > 0], dim=1)  # B x (C+1)
+    slots = int(keep.sum(dim=1).max())
+    order = torch.argsort(keep.to(torch.int8), dim=1, descending=True, stable=True)[:, :slots]
+    valid = keep.gather(1, order)  # B x slots; slot 0 is background
+    size = _half_size(height, width, scale) if par is not None else (height, width)
+    small = F.interpolate(cams, size=size, mode="bilinear", align_corners=False) if size != (height, width) else cams
+    # scores of the kept classes: background slot filled per threshold below
+    gathered = small.gather(1, (order - 1).clamp(min=0)[..., None, None].expand(-1, -1, *size))
+    scores = []
+    for threshold in (bg_low, bg_high):
+        s = gathered.clone()
+        s[:, 0] = threshold
+        s = s.masked_fill(~valid[..., None, None], float("-inf"))
+        scores.append(s.softmax(dim=1))
+    stacked = torch.cat(scores, dim=1)  # B x 2*slots x h x w: both thresholds share one PAR pass
+    if par is not None:
+        small_images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+        stacked = par(small_images, stacked)
+        stacked = F.interpolate(stacked, size=(height, width), mode="bilinear", align_corners=False)
+    low, high = stacked.split(slots, dim=1)
+    low_label = order.gather(1, low.argmax(dim=1).flatten(1)).view(batch, height, width)
+    high_label = order.gather(1, high.argmax(dim=1).flatten(1)).view(batch, height, width)
+    return fuse_pseudo_labels(high_label, low_label, ignore_index)
+
+
+__all__ = ["PAR", "denormalize", "fuse_pseudo_labels", "refine_cams_to_labels"]
