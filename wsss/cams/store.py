@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zipfile
+
 import numpy as np
 
 from wsss.io import atomic_path
@@ -101,7 +103,7 @@ class CamReader:
                 self.class_offsets = archive["class_offsets"]
                 self.classes = archive["classes"]
                 self.data = archive["data"]
-        except (OSError, KeyError, ValueError, EOFError) as err:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, ValueError) and "version" in str(err):
                 raise
             raise ValueError(f"{self.path}: not a readable CAM file ({err}); delete it and rerun the cams stage") from err
