@@ -10,7 +10,7 @@ an affinity-weighted sum of its 8 neighbours at several dilations
   (+-d, +-d), (+-d, 0), (0, +-d), so 8 x len(dilations) = 48 neighbours by
   default. The pixel itself is not one of its neighbours. Borders are
   replicate-padded (a neighbour outside the image is the nearest border
-  pixel): one padding by the largest dilation, then shifted views.
+  pixel), i.e. clamped coordinates.
 * Colour affinity: for every channel, ``-(|I_i - I_j| / (std_j(I) + eps) / w1)^2``
   where ``std_j`` is the (unbiased) standard deviation of the 48 neighbours'
   values of that channel at pixel i; averaged over the RGB channels, then a
@@ -21,7 +21,11 @@ an affinity-weighted sum of its 8 neighbours at several dilations
   scored as ``-(dist / std(dist) / w1)^2`` (the same ``w1``) and
   softmaxed over the 48 neighbours. It is the same for every pixel and favours
   the near neighbours. The final affinity is ``softmax(colour) + w2 * softmax(pos)``.
-* Each of ``num_iters`` iterations sets ``mask_i = sum_j affinity_ij mask_j``.
+* Each of ``num_iters`` iterations sets ``mask_i = sum_j affinity_ij mask_j``
+  (:meth:`PAR.propagate`: shifted views on GPU, a sparse matrix on CPU).
+
+Matches a transcription of the official module to ~1e-6. Input masks: any
+B x K x H x W scores (AReAM passes per-pixel softmax probabilities).
 
 Note the affinity sums to ``1 + w2`` per pixel in the official code, so every
 iteration scales all masks by 1.01: harmless for the arg-max the pseudo-labels
@@ -38,6 +42,7 @@ training images back into [0, 1], as the official code does before PAR.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -99,7 +104,10 @@ class PAR(nn.Module):
         pad = max(self.dilations)
         padded = F.pad(x, [pad] * 4, mode="replicate")
         return torch.stack(
-            [padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in self._offsets],
+            [
+                padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+                for dy, dx in self._offsets
+            ],
             dim=2,
         )
 
@@ -107,23 +115,44 @@ class PAR(nn.Module):
         """The B x M x H x W refinement weights (each pixel's weights sum to 1 + w2, or 1 if renormalised)."""
         images = images.float()
         neighbours = self.neighbours(images)  # B x 3 x M x H x W
-        diff = (neighbours - images.unsqueeze(2)).abs()
-        spread = neighbours.std(dim=2, keepdim=True)
-        colour = -((diff / (spread + self.eps) / self.w1) ** 2)
-        colour = colour.mean(dim=1).softmax(dim=1)  # B x M x H x W
+        # unbiased std over the neighbours, two-pass (torch.std over a middle dim is ~6x slower on CPU)
+        centred = neighbours - neighbours.mean(dim=2, keepdim=True)
+        spread = (centred.square().sum(dim=2, keepdim=True) / (neighbours.shape[2] - 1)).sqrt()
+        # -(|I_i - I_j| / (std + eps) / w1)^2, with the division done once on the small tensor
+        scale = -1.0 / (images.shape[1] * ((spread + self.eps) * self.w1) ** 2)
+        diff = neighbours - images.unsqueeze(2)
+        colour = (
+            (diff.square() * scale).sum(dim=1).softmax(dim=1)
+        )  # mean over channels; B x M x H x W
         position = self.positional_weights().to(colour)
         weights = colour + self.w2 * position.view(1, -1, 1, 1)
         if self.renormalize:
             weights = weights / (1.0 + self.w2)
         return weights
 
-    def propagate(self, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def propagate(
+        self, masks: torch.Tensor, weights: torch.Tensor, backend: str = "auto"
+    ) -> torch.Tensor:
         """``num_iters`` rounds of ``mask_i <- sum_j weight_ij mask_j`` (weights: B x M x H x W).
 
-        A loop over the M shifted views of one padded tensor, accumulated in
-        place: on CPU this is ~15x faster than one gather of all neighbours
-        and it never holds the B x K x M x H x W neighbour tensor.
+        Two equivalent implementations (the tests check they agree):
+
+        * ``"shifts"``: a loop over the M shifted views of one replicate-padded
+          tensor, accumulated in place; never holds a B x K x M x H x W tensor.
+          Used on GPU and whenever gradients are needed.
+        * ``"sparse"``: the weights as one block-diagonal B*H*W x B*H*W CSR
+          matrix (M entries a row; clamped border neighbours appear twice and
+          are summed), multiplied ``num_iters`` times; 2-7x faster on CPU.
+
+        ``"auto"`` takes ``"sparse"`` on CPU without autograd, else ``"shifts"``.
         """
+        if backend == "auto":
+            needs_grad = torch.is_grad_enabled() and (masks.requires_grad or weights.requires_grad)
+            backend = "sparse" if masks.device.type == "cpu" and not needs_grad else "shifts"
+        if backend == "sparse":
+            return self._propagate_sparse(masks, weights)
+        if backend != "shifts":
+            raise ValueError(f"PAR backend must be auto, shifts or sparse, got {backend!r}")
         height, width = masks.shape[-2:]
         pad = max(self.dilations)
         weights = weights.unsqueeze(1)  # B x 1 x M x H x W
@@ -135,6 +164,40 @@ class PAR(nn.Module):
                 out.addcmul_(view, weights[:, :, n])
             masks = out
         return masks
+
+    def _propagate_sparse(self, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = masks.shape
+        pixels, neighbours = height * width, self.num_neighbours
+        offsets = torch.tensor(self._offsets, device=masks.device)
+        rows = (
+            torch.arange(height, device=masks.device).view(1, -1, 1) + offsets[:, :1, None]
+        ).clamp(0, height - 1)
+        cols = (
+            torch.arange(width, device=masks.device).view(1, 1, -1) + offsets[:, 1:, None]
+        ).clamp(0, width - 1)
+        # pixel x neighbour -> flat source pixel, offset per image (block-diagonal matrix)
+        index = (rows * width + cols).reshape(neighbours, pixels).t()
+        index = index[None] + (torch.arange(batch, device=masks.device) * pixels).view(-1, 1, 1)
+        values = weights.float().reshape(batch, neighbours, pixels).transpose(1, 2)
+        crow = torch.arange(0, batch * pixels * neighbours + 1, neighbours, device=masks.device)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            matrix = torch.sparse_csr_tensor(
+                crow, index.reshape(-1), values.reshape(-1), (batch * pixels, batch * pixels)
+            )
+            x = (
+                masks.float()
+                .reshape(batch, channels, pixels)
+                .transpose(1, 2)
+                .reshape(batch * pixels, channels)
+            )
+            for _ in range(self.num_iters):
+                x = matrix @ x
+        return (
+            x.reshape(batch, pixels, channels)
+            .transpose(1, 2)
+            .reshape(batch, channels, height, width)
+        )
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
@@ -192,14 +255,19 @@ def refine_cams_to_labels(
     of -inf), which PAR (linear, non-negative weights) keeps at 0 - the same
     arg-max as the per-image code, with memory bounded by the largest label set.
     """
-    batch, classes, height, width = cams.shape
+    batch, _, height, width = cams.shape
     cams = cams.float()
-    keep = torch.cat([torch.ones_like(labels[:, :1], dtype=torch.bool), labels > 0], dim=1)  # B x (C+1)
+    background = torch.ones_like(labels[:, :1], dtype=torch.bool)
+    keep = torch.cat([background, labels > 0], dim=1)  # B x (C + 1); channel 0 is background
     slots = int(keep.sum(dim=1).max())
-    order = torch.argsort(keep.to(torch.int8), dim=1, descending=True, stable=True)[:, :slots]
+    order = torch.argsort(keep.float(), dim=1, descending=True, stable=True)[:, :slots]
     valid = keep.gather(1, order)  # B x slots; slot 0 is background
     size = _half_size(height, width, scale) if par is not None else (height, width)
-    small = F.interpolate(cams, size=size, mode="bilinear", align_corners=False) if size != (height, width) else cams
+    small = (
+        F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
+        if size != (height, width)
+        else cams
+    )
     # scores of the kept classes: background slot filled per threshold below
     gathered = small.gather(1, (order - 1).clamp(min=0)[..., None, None].expand(-1, -1, *size))
     scores = []
@@ -210,12 +278,15 @@ def refine_cams_to_labels(
         scores.append(s.softmax(dim=1))
     stacked = torch.cat(scores, dim=1)  # B x 2*slots x h x w: both thresholds share one PAR pass
     if par is not None:
-        small_images = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+        small_images = F.interpolate(
+            images.float(), size=size, mode="bilinear", align_corners=False
+        )
         stacked = par(small_images, stacked)
         stacked = F.interpolate(stacked, size=(height, width), mode="bilinear", align_corners=False)
     low, high = stacked.split(slots, dim=1)
-    low_label = order.gather(1, low.argmax(dim=1).flatten(1)).view(batch, height, width)
-    high_label = order.gather(1, high.argmax(dim=1).flatten(1)).view(batch, height, width)
+    # max(dim).indices: the first maximum, like argmax, but ~20x faster than argmax over dim 1 on CPU
+    low_label = order.gather(1, low.max(dim=1).indices.flatten(1)).view(batch, height, width)
+    high_label = order.gather(1, high.max(dim=1).indices.flatten(1)).view(batch, height, width)
     return fuse_pseudo_labels(high_label, low_label, ignore_index)
 
 

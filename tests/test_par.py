@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss.cams.par import PAR, denormalize, fuse_pseudo_labels, refine_cams_to_labels
+from wsss.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _two_colour_image(size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left half dark red, right half light blue (plus faint noise); truth = 0 left, 1 right."""
+    image = torch.empty(1, 3, size, size)
+    image[:, :, :, : size // 2] = torch.tensor([0.7, 0.1, 0.1]).view(1, 3, 1, 1)
+    image[:, :, :, size // 2 :] = torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1)
+    image += 0.01 * torch.rand_like(image)
+    truth = torch.zeros(1, size, size, dtype=torch.long)
+    truth[:, :, size // 2 :] = 1
+    return image, truth
+
+
+def test_shapes_and_affinity_rows():
+    par = PAR()
+    assert par.num_neighbours == 48
+    images, masks = torch.rand(2, 3, 20, 13), torch.rand(2, 5, 20, 13)
+    out = par(images, masks)
+    assert out.shape == masks.shape and out.dtype == torch.float32
+    weights = par.affinity(images)
+    assert weights.shape == (2, 48, 20, 13)
+    # softmax(colour) + w2 * softmax(position): every pixel's weights sum to 1 + w2
+    assert torch.allclose(weights.sum(dim=1), torch.full((2, 20, 13), 1.01), atol=1e-5)
+    assert torch.allclose(
+        PAR(renormalize=True).affinity(images).sum(dim=1), torch.ones(2, 20, 13), atol=1e-5
+    )
+    with pytest.raises(ValueError):
+        par(images, torch.rand(2, 5, 10, 13))
+
+
+def test_positional_weights_favour_near_and_axis_neighbours():
+    position = PAR().positional_weights()
+    assert position.shape == (48,) and math.isclose(position.sum().item(), 1.0, rel_tol=1e-6)
+    # dilation 1: axis neighbours (index 1) outweigh diagonal ones (index 0); dilation 1 > dilation 24
+    assert position[1] > position[0] > position[40]
+    assert torch.equal(position[:8][[1, 3, 4, 6]], position[1].expand(4))
+
+
+def test_constant_mask_stays_constant_on_any_image():
+    images = torch.rand(2, 3, 16, 16)
+    masks = torch.full((2, 3, 16, 16), 0.4)
+    masks[:, 1] = 0.7
+    out = PAR()(images, masks)
+    # the official affinity sums to 1 + w2, so every iteration scales by 1.01
+    assert torch.allclose(out, masks * 1.01**10, atol=1e-5)
+    assert torch.allclose(PAR(renormalize=True)(images, masks), masks, atol=1e-5)
+
+
+def test_constant_image_preserves_mass_and_keeps_constant_masks():
+    images = torch.full((1, 3, 16, 16), 0.5)
+    par = PAR(renormalize=True)
+    constant = torch.full((1, 2, 16, 16), 0.25)
+    assert torch.allclose(par(images, constant), constant, atol=1e-6)
+    # On a constant image every neighbour is equally similar, so PAR just smooths the mask
+    # spatially and keeps its mass, up to the replicate-padded borders; dilations much
+    # smaller than the image keep the border effect small.
+    par = PAR(dilations=(1, 2), renormalize=True)
+    images = torch.full((1, 3, 32, 32), 0.5)
+    blob = torch.zeros(1, 1, 32, 32)
+    blob[..., 12:20, 12:20] = 1.0
+    out = par(images, blob)
+    assert abs(out.sum().item() / blob.sum().item() - 1) < 0.02
+    assert out.max() < 1.0 and out[..., 10, 16] > 0  # spread out beyond the blob
+
+
+def test_noisy_mask_moves_toward_the_colour_boundary():
+    image, truth = _two_colour_image()
+    generator = torch.Generator().manual_seed(1)
+    noisy = truth.clone()
+    flip = torch.rand(truth.shape, generator=generator) < 0.3
+    noisy[flip] = 1 - noisy[flip]
+    masks = F.one_hot(noisy, 2).permute(0, 3, 1, 2).float()
+    before = (masks.argmax(dim=1) == truth).float().mean().item()
+    after = (PAR()(image, masks).argmax(dim=1) == truth).float().mean().item()
+    assert before < 0.75 and after > 0.95
+
+
+def test_backends_agree_and_match_one_hand_iteration():
+    par = PAR()
+    images, masks = torch.rand(2, 3, 11, 9), torch.rand(2, 4, 11, 9)
+    weights = par.affinity(images)
+    shifts = par.propagate(masks, weights, backend="shifts")
+    sparse = par.propagate(masks, weights, backend="sparse")
+    assert torch.allclose(shifts, sparse, atol=1e-5)
+    # one iteration by hand at pixel (5, 4): sum over the 48 clamped neighbours
+    one = PAR(num_iters=1)
+    expected = sum(
+        weights[0, n, 5, 4] * masks[0, :, min(max(5 + dy, 0), 10), min(max(4 + dx, 0), 8)]
+        for n, (dy, dx) in enumerate(one._offsets)
+    )
+    assert torch.allclose(
+        one.propagate(masks, weights, backend="shifts")[0, :, 5, 4], expected, atol=1e-6
+    )
+    with pytest.raises(ValueError):
+        par.propagate(masks, weights, backend="nope")
+
+
+def test_affinity_is_scale_invariant_and_denormalize_inverts_normalisation():
+    images = torch.rand(1, 3, 12, 12)
+    par = PAR()
+    assert torch.allclose(par.affinity(images), par.affinity(images * 255), atol=1e-5)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(denormalize((images - mean) / std), images, atol=1e-6)
+
+
+def test_fusion_truth_table():
+    # high-threshold label, low-threshold label -> fused (0 = bg, c + 1 = class c)
+    high = torch.tensor([3, 3, 0, 0, 0, 2])
+    low = torch.tensor([3, 0, 0, 3, 1, 5])
+    expected = torch.tensor(
+        [3, 3, 0, 255, 255, 2]
+    )  # fg(high) wins; bg only if both bg; else ignore
+    assert torch.equal(fuse_pseudo_labels(high, low), expected)
+    assert torch.equal(
+        fuse_pseudo_labels(high, low, ignore_index=-1), torch.tensor([3, 3, 0, -1, -1, 2])
+    )
+
+
+def test_refine_cams_to_labels_thresholds_without_par():
+    cams = torch.zeros(1, 3, 8, 8)
+    cams[0, 1] = 0.1
+    cams[0, 1, 2:6, 2:6] = 0.45  # between the thresholds: uncertain
+    cams[0, 1, 3:5, 3:5] = 0.9  # above both: class 1 -> label 2
+    cams[0, 2] = 1.0  # not a GT class: must be ignored
+    labels = torch.tensor([[0.0, 1.0, 0.0]])
+    images = torch.rand(1, 3, 8, 8)
+    seg = refine_cams_to_labels(images, cams, labels, 0.35, 0.55, par=None)
+    assert seg.shape == (1, 8, 8) and seg.dtype == torch.int64
+    assert (seg[0, 3:5, 3:5] == 2).all()
+    assert seg[0, 2, 2] == 255 and seg[0, 0, 0] == 0
+    assert set(seg.unique().tolist()) == {0, 2, 255}
+
+
+def _reference_labels(par, images, labels, cams, score):
+    """The official per-image ``cam_to_seg`` (kept channels, softmax, PAR at half size)."""
+    batch, _, height, width = images.shape
+    cams = torch.cat([torch.full((batch, 1, height, width), score), cams], dim=1)
+    keys = torch.cat([torch.ones(batch, 1), labels], dim=1)
+    size = (height // 2, width // 2)
+    small_images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    small_cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
+    segs = []
+    for b in range(batch):
+        key = torch.nonzero(keys[b])[:, 0]
+        refined = par(small_images[b : b + 1], small_cams[b : b + 1, key].softmax(dim=1))
+        refined = F.interpolate(refined, size=(height, width), mode="bilinear", align_corners=False)
+        segs.append(key[refined.argmax(dim=1)][0])
+    return torch.stack(segs)
+
+
+def test_batched_refinement_matches_per_image_reference():
+    par = PAR()
+    images = torch.rand(3, 3, 16, 16)
+    cams = torch.rand(3, 4, 16, 16)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 0]])
+    cams = cams * labels[..., None, None]
+    fused = refine_cams_to_labels(images, cams, labels, 0.35, 0.55, par)
+    low = _reference_labels(par, images, labels, cams, 0.35)
+    high = _reference_labels(par, images, labels, cams, 0.55)
+    assert torch.equal(fused, fuse_pseudo_labels(high, low))
+    assert set(fused[1].unique().tolist()) <= {0, 4, 255}  # only bg and its one GT class (3 -> 4)
