@@ -86,6 +86,14 @@ class TrainingMethod:
             return attention
         return attention * F.relu(output.patch_cam.detach())
 
+    def segment(self, model: MultiClassTokenViT, images: torch.Tensor) -> torch.Tensor | None:
+        """Segmentation logits B x (C+1) x h x w from a method's own decoder, or None.
+
+        Single-stage methods (ClusterCAM) train a decoder online; the pipeline
+        scores it on the dataset's ``seg_split``. Two-stage methods return None.
+        """
+        return None
+
     def affinity(self, output: ModelOutput, recipe: CamRecipe) -> torch.Tensor:
         """Patch-to-patch affinity B x N x N that affinity-style refiners use."""
         return patch_affinity(output.attentions, output.num_classes, recipe.affinity_layers, recipe.affinity_reduce)

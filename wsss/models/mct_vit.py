@@ -67,6 +67,8 @@ class ModelOutput:
     class_tokens: torch.Tensor  # B x C x D (block outputs, no final norm)
     patch_tokens: torch.Tensor  # B x N x D
     grid: tuple[int, int]
+    # Method-specific outputs (e.g. ClusterCAM's mixed attention, a decoder's logits).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
