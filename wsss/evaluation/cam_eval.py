@@ -12,12 +12,12 @@ import logging
 from typing import Any
 
 import numpy as np
-from wsss.runtime import progress as tqdm
 
 from wsss.cams.store import CamReader
 from wsss.data.datasets import open_dataset
 from wsss.evaluation.metrics import SegmentationScores
 from wsss.evaluation.sweep import ThresholdSweep, threshold_grid
+from wsss.runtime import progress as tqdm
 
 log = logging.getLogger("wsss")
 
