@@ -99,6 +99,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_refiner(args: argparse.Namespace) -> int:
+    from wsss.cams.tune import tune_refiner
+    from wsss.config import cam_config, load_params, training_key
+    from wsss.io import atomic_path
+
+    params = load_params(args.params, *args.configfile)
+    config = cam_config(params, args.dataset, args.method)
+    key = training_key(params, args.method)
+    model = args.model or f"results/runs/{args.dataset}/train/{key}/seed{args.seed}/model.pt"
+    table = tune_refiner(config, params["evaluate"], model, args.split, json.loads(args.grid), not args.no_progress)
+    print(table.to_string(index=False))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsss", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method-order", nargs="*", default=None)
     _common(p)
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("tune-refiner", help="score refiner settings on a held-out split (not the scored one)")
+    p.add_argument("params", nargs="?", default="params.yaml")
+    p.add_argument("--configfile", action="append", default=[])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True, help="a variant under methods: whose refiner is tuned")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="default: the trained model of the variant's run in results/runs")
+    p.add_argument("--split", required=True, help="held-out split, e.g. val")
+    p.add_argument("--grid", required=True, help='JSON {param: [values]}, e.g. \'{"steps": [1, 2, 4]}\'')
+    p.add_argument("--out", help="write the table as CSV")
+    _common(p)
+    p.set_defaults(func=cmd_tune_refiner)
+
     p = sub.add_parser("bench", help="measure every stage as ratios (writes bench.json and bench.md)")
     p.add_argument("params", nargs="?", default="params.yaml")
     p.add_argument("--configfile", action="append", default=[])
