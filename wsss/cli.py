@@ -80,10 +80,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_decoder(args: argparse.Namespace) -> int:
+    from wsss.evaluation.seg_eval import evaluate_decoder
+    from wsss.io import write_json
+
+    config = args.config
+    split = args.split or config["dataset"]["seg_split"]
+    result = evaluate_decoder(config, args.model, split, config["scales"], progress=not args.no_progress)
+    write_json(args.out, {"meta": config["meta"], "decoder": result})
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from wsss.report.table import write_report
 
-    summary = write_report(args.metrics, args.out_dir, method_order=args.method_order)
+    summary = write_report(args.metrics, args.out_dir, method_order=args.method_order, decoder_files=args.decoder_metrics)
     print(summary.to_string(index=False))
     return 0
 
@@ -154,8 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("evaluate-decoder", help="score a single-stage method's segmentation decoder")
+    p.add_argument("--config", type=_json_arg, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--split", help="default: the dataset's seg_split")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_evaluate_decoder)
+
     p = sub.add_parser("table", help="aggregate run metrics into results/table.{md,csv}, metrics.json, plots")
-    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--metrics", nargs="+", required=True, help="cam_metrics.json of every run")
+    p.add_argument("--decoder-metrics", nargs="*", default=[], help="decoder_metrics.json of single-stage runs")
     p.add_argument("--out-dir", default="results")
     p.add_argument("--method-order", nargs="*", default=None)
     _common(p)

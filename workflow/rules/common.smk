@@ -52,3 +52,19 @@ def eval_split(dataset):
 
 def model_path(wildcards):
     return f"results/runs/{wildcards.dataset}/train/{train_key(wildcards)}/seed{wildcards.seed}/model.pt"
+
+
+def decoder_methods():
+    """Grid methods whose training method has its own segmentation decoder."""
+    from wsss.methods import TRAINING_METHODS
+
+    return [m for m in METHODS if TRAINING_METHODS.get(config["methods"][m]["train"]).has_decoder]
+
+
+def run_meta(wildcards):
+    return {
+        "dataset": wildcards.dataset,
+        "method": wildcards.method,
+        "seed": int(wildcards.seed),
+        "label": wsss_config.variant_label(config, wildcards.method),
+    }

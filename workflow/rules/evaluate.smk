@@ -9,12 +9,7 @@ rule evaluate_cams:
             {
                 "dataset": wsss_config.dataset_config(config, wc.dataset),
                 "evaluate": config["evaluate"],
-                "meta": {
-                    "dataset": wc.dataset,
-                    "method": wc.method,
-                    "seed": int(wc.seed),
-                    "label": wsss_config.variant_label(config, wc.method),
-                },
+                "meta": run_meta(wc),
             }
         ),
     log:
@@ -22,3 +17,26 @@ rule evaluate_cams:
     shell:
         "wsss evaluate --config {params.cfg:q} --cams {input.cams} --out {output.metrics}"
         " 2> {log}"
+
+
+rule evaluate_decoder:
+    input:
+        model=model_path,
+        code=code("data", "models", "methods", "cams", "evaluation"),
+    output:
+        metrics="results/runs/{dataset}/{method}/seed{seed}/decoder_metrics.json",
+    params:
+        cfg=lambda wc: as_json(
+            {
+                "dataset": wsss_config.dataset_config(config, wc.dataset),
+                "train": {"device": wsss_config.dataset_block(config, wc.dataset, "train")["device"]},
+                "scales": config["evaluate"]["seg_scales"],
+                "meta": run_meta(wc),
+            }
+        ),
+    threads: 2
+    log:
+        "results/logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log",
+    shell:
+        "wsss evaluate-decoder --config {params.cfg:q} --model {input.model} --out {output.metrics}"
+        " --threads {threads} 2> {log}"

@@ -10,6 +10,12 @@ rule table:
             method=METHODS,
             seed=SEEDS,
         ),
+        decoder=expand(
+            "results/runs/{dataset}/{method}/seed{seed}/decoder_metrics.json",
+            dataset=DATASETS,
+            method=decoder_methods(),
+            seed=SEEDS,
+        ),
         code=code("report"),
     output:
         table="results/table.md",
@@ -22,5 +28,5 @@ rule table:
     log:
         "results/logs/table.log",
     shell:
-        "wsss table --metrics {input.metrics} --out-dir results --method-order {params.order}"
+        "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder} --out-dir results --method-order {params.order}"
         " > {log} 2>&1"

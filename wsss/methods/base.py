@@ -47,6 +47,7 @@ class TrainingMethod:
     label: ClassVar[str] = "MCTformer-V2"
     reconstructed: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
+    has_decoder: ClassVar[bool] = False  # True: segment() is scored on the seg_split
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = dict(params or {})

@@ -19,7 +19,12 @@ CAM_COLUMNS = {
 }
 
 
-def collect_runs(metric_files: list[str | Path]) -> pd.DataFrame:
+def collect_runs(metric_files: list[str | Path], decoder_files: list[str | Path] = ()) -> pd.DataFrame:
+    decoder = {}
+    for path in decoder_files:
+        run = read_json(path)
+        meta = run["meta"]
+        decoder[(meta["dataset"], meta["method"], int(meta["seed"]))] = run["decoder"]["miou"]
     rows = []
     for path in metric_files:
         run = read_json(path)
@@ -32,6 +37,7 @@ def collect_runs(metric_files: list[str | Path]) -> pd.DataFrame:
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
         row["all_background_miou"] = run["cam"]["reference"]["all_background"]
         row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
+        row["decoder_miou"] = decoder.get((row["dataset"], row["method"], row["seed"]), float("nan"))
         rows.append(row)
     if not rows:
         raise ValueError("no run metrics given to the table")
@@ -40,7 +46,7 @@ def collect_runs(metric_files: list[str | Path]) -> pd.DataFrame:
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
     """Mean and standard deviation over seeds for each (dataset, method)."""
-    values = list(CAM_COLUMNS)
+    values = [*CAM_COLUMNS, "decoder_miou"]
     grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary["seeds"] = grouped.size()
@@ -65,14 +71,18 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        "| dataset | method | CAM mIoU | best threshold | precision | recall | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "Decoder mIoU: a single-stage method's own segmentation decoder on the seg split "
+        "(multi-scale, no CRF); empty for two-stage methods.",
+        "",
+        "| dataset | method | CAM mIoU | best threshold | precision | recall | decoder mIoU | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary.itertuples():
         lines.append(
             f"| {row.dataset} | {row.label} | {_pm(row.cam_miou_mean, row.cam_miou_std)} "
             f"| {_pm(row.threshold_mean, row.threshold_std, 1, 2)} "
             f"| {_pm(row.precision_mean, row.precision_std)} | {_pm(row.recall_mean, row.recall_std)} "
+            f"| {'' if math.isnan(row.decoder_miou_mean) else _pm(row.decoder_miou_mean, row.decoder_miou_std)} "
             f"| {row.seeds} |"
         )
     lines += ["", "Reference predictions (same masks, no model):", ""]
@@ -104,6 +114,8 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
             "recall": round(float(row.recall_mean), 6),
             "seeds": int(row.seeds),
         }
+        if not math.isnan(row.decoder_miou_mean):
+            entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
         tree.setdefault(row.dataset, {})[row.method] = entry
     for dataset, group in runs.groupby("dataset"):
         tree[dataset]["reference"] = {
@@ -128,9 +140,14 @@ def threshold_curves(metric_files: list[str | Path]) -> pd.DataFrame:
     return frame.reset_index()
 
 
-def write_report(metric_files: list[str | Path], out_dir: str | Path, method_order: list[str] | None = None) -> pd.DataFrame:
+def write_report(
+    metric_files: list[str | Path],
+    out_dir: str | Path,
+    method_order: list[str] | None = None,
+    decoder_files: list[str | Path] = (),
+) -> pd.DataFrame:
     out_dir = Path(out_dir)
-    runs = collect_runs(metric_files)
+    runs = collect_runs(metric_files, decoder_files)
     summary = summarize_runs(runs, method_order)
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:
