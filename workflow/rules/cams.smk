@@ -8,6 +8,10 @@ rule cams:
     params:
         cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
     threads: 2
+    resources:
+        gpu=rule_resources("cams")["gpu"],
+        mem_mb=rule_resources("cams")["mem_mb"],
+        runtime=rule_resources("cams")["runtime"],
     log:
         "results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
     shell:

@@ -68,3 +68,9 @@ def run_meta(wildcards):
         "seed": int(wildcards.seed),
         "label": wsss_config.variant_label(config, wildcards.method),
     }
+
+
+def rule_resources(rule_name):
+    """Resources of a rule from params.yaml (falling back to resources.default)."""
+    spec = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+    return spec

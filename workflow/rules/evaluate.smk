@@ -12,6 +12,10 @@ rule evaluate_cams:
                 "meta": run_meta(wc),
             }
         ),
+    resources:
+        gpu=rule_resources("evaluate_cams")["gpu"],
+        mem_mb=rule_resources("evaluate_cams")["mem_mb"],
+        runtime=rule_resources("evaluate_cams")["runtime"],
     log:
         "results/logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
@@ -35,6 +39,10 @@ rule evaluate_decoder:
             }
         ),
     threads: 2
+    resources:
+        gpu=rule_resources("evaluate_decoder")["gpu"],
+        mem_mb=rule_resources("evaluate_decoder")["mem_mb"],
+        runtime=rule_resources("evaluate_decoder")["runtime"],
     log:
         "results/logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log",
     shell:

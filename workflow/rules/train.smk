@@ -10,7 +10,9 @@ rule train:
         out_dir=subpath(output.model, parent=True),
     threads: 2
     resources:
-        gpu=lambda wc: 1 if config["train"]["device"] == "cuda" else 0,
+        gpu=rule_resources("train")["gpu"],
+        mem_mb=rule_resources("train")["mem_mb"],
+        runtime=rule_resources("train")["runtime"],
     log:
         "results/logs/train/{dataset}/{train}/seed{seed}.log",
     shell:
