@@ -131,7 +131,7 @@ def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool
             optimizer.step()
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         seconds = time.perf_counter() - started
         train_seconds += seconds
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
