@@ -7,7 +7,7 @@ rule cams:
         timing="results/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
     params:
         cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
-    threads: 2
+    threads: rule_resources("cams")["threads"]
     resources:
         gpu=rule_resources("cams")["gpu"],
         mem_mb=rule_resources("cams")["mem_mb"],

@@ -8,4 +8,4 @@ rule prepare_data:
     log:
         "results/logs/prepare_data/{dataset}.log",
     shell:
-        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} 2> {log}"
+        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"

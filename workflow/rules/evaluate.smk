@@ -20,7 +20,7 @@ rule evaluate_cams:
         "results/logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss evaluate --config {params.cfg:q} --cams {input.cams} --out {output.metrics}"
-        " 2> {log}"
+        " --threads 1 2> {log}"
 
 
 rule evaluate_decoder:
@@ -38,7 +38,7 @@ rule evaluate_decoder:
                 "meta": run_meta(wc),
             }
         ),
-    threads: 2
+    threads: rule_resources("evaluate_decoder")["threads"]
     resources:
         gpu=rule_resources("evaluate_decoder")["gpu"],
         mem_mb=rule_resources("evaluate_decoder")["mem_mb"],

@@ -8,7 +8,7 @@ rule train:
     params:
         cfg=lambda wc: as_json(wsss_config.training_config(config, wc.dataset, wc.train)),
         out_dir=subpath(output.model, parent=True),
-    threads: 2
+    threads: rule_resources("train")["threads"]
     resources:
         gpu=rule_resources("train")["gpu"],
         mem_mb=rule_resources("train")["mem_mb"],
