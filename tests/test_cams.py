@@ -96,11 +96,21 @@ def trained_like(tiny_model_config):
 def test_extraction_invariants(trained_like, refiner_name):
     model, method = trained_like
     refiner = CAM_REFINERS.get(refiner_name)()
-    images = torch.randint(0, 256, (3, 3, 28, 32), dtype=torch.uint8)  # height padded to a patch multiple
+    images = torch.randint(
+        0, 256, (3, 3, 28, 32), dtype=torch.uint8
+    )  # height padded to a patch multiple
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1]])
     settings = CamSettings.from_dict(
-        {"scales": [1.0, 0.5], "flip": True, "batch_size": 8, "class_layers": 2, "class_reduce": "sum",
-         "fusion": "fused", "affinity_layers": "all", "affinity_reduce": "sum"}
+        {
+            "scales": [1.0, 0.5],
+            "flip": True,
+            "batch_size": 8,
+            "class_layers": 2,
+            "class_reduce": "sum",
+            "fusion": "fused",
+            "affinity_layers": "all",
+            "affinity_reduce": "sum",
+        }
     )
     cams = cams_for_batch(model, method, refiner, images, labels, settings)
     assert cams.shape == (3, 3, 28, 32)
@@ -120,9 +130,22 @@ def test_extraction_is_batch_independent(trained_like):
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     labels = torch.ones(4, 3)
     settings = CamSettings.from_dict(
-        {"scales": [1.0], "flip": False, "batch_size": 8, "class_layers": 3, "class_reduce": "sum",
-         "fusion": "fused", "affinity_layers": "all", "affinity_reduce": "sum"}
+        {
+            "scales": [1.0],
+            "flip": False,
+            "batch_size": 8,
+            "class_layers": 3,
+            "class_reduce": "sum",
+            "fusion": "fused",
+            "affinity_layers": "all",
+            "affinity_reduce": "sum",
+        }
     )
     together = cams_for_batch(model, method, refiner, images, labels, settings)
-    alone = torch.cat([cams_for_batch(model, method, refiner, images[i : i + 1], labels[:1], settings) for i in range(4)])
+    alone = torch.cat(
+        [
+            cams_for_batch(model, method, refiner, images[i : i + 1], labels[:1], settings)
+            for i in range(4)
+        ]
+    )
     assert torch.allclose(together, alone, atol=1e-5)

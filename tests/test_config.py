@@ -35,17 +35,32 @@ def _broken(params, mutate):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda p: p["grid"]["methods"].append("no_such_method"), r"grid.methods: unknown method 'no_such_method'"),
+        (
+            lambda p: p["grid"]["methods"].append("no_such_method"),
+            r"grid.methods: unknown method 'no_such_method'",
+        ),
         (lambda p: p["train"].update(epochs=-1), r"train.epochs: -1 is less than the minimum of 1"),
         (lambda p: p["train"].pop("lr"), r"train.lr: missing required key"),
         (lambda p: p.pop("cam"), r"cam: missing required key"),
         (lambda p: p["train"].update(epoch=3), r"train.epoch: unknown key"),
-        (lambda p: p["methods"]["mctformer_v2"].update(train="nope"), r"methods.mctformer_v2.train: unknown training method 'nope'"),
-        (lambda p: p["methods"]["mctformer_v2"].update(refine="nope"), r"methods.mctformer_v2.refine: unknown CAM refiner 'nope'"),
-        (lambda p: p["grid"]["datasets"].append("voc"), r"grid.datasets: 'voc' is not defined under datasets"),
+        (
+            lambda p: p["methods"]["mctformer_v2"].update(train="nope"),
+            r"methods.mctformer_v2.train: unknown training method 'nope'",
+        ),
+        (
+            lambda p: p["methods"]["mctformer_v2"].update(refine="nope"),
+            r"methods.mctformer_v2.refine: unknown CAM refiner 'nope'",
+        ),
+        (
+            lambda p: p["grid"]["datasets"].append("voc"),
+            r"grid.datasets: 'voc' is not defined under datasets",
+        ),
         (lambda p: p["cam"].update(class_layers=0), r"cam.class_layers"),
         (lambda p: p["datasets"]["synthetic"].update(kind="imagenet"), r"datasets.synthetic.kind"),
-        (lambda p: p["method_params"].update(affinity={"bogus": 1}), r"method_params.affinity: unknown key\(s\) \['bogus'\]"),
+        (
+            lambda p: p["method_params"].update(affinity={"bogus": 1}),
+            r"method_params.affinity: unknown key\(s\) \['bogus'\]",
+        ),
     ],
 )
 def test_malformed_params_name_the_key(params, mutate, message):
@@ -77,7 +92,11 @@ def test_deep_merge_does_not_mutate():
 
 def test_refiner_variants_share_training_runs(params):
     params["methods"]["tuned"] = {"train": "mctformer_v2", "train_params": {}, "refine": "affinity"}
-    assert training_key(params, "mctformer_v2") == training_key(params, "mctformer_v2_affinity") == "mctformer_v2"
+    assert (
+        training_key(params, "mctformer_v2")
+        == training_key(params, "mctformer_v2_affinity")
+        == "mctformer_v2"
+    )
     assert training_key(params, "tuned") == "mctformer_v2"  # empty train_params: nothing to retrain
     cfg = cam_config(params, "synthetic", "mctformer_v2_affinity")
     assert cfg["refiner"]["name"] == "affinity"

@@ -5,6 +5,7 @@ import torch
 from timm.models.vision_transformer import Block
 
 from wsss.cams.extract import CamSettings, cams_for_batch
+from wsss.evaluation.seg_eval import segmentation_probabilities
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS, CamRecipe
 from wsss.methods.clustercam import (
     ClusterAttentionBlock,
@@ -15,7 +16,6 @@ from wsss.methods.clustercam import (
     cluster_patches,
     map_to_patches,
     mix_attention,
-    segment_multiscale,
 )
 
 NUM_CLASSES = 4
@@ -145,7 +145,9 @@ def test_shapes_for_non_square_inputs(tiny_model_config):
     assert with_logits.attention_logits[0].shape == (1, heads, c + n, c + n)
     assert "seg_logits" not in with_logits.extras
     model.eval()
-    probs = segment_multiscale(method, model, torch.randn(2, 3, 30, 44))
+    probs = segmentation_probabilities(
+        method, model, torch.randn(2, 3, 30, 44), (0.5, 0.75, 1.0, 1.25, 1.5)
+    )
     assert probs.shape == (2, c + 1, 30, 44)
     assert bool((probs >= 0).all()) and bool((probs <= 1).all())
 

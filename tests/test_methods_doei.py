@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wsss.cams.extract import CamSettings, cams_for_batch, load_trained
-from wsss.data.datasets import normalize
+from wsss.data.classification import normalize
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS, CamRecipe
 from wsss.methods.aream import AReAM
 from wsss.methods.doei import (

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.cams.par import PAR, denormalize, fuse_pseudo_labels, refine_cams_to_labels
-from wsss.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from wsss.data.classification import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _two_colour_image(size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:

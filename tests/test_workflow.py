@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wsss.config import training_key
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _copy_project(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", ".pytest_cache", ".ruff_cache")
+    ignore = shutil.ignore_patterns(
+        "__pycache__", "*.pyc", ".snakemake", ".pytest_cache", ".ruff_cache"
+    )
     for part in ("workflow", "wsss", "configs"):
         shutil.copytree(REPO / part, dest / part, ignore=ignore)
     shutil.copy(REPO / "params.yaml", dest / "params.yaml")
@@ -26,10 +30,15 @@ def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Comp
     env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir, env=env, capture_output=True, text=True,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -63,8 +72,11 @@ def test_dry_run_lists_the_grid(project):
                 "grid": {"datasets": ["synthetic", "synthetic_easy"], "seeds": [0, 1]},
                 "datasets": {
                     "synthetic_easy": {
-                        "kind": "synthetic", "root": "data/synthetic-easy", "train_split": "train",
-                        "eval_split": "train", "generator": {"context_prob": 0.0, "context_alone_prob": 0.0},
+                        "kind": "synthetic",
+                        "root": "data/synthetic-easy",
+                        "train_split": "train",
+                        "eval_split": "train",
+                        "generator": {"context_prob": 0.0, "context_alone_prob": 0.0},
                     }
                 },
             }
@@ -72,8 +84,9 @@ def test_dry_run_lists_the_grid(project):
     )
     result = _snakemake(project, "-n", "--configfile", str(override))
     counts = _job_counts(result.stdout)
-    methods = yaml.safe_load((project / "params.yaml").read_text())["grid"]["methods"]
-    train_runs = {yaml.safe_load((project / "params.yaml").read_text())["methods"][m]["train"] for m in methods}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    methods = params["grid"]["methods"]
+    train_runs = {training_key(params, m) for m in methods}
     assert counts["prepare_data"] == 2
     assert counts["train"] == 2 * 2 * len(train_runs)  # refiners share trained models
     assert counts["cams"] == 2 * 2 * len(methods)
@@ -84,7 +97,10 @@ def test_dry_run_lists_the_grid(project):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"grid": {"methods": ["no_such_method"]}}, "grid.methods: unknown method 'no_such_method'"),
+        (
+            {"grid": {"methods": ["no_such_method"]}},
+            "grid.methods: unknown method 'no_such_method'",
+        ),
         ({"train": {"epochs": -1}}, "train.epochs: -1 is less than the minimum of 1"),
     ],
 )
@@ -106,7 +122,9 @@ def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
     metrics = json.loads((project / "results" / "metrics.json").read_text())
     run = metrics["synthetic"]["mctformer_v2"]
     assert 0.0 <= run["cam_miou"] <= 1.0 and run["seeds"] == 1
-    assert (project / "results" / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log").stat().st_size > 0
+    assert (
+        project / "results" / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log"
+    ).stat().st_size > 0
 
     again = _snakemake(project, "-n", "--configfile", smoke)
     assert "Nothing to be done" in again.stdout + again.stderr

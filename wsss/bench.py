@@ -66,9 +66,11 @@ def _run_section(target: Callable[..., dict], args: tuple) -> dict:
 # ------------------------------------------------------------------ training
 
 
-def bench_training(model_config: dict, method_specs: dict[str, dict], num_classes: int, batch: int, steps: int) -> dict:
+def bench_training(
+    model_config: dict, method_specs: dict[str, dict], num_classes: int, batch: int, steps: int
+) -> dict:
     from wsss.methods import TRAINING_METHODS
-    from wsss.models.mct_vit import create_backbone, ModelConfig
+    from wsss.models.mct_vit import ModelConfig, create_backbone
 
     torch.manual_seed(0)
     size = model_config["img_size"]
@@ -89,7 +91,13 @@ def bench_training(model_config: dict, method_specs: dict[str, dict], num_classe
             floor_opt.step()
 
     floor = _timeit(floor_step)
-    result: dict[str, Any] = {"batch": batch, "steps": steps, "img_size": size, "floor_images_per_s": batch * steps / floor, "methods": {}}
+    result: dict[str, Any] = {
+        "batch": batch,
+        "steps": steps,
+        "img_size": size,
+        "floor_images_per_s": batch * steps / floor,
+        "methods": {},
+    }
     for name, spec in method_specs.items():
         method = TRAINING_METHODS.get(spec["name"])(spec.get("params", {}))
         model = method.build_model(model_config, num_classes)
@@ -97,7 +105,7 @@ def bench_training(model_config: dict, method_specs: dict[str, dict], num_classe
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         epoch = spec.get("epoch", 10**6)  # past any warm-up: the full loss
 
-        def step():
+        def step(method=method, model=model, opt=opt, epoch=epoch):
             for _ in range(steps):
                 loss, _ = method.loss(model, images, labels, epoch)
                 opt.zero_grad()
@@ -119,9 +127,17 @@ def bench_training(model_config: dict, method_specs: dict[str, dict], num_classe
 # ------------------------------------------------------------ CAM extraction
 
 
-def bench_cams(model_config: dict, cam_config: dict, refiners: dict[str, dict], num_classes: int, images_n: int, height: int, width: int) -> dict:
+def bench_cams(
+    model_config: dict,
+    cam_config: dict,
+    refiners: dict[str, dict],
+    num_classes: int,
+    images_n: int,
+    height: int,
+    width: int,
+) -> dict:
     from wsss.cams.extract import CamSettings, _pad_to_multiple, cams_for_batch
-    from wsss.data.datasets import normalize
+    from wsss.data.classification import normalize
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
 
     torch.manual_seed(0)
@@ -139,25 +155,43 @@ def bench_cams(model_config: dict, cam_config: dict, refiners: dict[str, dict], 
             x = normalize(images[start : start + batch])
             for scale in settings.scales:
                 size = (round(height * scale), round(width * scale))
-                xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if scale != 1 else x
+                xs = (
+                    F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                    if scale != 1
+                    else x
+                )
                 if settings.flip:
                     xs = torch.cat([xs, xs.flip(-1)])
                 model(_pad_to_multiple(xs, model.patch_size))
 
     floor = _timeit(plain)
     result: dict[str, Any] = {
-        "images": images_n, "size": [height, width], "scales": settings.scales, "flip": settings.flip,
-        "plain_forward_images_per_s": images_n / floor, "refiners": {},
+        "images": images_n,
+        "size": [height, width],
+        "scales": settings.scales,
+        "flip": settings.flip,
+        "plain_forward_images_per_s": images_n / floor,
+        "refiners": {},
     }
     for name, spec in refiners.items():
         refiner = CAM_REFINERS.get(spec["name"])(spec.get("params", {}))
 
-        def ours():
+        def ours(refiner=refiner):
             for start in range(0, images_n, batch):
-                cams_for_batch(model, method, refiner, images[start : start + batch], labels[start : start + batch], settings)
+                cams_for_batch(
+                    model,
+                    method,
+                    refiner,
+                    images[start : start + batch],
+                    labels[start : start + batch],
+                    settings,
+                )
 
         seconds = _timeit(ours)
-        result["refiners"][name] = {"images_per_s": images_n / seconds, "ratio_to_plain_forward": seconds / floor}
+        result["refiners"][name] = {
+            "images_per_s": images_n / seconds,
+            "ratio_to_plain_forward": seconds / floor,
+        }
     none = CAM_REFINERS.get("none")()
 
     def one_at_a_time():
@@ -183,7 +217,9 @@ def _voc_mask_paths(shared_data: Path) -> list[Path]:
     folder = shared_data / "voc_masks" / "SegmentationClassAug"
     paths = sorted(folder.glob("*.png"))
     if not paths:
-        raise FileNotFoundError(f"no VOC masks under {folder}; set --shared-data to the folder holding voc_masks/")
+        raise FileNotFoundError(
+            f"no VOC masks under {folder}; set --shared-data to the folder holding voc_masks/"
+        )
     return paths
 
 
@@ -275,7 +311,9 @@ def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
             if n < reference_images:
                 # The official format: {class index (0-based): float32 HxW} pickled per image.
                 path = npy_dir / f"{image_id}.npy"
-                np.save(path, {int(c) - 1: cams[i] for i, c in enumerate(classes)}, allow_pickle=True)
+                np.save(
+                    path, {int(c) - 1: cams[i] for i, c in enumerate(classes)}, allow_pickle=True
+                )
                 npy_bytes += path.stat().st_size
         ours_path = tmp / "cams.npz"
         writer.save(ours_path)
@@ -346,12 +384,18 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     refiners = {}
     for variant in grid["methods"]:
         spec = variant_spec(params, variant)
-        refiners.setdefault(spec["refine"], {"name": spec["refine"], "params": spec["refine_params"]})
+        refiners.setdefault(
+            spec["refine"], {"name": spec["refine"], "params": spec["refine_params"]}
+        )
     cam = cam_config(params, dataset, grid["methods"][0])["cam"]
     size = model_config["img_size"]
     report: dict[str, Any] = {"machine": _machine(), "dataset": dataset, "model": model_config}
-    report["training"] = _in_subprocess(bench_training, model_config, train_specs, num_classes, 32, 2 if quick else 5)
-    report["cams"] = _in_subprocess(bench_cams, model_config, cam, refiners, num_classes, 32 if quick else 128, size, size)
+    report["training"] = _in_subprocess(
+        bench_training, model_config, train_specs, num_classes, 32, 2 if quick else 5
+    )
+    report["cams"] = _in_subprocess(
+        bench_cams, model_config, cam, refiners, num_classes, 32 if quick else 128, size, size
+    )
     report["evaluation"] = _in_subprocess(bench_evaluation, shared_data)
     report["sweep"] = _in_subprocess(bench_sweep, shared_data, 20 if quick else 100, 80)
     return report
@@ -374,16 +418,30 @@ def markdown(report: dict) -> str:
     t, c, e, s = report["training"], report["cams"], report["evaluation"], report["sweep"]
     rows = ["| stage | measured | ratio | target |", "|---|---|---|---|"]
     for name, m in t["methods"].items():
-        rows.append(f"| train {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_floor']:.2f}x plain fwd+bwd; {m.get('ratio_to_mctformer_v2', 1):.2f}x baseline | ≤ 1.5x baseline |")
+        rows.append(
+            f"| train {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_floor']:.2f}x plain fwd+bwd; {m.get('ratio_to_mctformer_v2', 1):.2f}x baseline | ≤ 1.5x baseline |"
+        )
     for name, m in c["refiners"].items():
-        rows.append(f"| CAMs, refiner {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_plain_forward']:.2f}x plain forward; {m.get('ratio_to_unrefined', 1):.2f}x unrefined | ≤ 1.3x plain; refiner ≤ 1.5x |")
+        rows.append(
+            f"| CAMs, refiner {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_plain_forward']:.2f}x plain forward; {m.get('ratio_to_unrefined', 1):.2f}x unrefined | ≤ 1.3x plain; refiner ≤ 1.5x |"
+        )
     ref = c["reference_one_image_at_a_time"]
-    rows.append(f"| CAMs one image at a time (reference) | {ref['images_per_s']:.0f} img/s | batched is {ref['speedup_of_batched']:.1f}x faster | |")
-    rows.append(f"| evaluation, {e['masks']} VOC masks | {e['masks_per_s']:.0f} masks/s | {e['ratio_to_decode']:.2f}x PNG decoding; {e['speedup_over_reference']:.1f}x faster than per-class loops | ≤ 1.5x |")
-    rows.append(f"| {s['thresholds']}-step sweep, {s['images']} masks | {s['full_sweep_s']:.1f} s | {s['ratio_full_sweep_to_one_threshold']:.2f}x one threshold; {s['speedup_over_reference_per_image']:.0f}x faster than re-reading .npy per threshold | ≤ 2x |")
+    rows.append(
+        f"| CAMs one image at a time (reference) | {ref['images_per_s']:.0f} img/s | batched is {ref['speedup_of_batched']:.1f}x faster | |"
+    )
+    rows.append(
+        f"| evaluation, {e['masks']} VOC masks | {e['masks_per_s']:.0f} masks/s | {e['ratio_to_decode']:.2f}x PNG decoding; {e['speedup_over_reference']:.1f}x faster than per-class loops | ≤ 1.5x |"
+    )
+    rows.append(
+        f"| {s['thresholds']}-step sweep, {s['images']} masks | {s['full_sweep_s']:.1f} s | {s['ratio_full_sweep_to_one_threshold']:.2f}x one threshold; {s['speedup_over_reference_per_image']:.0f}x faster than re-reading .npy per threshold | ≤ 2x |"
+    )
     a = s["artifact"]
-    rows.append(f"| CAM storage | {a['ours_bytes_per_image'] / 1024:.0f} KiB/image | .npy dicts {a['npy_dict_bytes_per_image'] / 1024:.0f} KiB/image; VOC train_aug {a['ours_voc_train_aug_gib']:.2f} vs {a['npy_dict_voc_train_aug_gib']:.2f} GiB | |")
-    mem = " / ".join(f"{k} {report[k]['peak_rss_mib']:.0f}" for k in ("training", "cams", "evaluation", "sweep"))
+    rows.append(
+        f"| CAM storage | {a['ours_bytes_per_image'] / 1024:.0f} KiB/image | .npy dicts {a['npy_dict_bytes_per_image'] / 1024:.0f} KiB/image; VOC train_aug {a['ours_voc_train_aug_gib']:.2f} vs {a['npy_dict_voc_train_aug_gib']:.2f} GiB | |"
+    )
+    mem = " / ".join(
+        f"{k} {report[k]['peak_rss_mib']:.0f}" for k in ("training", "cams", "evaluation", "sweep")
+    )
     rows.append(f"| peak RSS (MiB) | {mem} | | |")
     return "\n".join(rows) + "\n"
 

@@ -75,7 +75,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from wsss.io import write_json
 
     config = args.config
-    result = evaluate_cams(config["dataset"], config["evaluate"], args.cams, progress=not args.no_progress)
+    result = evaluate_cams(
+        config["dataset"], config["evaluate"], args.cams, progress=not args.no_progress
+    )
     write_json(args.out, {"meta": config["meta"], "cam": result})
     return 0
 
@@ -86,7 +88,9 @@ def cmd_evaluate_decoder(args: argparse.Namespace) -> int:
 
     config = args.config
     split = args.split or config["dataset"]["seg_split"]
-    result = evaluate_decoder(config, args.model, split, config["scales"], progress=not args.no_progress)
+    result = evaluate_decoder(
+        config, args.model, split, config["scales"], progress=not args.no_progress
+    )
     write_json(args.out, {"meta": config["meta"], "decoder": result})
     return 0
 
@@ -94,7 +98,12 @@ def cmd_evaluate_decoder(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from wsss.report.table import write_report
 
-    summary = write_report(args.metrics, args.out_dir, method_order=args.method_order, decoder_files=args.decoder_metrics)
+    summary = write_report(
+        args.metrics,
+        args.out_dir,
+        method_order=args.method_order,
+        decoder_files=args.decoder_metrics,
+    )
     print(summary.to_string(index=False))
     return 0
 
@@ -119,7 +128,9 @@ def cmd_tune_refiner(args: argparse.Namespace) -> int:
     config = cam_config(params, args.dataset, args.method)
     key = training_key(params, args.method)
     model = args.model or f"results/runs/{args.dataset}/train/{key}/seed{args.seed}/model.pt"
-    table = tune_refiner(config, params["evaluate"], model, args.split, json.loads(args.grid), not args.no_progress)
+    table = tune_refiner(
+        config, params["evaluate"], model, args.split, json.loads(args.grid), not args.no_progress
+    )
     print(table.to_string(index=False))
     if args.out:
         with atomic_path(args.out) as tmp:
@@ -158,14 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_cams)
 
-    p = sub.add_parser("evaluate", help="score CAMs: mIoU, per-class IoU, precision/recall, threshold sweep")
+    p = sub.add_parser(
+        "evaluate", help="score CAMs: mIoU, per-class IoU, precision/recall, threshold sweep"
+    )
     p.add_argument("--config", type=_json_arg, required=True)
     p.add_argument("--cams", required=True)
     p.add_argument("--out", required=True)
     _common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("evaluate-decoder", help="score a single-stage method's segmentation decoder")
+    p = sub.add_parser(
+        "evaluate-decoder", help="score a single-stage method's segmentation decoder"
+    )
     p.add_argument("--config", type=_json_arg, required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--split", help="default: the dataset's seg_split")
@@ -173,27 +188,41 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate_decoder)
 
-    p = sub.add_parser("table", help="aggregate run metrics into results/table.{md,csv}, metrics.json, plots")
+    p = sub.add_parser(
+        "table", help="aggregate run metrics into results/table.{md,csv}, metrics.json, plots"
+    )
     p.add_argument("--metrics", nargs="+", required=True, help="cam_metrics.json of every run")
-    p.add_argument("--decoder-metrics", nargs="*", default=[], help="decoder_metrics.json of single-stage runs")
+    p.add_argument(
+        "--decoder-metrics", nargs="*", default=[], help="decoder_metrics.json of single-stage runs"
+    )
     p.add_argument("--out-dir", default="results")
     p.add_argument("--method-order", nargs="*", default=None)
     _common(p)
     p.set_defaults(func=cmd_table)
-    p = sub.add_parser("tune-refiner", help="score refiner settings on a held-out split (not the scored one)")
+    p = sub.add_parser(
+        "tune-refiner", help="score refiner settings on a held-out split (not the scored one)"
+    )
     p.add_argument("params", nargs="?", default="params.yaml")
     p.add_argument("--configfile", action="append", default=[])
     p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True, help="a variant under methods: whose refiner is tuned")
+    p.add_argument(
+        "--method", required=True, help="a variant under methods: whose refiner is tuned"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="default: the trained model of the variant's run in results/runs")
+    p.add_argument(
+        "--model", help="default: the trained model of the variant's run in results/runs"
+    )
     p.add_argument("--split", required=True, help="held-out split, e.g. val")
-    p.add_argument("--grid", required=True, help='JSON {param: [values]}, e.g. \'{"steps": [1, 2, 4]}\'')
+    p.add_argument(
+        "--grid", required=True, help="JSON {param: [values]}, e.g. '{\"steps\": [1, 2, 4]}'"
+    )
     p.add_argument("--out", help="write the table as CSV")
     _common(p)
     p.set_defaults(func=cmd_tune_refiner)
 
-    p = sub.add_parser("bench", help="measure every stage as ratios (writes bench.json and bench.md)")
+    p = sub.add_parser(
+        "bench", help="measure every stage as ratios (writes bench.json and bench.md)"
+    )
     p.add_argument("params", nargs="?", default="params.yaml")
     p.add_argument("--configfile", action="append", default=[])
     p.add_argument(
@@ -202,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with voc_masks/ (the real VOC masks the evaluation benchmark reads)",
     )
     p.add_argument("--out-dir", default="results")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (a check, not a measurement)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (a check, not a measurement)"
+    )
     _common(p)
     p.set_defaults(func=cmd_bench)
     return parser

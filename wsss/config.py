@@ -44,7 +44,9 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ParamsError(f"{file}: not valid YAML: {err}") from err
         if not isinstance(data, dict):
-            raise ParamsError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
+            raise ParamsError(
+                f"{file}: expected a mapping at the top level, got {type(data).__name__}"
+            )
         params = deep_merge(params, data)
     validate_params(params, source=str(path))
     return params
@@ -116,7 +118,9 @@ def _check_names(params: dict[str, Any], source: str) -> None:
     for name in params["method_params"]:
         if name not in TRAINING_METHODS and name not in CAM_REFINERS:
             known = sorted(set(TRAINING_METHODS.names()) | set(CAM_REFINERS.names()))
-            problems.append(f"method_params.{name}: no registered method of that name (known: {', '.join(known)})")
+            problems.append(
+                f"method_params.{name}: no registered method of that name (known: {', '.join(known)})"
+            )
     thresholds = params["evaluate"]["thresholds"]
     if thresholds["start"] > thresholds["stop"]:
         problems.append("evaluate.thresholds: start must not exceed stop")
@@ -148,8 +152,12 @@ def variant_spec(params: dict[str, Any], variant: str) -> dict[str, Any]:
         "refine": refine,
         "label": spec.get("label"),
         "cam": spec.get("cam", {}),
-        "train_params": deep_merge(params["method_params"].get(train, {}), spec.get("train_params", {})),
-        "refine_params": deep_merge(params["method_params"].get(refine, {}), spec.get("refine_params", {})),
+        "train_params": deep_merge(
+            params["method_params"].get(train, {}), spec.get("train_params", {})
+        ),
+        "refine_params": deep_merge(
+            params["method_params"].get(refine, {}), spec.get("refine_params", {})
+        ),
     }
 
 
@@ -215,4 +223,6 @@ def variant_label(params: dict[str, Any], variant: str) -> str:
     from wsss.methods import Variant
 
     spec = variant_spec(params, variant)
-    return Variant(variant, spec["train"], spec["refine"], spec["cam"], spec["label"]).display_label()
+    return Variant(
+        variant, spec["train"], spec["refine"], spec["cam"], spec["label"]
+    ).display_label()

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch. Every stochastic step in a stage derives from this."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -25,17 +26,26 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str):
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise RuntimeError(
+            "train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
 def set_threads(threads: int | None) -> None:
+    """Limit intra-op threads. Set through the environment too, so that a job that
+    imports torch later (or never: evaluation) does not start a full thread pool."""
     if threads:
-        torch.set_num_threads(threads)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 def config_digest(config: Any) -> str:

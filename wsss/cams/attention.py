@@ -45,7 +45,9 @@ def class_to_patch(
 ) -> torch.Tensor:
     """Head-mean class-token -> patch attention over the chosen blocks: B x C x h x w."""
     blocks = select_blocks(len(attentions), layers)
-    maps = torch.stack([attentions[i][:, :, :num_classes, num_classes:].mean(dim=1) for i in blocks])
+    maps = torch.stack(
+        [attentions[i][:, :, :num_classes, num_classes:].mean(dim=1) for i in blocks]
+    )
     maps = _reduce(maps, reduce)
     return maps.reshape(maps.shape[0], num_classes, *grid)
 
@@ -58,7 +60,9 @@ def patch_affinity(
 ) -> torch.Tensor:
     """Head-mean patch -> patch attention over the chosen blocks: B x N x N (rows = queries)."""
     blocks = select_blocks(len(attentions), layers)
-    stack = torch.stack([attentions[i][:, :, num_classes:, num_classes:].mean(dim=1) for i in blocks])
+    stack = torch.stack(
+        [attentions[i][:, :, num_classes:, num_classes:].mean(dim=1) for i in blocks]
+    )
     return _reduce(stack, reduce)
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from wsss.runtime import progress as tqdm
 
 from wsss.cams.store import CamWriter, quantize
-from wsss.data.datasets import OpenedDataset, normalize, open_dataset
+from wsss.data.classification import normalize
+from wsss.data.datasets import OpenedDataset, open_dataset
 from wsss.methods.base import CAM_REFINERS, TRAINING_METHODS, CamRecipe, CamRefiner, TrainingMethod
 from wsss.models import MultiClassTokenViT
+from wsss.runtime import progress as tqdm
 from wsss.runtime import resolve_device
 
 log = logging.getLogger("wsss")
@@ -42,7 +43,9 @@ class CamSettings:
         return cls(list(d["scales"]), bool(d["flip"]), int(d["batch_size"]), CamRecipe.from_dict(d))
 
 
-def load_trained(model_path: str | Path, device: torch.device) -> tuple[MultiClassTokenViT, TrainingMethod, dict]:
+def load_trained(
+    model_path: str | Path, device: torch.device
+) -> tuple[MultiClassTokenViT, TrainingMethod, dict]:
     """Rebuild a trained model from its ``model.pt`` (no pretrained download: weights come from the file)."""
     path = Path(model_path)
     if not path.is_file():
@@ -79,7 +82,11 @@ def cams_for_batch(
     total = None
     for scale in settings.scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        scaled = (
+            x
+            if size == (height, width)
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        )
         if settings.flip:
             scaled = torch.cat([scaled, scaled.flip(-1)])
         padded = _pad_to_multiple(scaled, model.patch_size)
@@ -117,7 +124,11 @@ def _batches_by_size(
 
 
 def extract_cams(
-    config: dict[str, Any], model_path: str | Path, split: str, out_path: str | Path, progress: bool = True
+    config: dict[str, Any],
+    model_path: str | Path,
+    split: str,
+    out_path: str | Path,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write the CAM artifact of ``split`` for one trained model and refiner; return timing info."""
     import time
@@ -137,12 +148,22 @@ def extract_cams(
         for batch_ids, images in _batches_by_size(dataset, ids, settings.batch_size):
             image_tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
             label_tensor = torch.from_numpy(np.stack([labels[i] for i in batch_ids])).to(device)
-            cams = cams_for_batch(model, method, refiner, image_tensor, label_tensor, settings).cpu().numpy()
-            for image_id, cam, label in zip(batch_ids, cams, label_tensor.cpu().numpy(), strict=True):
+            cams = (
+                cams_for_batch(model, method, refiner, image_tensor, label_tensor, settings)
+                .cpu()
+                .numpy()
+            )
+            for image_id, cam, label in zip(
+                batch_ids, cams, label_tensor.cpu().numpy(), strict=True
+            ):
                 present = np.flatnonzero(label > 0)
                 writer.add(image_id, present + 1, quantize(cam[present]))
             bar.update(len(batch_ids))
     seconds = time.perf_counter() - started
     writer.save(out_path)
     log.info("wrote %d CAMs to %s in %.1f s", len(ids), out_path, seconds)
-    return {"images": len(ids), "seconds": seconds, "images_per_second": len(ids) / max(seconds, 1e-9)}
+    return {
+        "images": len(ids),
+        "seconds": seconds,
+        "images_per_second": len(ids) / max(seconds, 1e-9),
+    }

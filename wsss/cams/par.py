@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsss.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from wsss.data.classification import IMAGENET_MEAN, IMAGENET_STD
 
 # The 8 neighbour offsets (dy, dx) in the order of the official kernel:
 # row-major over the 3x3 window, centre skipped. Diagonals are 0, 2, 5, 7.

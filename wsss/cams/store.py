@@ -18,11 +18,10 @@ open, and the sweep reads it once (see wsss.evaluation.sweep).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import zipfile
 
 import numpy as np
 
@@ -61,16 +60,22 @@ class CamWriter:
     def add(self, image_id: str, classes: np.ndarray, cams_q: np.ndarray) -> None:
         classes = np.asarray(classes, dtype=np.int16)
         if cams_q.dtype != np.uint8 or cams_q.ndim != 3 or cams_q.shape[0] != len(classes):
-            raise ValueError(f"{image_id}: expected uint8 k x H x W CAMs for {len(classes)} classes, got {cams_q.shape} {cams_q.dtype}")
+            raise ValueError(
+                f"{image_id}: expected uint8 k x H x W CAMs for {len(classes)} classes, got {cams_q.shape} {cams_q.dtype}"
+            )
         if len(classes) and (classes.min() < 1 or classes.max() > self.num_classes):
-            raise ValueError(f"{image_id}: class labels must be in 1..{self.num_classes}, got {classes.tolist()}")
+            raise ValueError(
+                f"{image_id}: class labels must be in 1..{self.num_classes}, got {classes.tolist()}"
+            )
         self.records.append(CamRecord(image_id, classes, cams_q))
 
     def save(self, path: str | Path) -> None:
         records = sorted(self.records, key=lambda r: r.image_id)
         class_offsets = np.cumsum([0] + [len(r.classes) for r in records]).astype(np.int64)
         classes = np.concatenate([r.classes for r in records]) if records else np.zeros(0, np.int16)
-        data = np.concatenate([r.cams.ravel() for r in records]) if records else np.zeros(0, np.uint8)
+        data = (
+            np.concatenate([r.cams.ravel() for r in records]) if records else np.zeros(0, np.uint8)
+        )
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(
@@ -91,12 +96,16 @@ class CamReader:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"CAM file {self.path} does not exist; run the cams stage first")
+            raise FileNotFoundError(
+                f"CAM file {self.path} does not exist; run the cams stage first"
+            )
         try:
             with np.load(self.path, allow_pickle=False) as archive:
                 version = int(archive["version"])
                 if version != FORMAT_VERSION:
-                    raise ValueError(f"{self.path}: CAM format version {version}, expected {FORMAT_VERSION}")
+                    raise ValueError(
+                        f"{self.path}: CAM format version {version}, expected {FORMAT_VERSION}"
+                    )
                 self.num_classes = int(archive["num_classes"])
                 self.ids = [str(i) for i in archive["ids"]]
                 self.shapes = archive["shapes"]
@@ -106,7 +115,9 @@ class CamReader:
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, ValueError) and "version" in str(err):
                 raise
-            raise ValueError(f"{self.path}: not a readable CAM file ({err}); delete it and rerun the cams stage") from err
+            raise ValueError(
+                f"{self.path}: not a readable CAM file ({err}); delete it and rerun the cams stage"
+            ) from err
         sizes = np.diff(self.class_offsets) * self.shapes[:, 0] * self.shapes[:, 1]
         self.data_offsets = np.concatenate([[0], np.cumsum(sizes)])
         if self.data_offsets[-1] != self.data.size:

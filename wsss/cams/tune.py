@@ -45,7 +45,16 @@ def tune_refiner(
             dataset = {**config["dataset"], "eval_split": split}
             result = evaluate_cams(dataset, evaluate_config, str(cams_path), progress=progress)
             rows.append(
-                {**dict(zip(keys, values, strict=True)), "miou": result["miou"], "threshold": result["threshold"],
-                 "precision": result["precision"], "recall": result["recall"]}
+                {
+                    **dict(zip(keys, values, strict=True)),
+                    "miou": result["miou"],
+                    "threshold": result["threshold"],
+                    "precision": result["precision"],
+                    "recall": result["recall"],
+                }
             )
-    return pd.DataFrame(rows).sort_values("miou", ascending=False, kind="stable").reset_index(drop=True)
+    return (
+        pd.DataFrame(rows)
+        .sort_values("miou", ascending=False, kind="stable")
+        .reset_index(drop=True)
+    )

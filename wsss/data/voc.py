@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.utils.data
 from PIL import Image
 
 from wsss.data.palette import IGNORE_INDEX, load_label_png
@@ -338,7 +337,7 @@ class VOCLayout:
 # --------------------------------------------------------------------------- dataset
 
 
-class VOCSegmentation(torch.utils.data.Dataset):
+class VOCSegmentation:
     """Images, masks and image-level labels of one split, as numpy arrays.
 
     Each item is ``{"id", "image" (HxWx3 uint8), "mask" (HxW uint8),

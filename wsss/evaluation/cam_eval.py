@@ -35,11 +35,18 @@ def summarize(scores: SegmentationScores, class_names: list[str]) -> dict[str, A
     }
 
 
-def evaluate_cams(dataset_config: dict[str, Any], evaluate_config: dict[str, Any], cams_path: str, progress: bool = True) -> dict[str, Any]:
+def evaluate_cams(
+    dataset_config: dict[str, Any],
+    evaluate_config: dict[str, Any],
+    cams_path: str,
+    progress: bool = True,
+) -> dict[str, Any]:
     dataset = open_dataset(dataset_config)
     reader = CamReader(cams_path)
     if reader.num_classes != dataset.num_classes:
-        raise ValueError(f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}")
+        raise ValueError(
+            f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
+        )
     num_labels = dataset.num_classes + 1
     sweep = ThresholdSweep(num_labels)
     uniform = ThresholdSweep(num_labels)
@@ -58,7 +65,9 @@ def evaluate_cams(dataset_config: dict[str, Any], evaluate_config: dict[str, Any
     best_t, best_scores, curve = sweep.best(thresholds, style="exhaustive")
     greedy_t, greedy_scores, greedy_curve = sweep.best(thresholds, style="greedy")
     chosen = evaluate_config["select"]
-    headline_t, headline = (best_t, best_scores) if chosen == "exhaustive" else (greedy_t, greedy_scores)
+    headline_t, headline = (
+        (best_t, best_scores) if chosen == "exhaustive" else (greedy_t, greedy_scores)
+    )
     names = dataset.class_names
     return {
         "split": dataset_config["eval_split"],
@@ -68,7 +77,11 @@ def evaluate_cams(dataset_config: dict[str, Any], evaluate_config: dict[str, Any
         **summarize(headline, names),
         "sweep": {
             "exhaustive": {"threshold": best_t, "miou": float(best_scores.miou)},
-            "greedy": {"threshold": greedy_t, "miou": float(greedy_scores.miou), "steps": len(greedy_curve)},
+            "greedy": {
+                "threshold": greedy_t,
+                "miou": float(greedy_scores.miou),
+                "steps": len(greedy_curve),
+            },
             "curve": [{"threshold": t, "miou": m} for t, m in curve],
         },
         "reference": {

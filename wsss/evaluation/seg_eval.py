@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from wsss.cams.extract import _batches_by_size, _pad_to_multiple, load_trained
-from wsss.data.datasets import normalize, open_dataset
+from wsss.data.classification import normalize
+from wsss.data.datasets import open_dataset
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
@@ -19,26 +21,52 @@ from wsss.runtime import resolve_device
 
 
 @torch.inference_mode()
-def predict_segmentation(method, model, images: torch.Tensor, scales: list[float]) -> torch.Tensor:
-    """B x 3 x H x W uint8 -> B x H x W labels: max over scales of the decoder's softmax."""
-    batch, _, height, width = images.shape
-    x = normalize(images)
+def segmentation_probabilities(
+    method, model, x: torch.Tensor, scales: Sequence[float]
+) -> torch.Tensor:
+    """Normalised B x 3 x H x W -> B x (C+1) x H x W: element-wise max over scales of the
+    decoder's softmax, no flip (the official ClusterCAM inference script)."""
+    if not scales:
+        raise ValueError("segmentation needs at least one scale")
+    height, width = x.shape[-2:]
     best = None
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = x if size == (height, width) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        scaled = (
+            x
+            if size == (height, width)
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        )
         padded = _pad_to_multiple(scaled, model.patch_size)
         logits = method.segment(model, padded)
         if logits is None:
             raise ValueError(f"method {method.name!r} has no segmentation decoder to evaluate")
-        logits = F.interpolate(logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
+        )
         logits = logits[..., : size[0], : size[1]]
-        probs = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False).softmax(1)
+        probs = F.interpolate(
+            logits, size=(height, width), mode="bilinear", align_corners=False
+        ).softmax(1)
         best = probs if best is None else torch.maximum(best, probs)
-    return best.argmax(1)
+    return best
 
 
-def evaluate_decoder(config: dict[str, Any], model_path: str | Path, split: str, scales: list[float], batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+def predict_segmentation(
+    method, model, images: torch.Tensor, scales: Sequence[float]
+) -> torch.Tensor:
+    """B x 3 x H x W uint8 -> B x H x W labels."""
+    return segmentation_probabilities(method, model, normalize(images), scales).argmax(1)
+
+
+def evaluate_decoder(
+    config: dict[str, Any],
+    model_path: str | Path,
+    split: str,
+    scales: list[float],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
     device = resolve_device(config["train"]["device"])
     dataset = open_dataset(config["dataset"])
     model, method, _ = load_trained(model_path, device)
@@ -47,9 +75,16 @@ def evaluate_decoder(config: dict[str, Any], model_path: str | Path, split: str,
     with tqdm(total=len(ids), desc=f"decoder {split}", disable=not progress) as bar:
         for batch_ids, images in _batches_by_size(dataset, ids, batch_size):
             tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-            preds = predict_segmentation(method, model, tensor, scales).cpu().numpy().astype(np.uint8)
+            preds = (
+                predict_segmentation(method, model, tensor, scales).cpu().numpy().astype(np.uint8)
+            )
             for image_id, pred in zip(batch_ids, preds, strict=True):
                 accumulator.update(dataset.layout.load_mask(image_id), pred)
             bar.update(len(batch_ids))
     scores = scores_from_confusion(accumulator.matrix)
-    return {"split": split, "images": len(ids), "scales": scales, **summarize(scores, dataset.class_names)}
+    return {
+        "split": split,
+        "images": len(ids),
+        "scales": scales,
+        **summarize(scores, dataset.class_names),
+    }

@@ -23,7 +23,9 @@ from wsss.registry import Registry
 class CamRecipe:
     """How a CAM is read from one forward pass (the ``cam`` block of ``params.yaml``)."""
 
-    class_layers: int | str | list[int] = 3  # blocks for class->patch attention: k (last k), "all", or indices
+    class_layers: int | str | list[int] = (
+        3  # blocks for class->patch attention: k (last k), "all", or indices
+    )
     class_reduce: str = "sum"
     fusion: str = "fused"  # fused: attention x ReLU(PatchCAM); attention; patchcam
     affinity_layers: int | str | list[int] = "all"
@@ -82,7 +84,9 @@ class TrainingMethod:
         c = output.num_classes
         if recipe.fusion == "patchcam":
             return F.relu(output.patch_cam.detach())
-        attention = class_to_patch(output.attentions, c, output.grid, recipe.class_layers, recipe.class_reduce)
+        attention = class_to_patch(
+            output.attentions, c, output.grid, recipe.class_layers, recipe.class_reduce
+        )
         if recipe.fusion == "attention":
             return attention
         return attention * F.relu(output.patch_cam.detach())
@@ -97,7 +101,9 @@ class TrainingMethod:
 
     def affinity(self, output: ModelOutput, recipe: CamRecipe) -> torch.Tensor:
         """Patch-to-patch affinity B x N x N that affinity-style refiners use."""
-        return patch_affinity(output.attentions, output.num_classes, recipe.affinity_layers, recipe.affinity_reduce)
+        return patch_affinity(
+            output.attentions, output.num_classes, recipe.affinity_layers, recipe.affinity_reduce
+        )
 
 
 class CamRefiner:

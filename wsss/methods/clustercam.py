@@ -458,6 +458,7 @@ class ClusterCAM(TrainingMethod):
     name = "clustercam"
     label = "ClusterCAM"
     reconstructed = False
+    has_decoder = True
     defaults = {
         "cluster_blocks": "all",  # "all" (run_e2e.sh st_attn_depth 12), k = last k (library default 3), or indices
         "cluster_cell": 2,  # cluster init: one cluster per cell x cell patches (code: 2x2)
@@ -674,42 +675,6 @@ class ClusterCAM(TrainingMethod):
         return self.forward(model, images, epoch=-1, decode=True).extras["seg_logits"]
 
 
-@torch.inference_mode()
-def segment_multiscale(
-    method: TrainingMethod,
-    model: MultiClassTokenViT,
-    images: torch.Tensor,
-    scales: Sequence[float] = INFERENCE_SCALES,
-) -> torch.Tensor:
-    """Multi-scale decoder inference (``infer_e2e.py``): B x (C+1) x H x W probabilities.
-
-    For each scale the normalised images are resized (``int(s * size)``),
-    padded to the patch multiple, segmented, the logits upsampled, cropped,
-    resized to H x W and softmaxed; the element-wise max over scales is
-    returned. No flip, as in the official inference script. (CRF, which the
-    code applies next, is not part of this helper.)
-    """
-    if not scales:
-        raise ValueError("segment_multiscale: need at least one scale")
-    height, width = images.shape[-2:]
-    patch = model.patch_size
-    probs = None
-    for scale in scales:
-        size = (max(1, int(height * float(scale))), max(1, int(width * float(scale))))
-        x = (
-            images
-            if size == (height, width)
-            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        )
-        padded = _pad_to_multiple(x, patch)
-        logits = method.segment(model, padded)
-        if logits is None:
-            raise ValueError(f"{type(method).__name__} has no segmentation decoder")
-        prob = _to_image(logits.float(), padded.shape[-2:], size, (height, width)).softmax(dim=1)
-        probs = prob if probs is None else torch.maximum(probs, prob)
-    return probs
-
-
 __all__ = [
     "ClusterAttentionBlock",
     "ClusterCAM",
@@ -720,5 +685,4 @@ __all__ = [
     "map_to_patches",
     "mix_attention",
     "mixed_class_to_patch_map",
-    "segment_multiscale",
 ]

@@ -27,5 +27,3 @@ class AffinityRefiner(CamRefiner):
 
     def __call__(self, cam, output, method, recipe):
         return propagate(cam, method.affinity(output, recipe))
-
-

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from wsss.runtime import progress as tqdm
 
-from wsss.data.datasets import ClassificationDataset, open_dataset
+from wsss.data.classification import ClassificationDataset
+from wsss.data.datasets import open_dataset
 from wsss.io import atomic_path, write_json
 from wsss.methods.base import TRAINING_METHODS, TrainingMethod
 from wsss.runtime import config_digest, resolve_device, seed_everything
+from wsss.runtime import progress as tqdm
 
 log = logging.getLogger("wsss")
 
@@ -44,14 +45,19 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
             no_decay.append(param)
         else:
             decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_method(config: dict[str, Any]) -> TrainingMethod:
     return TRAINING_METHODS.get(config["method"]["name"])(config["method"]["params"])
 
 
-def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def train(
+    config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool = True
+) -> dict[str, Any]:
     """Train one (dataset, method, seed) run into ``out_dir``; return its summary metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +113,14 @@ def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool
     method.on_train_start(model, data, device)
     log.info(
         "training %s on %s (%d images, %d classes), seed %d, %d epochs x %d steps, device %s",
-        method.name, dataset.name, len(data), dataset.num_classes, seed, epochs, steps_per_epoch, device,
+        method.name,
+        dataset.name,
+        len(data),
+        dataset.num_classes,
+        seed,
+        epochs,
+        steps_per_epoch,
+        device,
     )
     train_seconds = sum(h["seconds"] for h in history)
     for epoch in range(start_epoch, epochs):
@@ -137,18 +150,34 @@ def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         history.append(row)
-        log.info("epoch %d/%d %s", epoch + 1, epochs, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        log.info(
+            "epoch %d/%d %s",
+            epoch + 1,
+            epochs,
+            " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+        )
         with atomic_path(checkpoint_path) as tmp:
             torch.save(
-                {"digest": digest, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
+                {
+                    "digest": digest,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                },
                 tmp,
             )
 
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save(
-            {"model": model.state_dict(), "config": config, "seed": seed,
-             "class_names": dataset.class_names, "method": method.name},
+            {
+                "model": model.state_dict(),
+                "config": config,
+                "seed": seed,
+                "class_names": dataset.class_names,
+                "method": method.name,
+            },
             tmp,
         )
     checkpoint_path.unlink(missing_ok=True)
@@ -166,7 +195,9 @@ def train(config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     keys = list(history[0])
-    lines = ["\t".join(keys)] + ["\t".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in history]
+    lines = ["\t".join(keys)] + [
+        "\t".join(f"{row.get(k, float('nan')):.6g}" for k in keys) for row in history
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

@@ -94,7 +94,9 @@ def block_forward(
         raise NotImplementedError("gated attention blocks are not supported")
     batch, tokens, _ = x.shape
     h = block.norm1(x)
-    qkv = attn.qkv(h).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = (
+        attn.qkv(h).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    )
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     logits = (q * attn.scale) @ k.transpose(-2, -1)
@@ -178,7 +180,10 @@ class MultiClassTokenViT(nn.Module):
         if grid == self.base_grid:
             return self.patch_pos_embed
         return resample_abs_pos_embed(
-            self.patch_pos_embed, new_size=list(grid), old_size=list(self.base_grid), num_prefix_tokens=0
+            self.patch_pos_embed,
+            new_size=list(grid),
+            old_size=list(self.base_grid),
+            num_prefix_tokens=0,
         )
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -199,7 +204,12 @@ class MultiClassTokenViT(nn.Module):
                 "pad or resize first"
             )
         x, grid = self.embed(images)
-        context: dict[str, Any] = {"images": images, "embedded": x, "grid": grid, "num_classes": self.num_classes}
+        context: dict[str, Any] = {
+            "images": images,
+            "embedded": x,
+            "grid": grid,
+            "num_classes": self.num_classes,
+        }
         attentions, logits = [], []
         for index, block in enumerate(self.blocks):
             x_in = x

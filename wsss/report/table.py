@@ -19,7 +19,9 @@ CAM_COLUMNS = {
 }
 
 
-def collect_runs(metric_files: list[str | Path], decoder_files: list[str | Path] = ()) -> pd.DataFrame:
+def collect_runs(
+    metric_files: list[str | Path], decoder_files: list[str | Path] = ()
+) -> pd.DataFrame:
     decoder = {}
     for path in decoder_files:
         run = read_json(path)
@@ -37,11 +39,17 @@ def collect_runs(metric_files: list[str | Path], decoder_files: list[str | Path]
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
         row["all_background_miou"] = run["cam"]["reference"]["all_background"]
         row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
-        row["decoder_miou"] = decoder.get((row["dataset"], row["method"], row["seed"]), float("nan"))
+        row["decoder_miou"] = decoder.get(
+            (row["dataset"], row["method"], row["seed"]), float("nan")
+        )
         rows.append(row)
     if not rows:
         raise ValueError("no run metrics given to the table")
-    return pd.DataFrame(rows).sort_values(["dataset", "method", "seed"], kind="stable").reset_index(drop=True)
+    return (
+        pd.DataFrame(rows)
+        .sort_values(["dataset", "method", "seed"], kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
@@ -92,7 +100,12 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"| {dataset} | {group['all_background_miou'].iloc[0] * 100:.1f} "
             f"| {group['uniform_gt_miou'].iloc[0] * 100:.1f} |"
         )
-    lines += ["", "## Per run", "", "| dataset | method | seed | CAM mIoU | threshold | precision | recall |"]
+    lines += [
+        "",
+        "## Per run",
+        "",
+        "| dataset | method | seed | CAM mIoU | threshold | precision | recall |",
+    ]
     lines += ["|---|---|---|---|---|---|---|"]
     for row in runs.itertuples():
         lines.append(
@@ -108,7 +121,9 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
     for row in summary.itertuples():
         entry = {
             "cam_miou": round(float(row.cam_miou_mean), 6),
-            "cam_miou_std": None if math.isnan(row.cam_miou_std) else round(float(row.cam_miou_std), 6),
+            "cam_miou_std": None
+            if math.isnan(row.cam_miou_std)
+            else round(float(row.cam_miou_std), 6),
             "threshold": round(float(row.threshold_mean), 4),
             "precision": round(float(row.precision_mean), 6),
             "recall": round(float(row.recall_mean), 6),
@@ -157,7 +172,9 @@ def write_report(
     write_json(out_dir / "metrics.json", metrics_tree(runs, summary))
     plots = out_dir / "plots"
     with atomic_path(plots / "cam_miou.csv") as tmp:
-        runs[["dataset", "method", "seed", "cam_miou"]].assign(run=lambda d: d["dataset"] + "/" + d["method"]).to_csv(tmp, index=False, float_format="%.6f")
+        runs[["dataset", "method", "seed", "cam_miou"]].assign(
+            run=lambda d: d["dataset"] + "/" + d["method"]
+        ).to_csv(tmp, index=False, float_format="%.6f")
     with atomic_path(plots / "threshold_curves.csv") as tmp:
         threshold_curves(metric_files).to_csv(tmp, index=False, float_format="%.6f")
     return summary
