@@ -109,3 +109,15 @@ def test_dataset_overrides_apply(params):
     assert cfg["train"]["epochs"] == 7
     assert cfg["train"]["batch_size"] == params["train"]["batch_size"]
     assert "overrides" not in cfg["dataset"]
+
+
+def test_missing_dataset_root_fails_validation(params, tmp_path):
+    params["datasets"]["voc"] = {
+        "kind": "voc",
+        "root": str(tmp_path / "no_such_voc"),
+        "train_split": "train_aug",
+        "eval_split": "train",
+    }
+    params["grid"]["datasets"] = ["voc"]
+    with pytest.raises(ParamsError, match=r"datasets.voc.root: .*no_such_voc.*JPEGImages"):
+        validate_params(params)
