@@ -42,6 +42,19 @@ class CamRecipe:
         return recipe
 
 
+def merge_params(
+    name: str, defaults: dict[str, Any], params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A method's ``defaults`` overridden by ``params``; an unknown key names ``method_params.<name>``."""
+    params = dict(params or {})
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"method_params.{name}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}"
+        )
+    return {**defaults, **params}
+
+
 class TrainingMethod:
     """A training method. The defaults are MCTformer-V2's (every method here builds on it);
     subclasses change the model, the loss or the CAM."""
@@ -52,13 +65,7 @@ class TrainingMethod:
     has_decoder: ClassVar[bool] = False  # True: segment() is scored on the seg_split
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        params = dict(params or {})
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"method_params.{self.name}: unknown key(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
-            )
-        self.params = {**self.defaults, **params}
+        self.params = merge_params(self.name, self.defaults, params)
 
     name: ClassVar[str] = "base"
 
@@ -115,13 +122,7 @@ class CamRefiner:
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
-        params = dict(params or {})
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"method_params.{self.name}: unknown key(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
-            )
-        self.params = {**self.defaults, **params}
+        self.params = merge_params(self.name, self.defaults, params)
 
     def __call__(
         self, cam: torch.Tensor, output: ModelOutput, method: TrainingMethod, recipe: CamRecipe
