@@ -134,7 +134,9 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             try:
                 VOCLayout.locate(spec["root"], mask_dir=spec.get("mask_dir", "auto"))
             except FileNotFoundError as err:
-                raise ParamsError(f"{source} is invalid:\n  datasets.{dataset}.root: {err}") from err
+                raise ParamsError(
+                    f"{source} is invalid:\n  datasets.{dataset}.root: {err}"
+                ) from err
     # Constructing the methods checks their parameter names too.
     for variant in params["methods"]:
         try:
