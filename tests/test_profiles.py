@@ -1,0 +1,348 @@
+"""The Snakemake profiles in workflow/profiles/.
+
+There is no SLURM cluster in CI, so the SLURM profile is driven against fake client
+commands written into a temporary bin directory: `sbatch` records its arguments and
+job script, runs the job on the spot and answers like the real one; `sacct`/`squeue`
+report the recorded outcome; `srun` runs its command. The real executor plugin does
+everything else (building the sbatch flags from the rules' resources, polling,
+the job-step executor inside each job).
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_PROFILE = "workflow/profiles/slurm"
+ACCOUNT, PARTITION = "wsss_test", "gpu_test"
+# Rules of the default DAG that take gpu/mem_mb/runtime from params.yaml `resources:`
+# (the key is the rule's name); the slow test checks every submitted rule.
+PARAMS_RESOURCE_RULES = {"prepare_data", "train", "cams", "evaluate_cams", "segment"}
+
+pytest.importorskip(
+    "snakemake_executor_plugin_slurm",
+    reason='the SLURM executor plugin is in the test extra: pip install -e ".[test]"',
+)
+
+# One script serves every fake command; it dispatches on the name it was called by.
+FAKE_SLURM = r'''#!{python}
+"""Fake SLURM client for tests: see tests/test_profiles.py."""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STATE = Path({state!r})
+ACCOUNTS = {accounts!r}
+PARTITIONS = {partitions!r}
+
+
+def option(args, *names):
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return None
+
+
+def append(name, record):
+    with open(STATE / name, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+
+
+def records(name):
+    path = STATE / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def new_job_id():
+    with open(STATE / "job_id.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        counter = STATE / "last_job_id"
+        job_id = int(counter.read_text()) + 1 if counter.exists() else 1000
+        counter.write_text(str(job_id))
+    return job_id
+
+
+def sbatch(args):
+    wrapped = option(args, "--wrap")
+    script = "#!/bin/sh\n" + wrapped + "\n" if wrapped is not None else sys.stdin.read()
+    job_id = new_job_id()
+    append("sbatch.jsonl", {{"job_id": job_id, "argv": args, "script": script}})
+    workdir = Path(option(args, "-D", "--chdir") or os.getcwd())
+    log = workdir / (option(args, "--output", "-o") or "slurm-%j.out").replace("%j", str(job_id))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, SLURM_JOB_ID=str(job_id))
+    with open(log, "w") as out:
+        code = subprocess.run(
+            ["/bin/sh", "-c", script], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        ).returncode
+    state = "COMPLETED" if code == 0 else "FAILED"
+    append("jobs.jsonl", {{"job_id": job_id, "name": option(args, "--job-name", "-J"), "state": state}})
+    print(job_id if "--parsable" in args else f"Submitted batch job {{job_id}}")
+
+
+def job_states(args):
+    name = option(args, "--name")
+    for job in records("jobs.jsonl"):
+        if name is None or job["name"] == name:
+            print(f"{{job['job_id']}}|{{job['state']}}")
+
+
+def srun(args):
+    # Job steps are run in place; srun's own options (all --x=y or -n1 style) are dropped.
+    command = args[next(i for i, arg in enumerate(args) if not arg.startswith("-")) :]
+    append("srun.jsonl", {{"argv": args}})
+    os.execvp(command[0], command)
+
+
+def main():
+    tool, args = Path(sys.argv[0]).name, sys.argv[1:]
+    if tool == "sbatch":
+        sbatch(args)
+    elif tool == "srun":
+        srun(args)
+    elif tool == "sacct" and "--format=JobIdRaw,State" in args:
+        job_states(args)
+    elif tool == "squeue":
+        job_states(args)
+    elif tool == "sacctmgr":
+        print("\n".join(ACCOUNTS))
+    elif tool == "sinfo":
+        print("PARTITION\n" + "\n".join(PARTITIONS))
+    elif tool == "scancel":
+        append("scancel.jsonl", {{"argv": args}})
+    elif tool != "sacct":  # sacct's account guess gets no answer, as on a fresh account
+        sys.exit(f"fake SLURM: {{tool}} is not faked")
+
+
+main()
+'''
+FAKE_TOOLS = ("sbatch", "srun", "sacct", "squeue", "sacctmgr", "sinfo", "scancel")
+
+
+def _copy_project(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns(
+        "__pycache__", "*.pyc", ".snakemake", ".pytest_cache", ".ruff_cache"
+    )
+    for part in ("workflow", "wsss", "configs"):
+        shutil.copytree(REPO / part, dest / part, ignore=ignore)
+    shutil.copy(REPO / "params.yaml", dest / "params.yaml")
+    return dest
+
+
+def _snakemake(workdir: Path, *args: str, path_prefix: Path | None = None):
+    dirs = [str(path_prefix)] if path_prefix else []
+    dirs += [str(Path(sys.executable).parent), os.environ["PATH"]]
+    env = dict(os.environ, PATH=os.pathsep.join(dirs))
+    env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
+    env.pop("SLURM_JOB_ID", None)  # the plugin changes behaviour inside a SLURM job
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def _install_fake_slurm(root: Path) -> tuple[Path, Path]:
+    """Write the fake SLURM commands; returns (bin dir, state dir)."""
+    bin_dir, state = root / "bin", root / "state"
+    bin_dir.mkdir(parents=True)
+    state.mkdir()
+    script = bin_dir / "fake_slurm"
+    script.write_text(
+        FAKE_SLURM.format(
+            python=sys.executable,
+            state=str(state),
+            accounts=[ACCOUNT],
+            partitions=[f"{PARTITION}*"],
+        )
+    )
+    script.chmod(0o755)
+    for tool in FAKE_TOOLS:
+        (bin_dir / tool).symlink_to(script.name)
+    return bin_dir, state
+
+
+def _records(state: Path, name: str) -> list[dict]:
+    path = state / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to `flag` (as `flag value` or `flag=value`) in an argument list."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith(flag + "="):
+            values.append(arg[len(flag) + 1 :])
+    return values
+
+
+def _expected_resources(params: dict, rule: str) -> dict:
+    spec = params["resources"]
+    return {**spec["default"], **spec.get(rule, {})}
+
+
+def _merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            _merged(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def _dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job block a dry run prints."""
+    jobs = []
+    for line in output.splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            jobs.append((match.group(1), {}))
+        elif jobs and line.strip().startswith("resources:"):
+            items = line.strip()[len("resources:") :].split(", ")
+            jobs[-1][1].update(item.strip().split("=", 1) for item in items if "=" in item)
+    return jobs
+
+
+@pytest.fixture
+def project(tmp_path):
+    return _copy_project(tmp_path / "project")
+
+
+def test_slurm_profile_leaves_default_resources_to_the_command_line():
+    profile = yaml.safe_load((REPO / SLURM_PROFILE / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    # The README's `--default-resources slurm_account=... slurm_partition=...` replaces
+    # a profile's whole default-resources key, so the profile must not rely on one:
+    # per-rule values come from params.yaml.
+    assert "default-resources" not in profile
+
+
+def test_dry_run_with_the_slurm_profile_lists_the_jobs_with_params_resources(project):
+    result = _snakemake(project, "-n", "--workflow-profile", SLURM_PROFILE)
+    assert f"Using workflow specific profile {SLURM_PROFILE}" in result.stdout + result.stderr
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    grid = params["grid"]
+    jobs = _dry_run_jobs(result.stdout)
+    runs = len(grid["datasets"]) * len(grid["methods"]) * len(grid["seeds"])
+    assert sum(rule == "evaluate_cams" for rule, _ in jobs) == runs
+    assert sum(rule == "table" for rule, _ in jobs) == 1
+    for rule, resources in jobs:
+        if rule in PARAMS_RESOURCE_RULES:
+            # gpu, mem_mb and runtime come from params.yaml, not the cluster's defaults.
+            expected = _expected_resources(params, rule)
+            for key in ("gpu", "mem_mb", "runtime"):
+                assert resources.get(key) == str(expected[key]), (rule, key, resources)
+    assert PARAMS_RESOURCE_RULES <= {rule for rule, _ in jobs}
+
+
+@pytest.mark.slow
+def test_smoke_run_through_the_slurm_executor_asks_for_params_resources(project, tmp_path):
+    """The smoke DAG (one method, to keep it short) runs job by job through the plugin."""
+    bin_dir, state = _install_fake_slurm(tmp_path / "slurm")
+    # As a GPU preset does: one GPU for the training rules (CAM training and stage-2
+    # segmentation), more threads for evaluation. One method keeps the DAG short.
+    override = {
+        "grid": {"methods": ["mctformer_v2"]},
+        "resources": {
+            "train": {"gpu": 1, "threads": 2},
+            "segment": {"gpu": 1},
+            "evaluate_cams": {"threads": 2},
+        },
+    }
+    (project / "cluster.yaml").write_text(yaml.safe_dump(override))
+    start = time.monotonic()
+    _snakemake(
+        project,
+        "--workflow-profile",
+        SLURM_PROFILE,
+        "--default-resources",
+        f"slurm_account={ACCOUNT}",
+        f"slurm_partition={PARTITION}",
+        "--configfile",
+        "configs/smoke.yaml",
+        "cluster.yaml",
+        # The fake sbatch returns once the job is done: poll at once, not after 40 s.
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--seconds-between-status-checks",
+        "1",
+        "--latency-wait",
+        "5",
+        path_prefix=bin_dir,
+    )
+    elapsed = time.monotonic() - start
+
+    # The jobs really ran: the table the local rule writes is there.
+    assert "MCTformer-V2" in (project / "results" / "table.md").read_text()
+    jobs = _records(state, "jobs.jsonl")
+    assert jobs and all(job["state"] == "COMPLETED" for job in jobs), jobs
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for layer in (yaml.safe_load((project / "configs" / "smoke.yaml").read_text()), override):
+        params = _merged(params, layer)
+    submissions = _records(state, "sbatch.jsonl")
+    by_rule: dict[str, list[list[str]]] = {}
+    for submission in submissions:
+        argv = submission["argv"]
+        (comment,) = _flag_values(argv, "--comment")
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", comment).group(1)
+        by_rule.setdefault(rule, []).append(argv)
+        # The job script runs one job of this workflow through the job-step executor.
+        script = shlex.split(submission["script"].split("\n", 1)[1])
+        assert _flag_values(script, "--executor") == ["slurm-jobstep"], script
+        assert [target.split(":")[0] for target in _flag_values(script, "--target-jobs")] == [rule]
+    for rule in ("prepare_data", "train", "cams", "evaluate_cams"):
+        assert len(by_rule.get(rule, [])) == 1, (rule, sorted(by_rule))
+    assert not {"all", "table"} & by_rule.keys(), "local rules run on the login node"
+
+    # sbatch flags from params.yaml: exactly one GPU for training, none for evaluation.
+    assert _expected_resources(params, "train")["gpu"] == 1
+    evaluate = _expected_resources(params, "evaluate_cams")
+    assert (evaluate["gpu"], evaluate["threads"]) == (0, 2)
+    for rule, calls in by_rule.items():
+        expected = _expected_resources(params, rule)
+        gpus = [str(expected["gpu"])] if expected["gpu"] else []
+        for argv in calls:
+            assert _flag_values(argv, "--gpus") == gpus, (rule, argv)
+            assert not _flag_values(argv, "--gres"), (rule, argv)
+            assert _flag_values(argv, "--mem") == [str(expected["mem_mb"])], (rule, argv)
+            assert _flag_values(argv, "-t") == [str(expected["runtime"])], (rule, argv)
+            assert _flag_values(argv, "--cpus-per-task") == [str(expected["threads"])], (rule, argv)
+            assert _flag_values(argv, "-A") == [ACCOUNT], (rule, argv)
+            assert _flag_values(argv, "-p") == [PARTITION], (rule, argv)
+
+    # Inside each job the job step asks srun for the same GPUs.
+    steps = [record["argv"] for record in _records(state, "srun.jsonl")]
+    assert len(steps) == len(submissions)
+    for argv in steps:
+        (target,) = _flag_values(argv, "--target-jobs")
+        expected_gpu = _expected_resources(params, target.split(":")[0])["gpu"]
+        gpus = [arg for arg in argv if arg.startswith("--gpus")]
+        assert gpus == ([f"--gpus={expected_gpu}"] if expected_gpu else []), argv
+    print(f"SLURM smoke run: {len(submissions)} sbatch jobs, {elapsed:.1f} s")
