@@ -85,7 +85,9 @@ def train(
         num_workers=settings["num_workers"],
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
-        persistent_workers=settings["num_workers"] > 0,
+        # Not persistent: workers hold a copy of the dataset, and the per-epoch
+        # augmentation seed (data.set_epoch) only reaches fresh workers.
+        persistent_workers=False,
     )
     peak_lr = settings["lr"] * (batch_size / 512 if settings["lr_batch_scaling"] else 1.0)
     floor_lr = min(settings["min_lr"], peak_lr)

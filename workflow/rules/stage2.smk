@@ -1,0 +1,60 @@
+# Stage 2: pseudo-labels from the CAMs of each dataset's train_split, then a
+# segmentation network trained on them and scored on seg_split (wsss/cams/pseudo_labels.py,
+# wsss/segmentation/).
+
+
+def train_split(dataset):
+    return config["datasets"][dataset]["train_split"]
+
+
+def pseudo_label_threshold_source(wildcards):
+    """cam_metrics.json when the background threshold is the evaluate stage's best one."""
+    block = wsss_config.dataset_block(config, wildcards.dataset, "pseudo_labels")
+    if block["bg_threshold"] != "best":
+        return []
+    return f"results/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
+
+
+rule pseudo_labels:
+    input:
+        cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
+        cam_metrics=pseudo_label_threshold_source,
+        code=code("data", "cams", "evaluation"),
+    output:
+        labels=directory("results/pseudo_labels/{dataset}/{method}/seed{seed}"),
+        metrics="results/runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json",
+    params:
+        cfg=lambda wc: as_json(wsss_config.pseudo_label_config(config, wc.dataset, run_meta(wc))),
+        cam_metrics=lambda wc, input: f"--cam-metrics {input.cam_metrics}" if input.cam_metrics else "",
+    threads: rule_resources("pseudo_labels")["threads"]
+    resources:
+        gpu=rule_resources("pseudo_labels")["gpu"],
+        mem_mb=rule_resources("pseudo_labels")["mem_mb"],
+        runtime=rule_resources("pseudo_labels")["runtime"],
+    log:
+        "results/logs/pseudo_labels/{dataset}/{method}/seed{seed}.log",
+    shell:
+        "wsss pseudo-labels --config {params.cfg:q} --cams {input.cams} {params.cam_metrics}"
+        " --out-dir {output.labels} --metrics {output.metrics} --threads {threads} 2> {log}"
+
+
+rule segment:
+    input:
+        labels="results/pseudo_labels/{dataset}/{method}/seed{seed}",
+        manifest="results/data/{dataset}.json",
+        code=code("data", "segmentation", "evaluation", "cams/crf.py"),
+    output:
+        model="results/runs/{dataset}/{method}/seed{seed}/segmenter.pt",
+        metrics="results/runs/{dataset}/{method}/seed{seed}/seg_metrics.json",
+    params:
+        cfg=lambda wc: as_json(wsss_config.segmentation_config(config, wc.dataset, run_meta(wc))),
+    threads: rule_resources("segment")["threads"]
+    resources:
+        gpu=rule_resources("segment")["gpu"],
+        mem_mb=rule_resources("segment")["mem_mb"],
+        runtime=rule_resources("segment")["runtime"],
+    log:
+        "results/logs/segment/{dataset}/{method}/seed{seed}.log",
+    shell:
+        "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
+        " --model {output.model} --metrics {output.metrics} --threads {threads} 2> {log}"

@@ -1,0 +1,117 @@
+"""Multi-scale inference and scoring of the stage-2 segmenter.
+
+As the official ``seg/infer_seg.py`` (methods.md section 1.3): the image is
+resized to each scale, the softmax of the logits is resized back, and the
+element-wise maximum over scales is taken; no flip. An optional dense CRF
+(wsss.cams.crf, the optional ``pydensecrf2``) refines the result per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsss.data.classification import normalize
+from wsss.data.datasets import OpenedDataset
+from wsss.evaluation.cam_eval import summarize
+from wsss.evaluation.confusion import ConfusionAccumulator
+from wsss.evaluation.metrics import scores_from_confusion
+from wsss.runtime import progress as tqdm
+
+
+@torch.inference_mode()
+def multiscale_probabilities(
+    model: nn.Module, x: torch.Tensor, scales: Sequence[float]
+) -> torch.Tensor:
+    """Normalised B x 3 x H x W -> B x K x H x W: max over scales of the softmax."""
+    if not scales:
+        raise ValueError("segmentation inference needs at least one scale")
+    height, width = x.shape[-2:]
+    best = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = (
+            x
+            if size == (height, width)
+            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        )
+        # logits resized straight to the image size, then the softmax (as the official script)
+        probs = model(scaled, size=(height, width)).float().softmax(1)
+        best = probs if best is None else torch.maximum(best, probs)
+    return best
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    crf_settings=None,
+) -> np.ndarray:
+    """uint8 B x 3 x H x W -> B x H x W uint8 labels (CRF per image when settings are given)."""
+    probs = multiscale_probabilities(model, normalize(images), scales)
+    if crf_settings is None:
+        return probs.argmax(1).cpu().numpy().astype(np.uint8)
+    from wsss.cams.crf import dense_crf
+
+    probs = probs / probs.sum(1, keepdim=True)  # a max over scales no longer sums to 1
+    rgb = images.permute(0, 2, 3, 1).cpu().numpy()
+    labels = [
+        dense_crf(np.ascontiguousarray(image), p, crf_settings).argmax(0)
+        for image, p in zip(rgb, probs.cpu().numpy(), strict=True)
+    ]
+    return np.stack(labels).astype(np.uint8)
+
+
+def batches_by_size(
+    dataset: OpenedDataset, ids: Iterable[str], batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Images of equal size batched together (VOC has a handful of common sizes)."""
+    buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    for image_id in ids:
+        image = dataset.layout.load_image(image_id)
+        bucket = buckets.setdefault(image.shape, [])
+        bucket.append((image_id, image))
+        if len(bucket) == batch_size:
+            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
+            bucket.clear()
+    for bucket in buckets.values():
+        if bucket:
+            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
+
+
+def evaluate_segmenter(
+    model: nn.Module,
+    dataset: OpenedDataset,
+    split: str,
+    scales: Sequence[float],
+    device: torch.device,
+    batch_size: int = 16,
+    crf_settings=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every image of ``split`` and score it against the masks (summarize's dict)."""
+    model.eval()
+    accumulator = ConfusionAccumulator(dataset.num_classes + 1)
+    ids = dataset.layout.split_ids(split)
+    if not ids:
+        raise ValueError(f"dataset {dataset.name}: split {split!r} is empty")
+    with tqdm(total=len(ids), desc=f"segment {split}", disable=not progress) as bar:
+        for batch_ids, images in batches_by_size(dataset, ids, batch_size):
+            tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+            labels = predict(model, tensor, scales, crf_settings)
+            for image_id, label in zip(batch_ids, labels, strict=True):
+                accumulator.update(dataset.layout.load_mask(image_id), label)
+            bar.update(len(batch_ids))
+    scores = scores_from_confusion(accumulator.matrix)
+    return {
+        "split": split,
+        "images": len(ids),
+        "scales": list(scales),
+        "crf": crf_settings is not None,
+        **summarize(scores, dataset.class_names),
+    }
