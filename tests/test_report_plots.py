@@ -1,0 +1,117 @@
+"""Figures of one dataset from per-run CAM metrics: files, data, errors."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from wsss.cli import main
+from wsss.report.plots import FIGURE_NAMES, load_dataset_runs, write_plots
+
+CLASSES = ["disc", "square"]
+METHODS = {"base": "Baseline", "refined": "Baseline + refiner", "other": "Other method"}
+
+
+def _run_metrics(dataset, method, seed, miou, per_class):
+    thresholds = np.round(np.arange(0.0, 0.5, 0.05), 2)
+    curve = [{"threshold": float(t), "miou": float(miou - abs(t - 0.2) / 2)} for t in thresholds]
+    return {
+        "meta": {"dataset": dataset, "method": method, "label": METHODS[method], "seed": seed},
+        "cam": {
+            "miou": miou,
+            "threshold": 0.2,
+            "per_class": {"iou": per_class},
+            "reference": {"all_background": 0.1, "uniform_gt_classes": 0.05},
+            "sweep": {"curve": curve},
+        },
+    }
+
+
+@pytest.fixture
+def metric_files(tmp_path):
+    """3 methods x 2 seeds of one dataset; per-class IoU = base + 0.1 * seed."""
+    files = []
+    for m, method in enumerate(METHODS):
+        for seed in (0, 1):
+            per_class = {
+                "background": 0.8,
+                "disc": 0.2 + 0.1 * m + 0.1 * seed,
+                "square": 0.3 if method != "other" else None,  # a class never predicted
+            }
+            path = tmp_path / "runs" / method / f"seed{seed}" / "cam_metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(
+                json.dumps(_run_metrics("toy", method, seed, 0.3 + 0.05 * m, per_class))
+            )
+            files.append(path)
+    return files
+
+
+def test_write_plots_writes_three_figures_and_the_per_class_csv(metric_files, tmp_path):
+    order = ["other", "base", "refined"]
+    csv = tmp_path / "plots" / "per_class_iou" / "toy.csv"
+    paths = write_plots(metric_files, tmp_path / "figures", csv, CLASSES, method_order=order)
+    assert [p.name for p in paths] == list(FIGURE_NAMES)
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 150
+
+    table = pd.read_csv(csv)
+    assert len(table) == len(METHODS) * (1 + len(CLASSES))
+    assert list(dict.fromkeys(table["method"])) == order  # the given method order
+    assert list(table["class"][:3]) == ["background", *CLASSES]  # label order, not alphabetical
+    disc = table[(table["method"] == "refined") & (table["class"] == "disc")].iloc[0]
+    assert disc["iou"] == pytest.approx(0.35)  # mean of 0.3 and 0.4 over the seeds
+    assert disc["iou_std"] == pytest.approx(np.std([0.3, 0.4], ddof=1), abs=1e-6)
+    assert disc["method_class"] == "refined/disc" and disc["seeds"] == 2
+    square = table[(table["method"] == "other") & (table["class"] == "square")].iloc[0]
+    assert np.isnan(square["iou"])  # None in the metrics stays missing, not 0
+
+
+def test_miou_figure_grows_with_the_number_of_methods(metric_files, tmp_path):
+    one = [f for f in metric_files if f.parts[-3] == "base"]
+    write_plots(one, tmp_path / "one", tmp_path / "one.csv", CLASSES)
+    write_plots(metric_files, tmp_path / "all", tmp_path / "all.csv", CLASSES)
+    with (
+        Image.open(tmp_path / "one" / "cam_miou.png") as a,
+        Image.open(tmp_path / "all" / "cam_miou.png") as b,
+    ):
+        assert b.height > a.height and a.width == b.width
+
+
+def test_a_missing_metrics_file_is_named(metric_files, tmp_path):
+    missing = tmp_path / "runs" / "nope" / "seed0" / "cam_metrics.json"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        write_plots([*metric_files, missing], tmp_path / "f", tmp_path / "c.csv", CLASSES)
+
+
+def test_runs_of_two_datasets_are_refused(metric_files, tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_run_metrics("voc", "base", 0, 0.3, {"background": 1.0})))
+    with pytest.raises(ValueError, match="per dataset"):
+        load_dataset_runs([*metric_files, other])
+
+
+def test_class_names_that_do_not_match_the_metrics_name_the_file(metric_files, tmp_path):
+    with pytest.raises(ValueError, match=r"cam_metrics\.json: per-class IoU is over"):
+        write_plots(metric_files, tmp_path / "f", tmp_path / "c.csv", ["disc", "ring"])
+
+
+def test_a_method_outside_the_given_order_is_refused(metric_files):
+    with pytest.raises(ValueError, match="not in the method order"):
+        load_dataset_runs(metric_files, method_order=["base", "refined"])
+
+
+def test_cli_plots(metric_files, tmp_path):
+    manifest = tmp_path / "toy.json"
+    manifest.write_text(json.dumps({"class_names": CLASSES}))
+    out = tmp_path / "figures" / "toy"
+    args = ["plots", "--metrics", *map(str, metric_files), "--manifest", str(manifest)]
+    args += ["--out-dir", str(out), "--csv", str(tmp_path / "toy.csv"), "--no-progress"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(FIGURE_NAMES)
+    # A missing input is an error message naming it, not a traceback.
+    bad = [*args[:2], str(tmp_path / "missing.json"), *args[2 + len(metric_files) :]]
+    assert main(bad) == 1
