@@ -1,0 +1,238 @@
+"""The paper-faithful presets configs/voc.yaml and configs/coco.yaml: resolved settings and dry runs.
+
+Nothing here trains: the presets are checked as resolved configurations and as
+Snakemake dry runs in a copy of the project with a fake dataset root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import _copy_project, _job_counts, _snakemake
+
+from wsss.config import (
+    cam_config,
+    load_params,
+    training_config,
+    training_key,
+)
+from wsss.methods import TRAINING_METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+VOC_PRESET = REPO / "configs" / "voc.yaml"
+COCO_PRESET = REPO / "configs" / "coco.yaml"
+
+
+def _fake_voc(root: Path) -> Path:
+    """Just enough of a VOC tree for the dataset-root check (the dry run reads no image)."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _fake_coco_raw(root: Path) -> Path:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in ("train2014", "val2014"):
+        (root / split).mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text("{}")
+    return root
+
+
+def _override(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def voc_params(tmp_path):
+    root = _override(
+        tmp_path / "root.yaml", {"datasets": {"voc": {"root": str(_fake_voc(tmp_path / "voc"))}}}
+    )
+    return load_params(REPO / "params.yaml", VOC_PRESET, root)
+
+
+@pytest.fixture
+def coco_params(tmp_path):
+    raw = _fake_coco_raw(tmp_path / "raw")
+    root = _override(tmp_path / "raw.yaml", {"datasets": {"coco": {"source": {"root": str(raw)}}}})
+    return load_params(REPO / "params.yaml", COCO_PRESET, root)
+
+
+# --------------------------------------------------------------------------- resolved settings
+
+
+def test_voc_preset_resolves_each_methods_official_recipe(voc_params):
+    params = voc_params
+    assert sorted(params["grid"]["methods"]) == sorted(params["methods"])  # every variant
+    mct = training_config(params, "voc", "mctformer_v2")
+    assert mct["model"]["backbone"] == "deit_small_patch16_224" and mct["model"]["pretrained"]
+    assert mct["model"]["img_size"] == 224
+    assert mct["model"]["overrides"] == {
+        "patch_size": 16,
+        "embed_dim": 384,
+        "depth": 12,
+        "num_heads": 6,
+    }
+    train = mct["train"]
+    assert (train["epochs"], train["batch_size"], train["warmup_epochs"]) == (60, 64, 5)
+    assert train["lr"] * train["batch_size"] / 512 == pytest.approx(6.25e-5)
+    assert train["lr_batch_scaling"] and train["device"] == "cuda" and train["amp"]
+    assert mct["dataset"]["train_split"] == "train_aug" and mct["dataset"]["eval_split"] == "train"
+
+    cluster_key = training_key(params, "clustercam")
+    assert training_key(params, "clustercam_affinity") == cluster_key  # one model, two refiners
+    cluster = training_config(params, "voc", cluster_key)
+    assert cluster["model"]["img_size"] == 448
+    assert (cluster["train"]["epochs"], cluster["train"]["batch_size"]) == (80, 9)
+    assert cluster["train"]["lr"] == train["lr"]  # the rest is the common recipe
+    assert cam_config(params, "voc", "clustercam_affinity")["model"]["img_size"] == 448
+
+    aream = training_config(params, "voc", training_key(params, "aream"))
+    assert aream["train"]["epochs"] == 60 and aream["model"]["img_size"] == 224
+    assert aream["method"]["params"]["cls_epochs"] == 10
+    assert aream["method"]["params"]["layer_index"] == 7
+    assert cam_config(params, "voc", "mctformer_v2")["cam"]["scales"] == [1.0]
+
+    for resource in ("train", "cams"):
+        assert params["resources"][resource]["gpu"] == 1
+
+
+@pytest.mark.parametrize("preset", [VOC_PRESET, COCO_PRESET])
+def test_presets_state_the_official_method_parameters(preset):
+    """The preset values are the registered classes' defaults, which follow the official code
+    (methods.md), except the documented per-dataset ones."""
+    method_params = yaml.safe_load(preset.read_text())["method_params"]
+    assert method_params["aream"] == TRAINING_METHODS.get("aream").defaults
+    expected = dict(TRAINING_METHODS.get("clustercam").defaults)
+    if preset == COCO_PRESET:  # run_e2e_coco.sh
+        expected.update(bg_thr=0.43, seg_start_epoch=40)
+    assert method_params["clustercam"] == expected
+
+
+def test_coco_preset_resolves(coco_params):
+    params = coco_params
+    cluster = training_config(params, "coco", training_key(params, "clustercam"))
+    assert cluster["model"]["img_size"] == 448
+    assert (cluster["train"]["epochs"], cluster["train"]["batch_size"]) == (60, 6)
+    assert cluster["method"]["params"]["bg_thr"] == 0.43
+    mct = training_config(params, "coco", "mctformer_v2")
+    assert (mct["train"]["epochs"], mct["train"]["batch_size"]) == (60, 64)
+    assert "source" not in mct["dataset"]  # only the conversion reads the raw files
+    assert params["datasets"]["coco"]["source"]["crowd"] == "class"
+
+
+def test_preset_model_block_builds_deit_small(voc_params):
+    from wsss.models import build_model
+
+    block = dict(training_config(voc_params, "voc", "mctformer_v2")["model"], pretrained=False)
+    model = build_model(block, 20)  # random init: no download; the shape is what matters
+    backbone = model.backbone if hasattr(model, "backbone") else model
+    blocks = [m for m in backbone.modules() if type(m).__name__ == "Block"]
+    assert len(blocks) == 12
+    assert model.patch_size == 16
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000  # DeiT-S: ~22M
+
+
+@pytest.mark.parametrize("preset", [VOC_PRESET, COCO_PRESET])
+def test_presets_set_the_standard_stage_two(preset):
+    data = yaml.safe_load(preset.read_text())
+    seg = data["segmentation"]
+    assert (seg["epochs"], seg["batch_size"], seg["crop_size"]) == (30, 4, 321)
+    assert (seg["optimizer"], seg["lr"], seg["head_lr_mult"], seg["weight_decay"]) == (
+        "sgd",
+        7e-4,
+        10,
+        1e-5,
+    )
+    assert seg["head"] == "largefov" and seg["dilations"] == [12] and seg["output_stride"] == 8
+    assert seg["crf"]["enabled"] and data["pseudo_labels"]["bg_threshold"] == "best"
+    assert data["resources"]["segment"]["gpu"] == 1
+
+
+def test_preset_segmenter_is_resnet101(voc_params):
+    import timm
+
+    from wsss.segmentation.model import SegmenterConfig, create_feature_backbone
+
+    block = dict(voc_params["segmentation"], pretrained=False)
+    backbone = create_feature_backbone(SegmenterConfig.from_dict(block))
+    reference = timm.create_model("resnet101", pretrained=False, features_only=True)
+    shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    ours = {k: v.shape for k, v in backbone.state_dict().items()}
+    assert ours == {k: shapes[k] for k in ours}  # pretrained ResNet-101 weights fit
+    assert len(ours) > 600
+
+
+# --------------------------------------------------------------------------- dry runs
+
+
+@pytest.fixture
+def project(tmp_path):
+    return _copy_project(tmp_path / "project")
+
+
+def _train_runs(params: dict) -> int:
+    return len({training_key(params, m) for m in params["grid"]["methods"]})
+
+
+def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
+    root = _override(
+        tmp_path / "root.yaml", {"datasets": {"voc": {"root": str(_fake_voc(tmp_path / "voc"))}}}
+    )
+    result = _snakemake(project, "-n", "--configfile", str(VOC_PRESET), str(root))
+    counts = _job_counts(result.stdout)
+    methods, seeds = voc_params["grid"]["methods"], voc_params["grid"]["seeds"]
+    assert len(methods) == 14 and len(seeds) == 3
+    assert counts["prepare_data"] == 1
+    assert counts["train"] == _train_runs(voc_params) * len(seeds) == 7 * 3
+    assert counts["evaluate_cams"] == len(methods) * len(seeds)
+    # CAMs of train (scored) and of train_aug (the pseudo-labels stage 2 trains on)
+    assert counts["cams"] == 2 * len(methods) * len(seeds)
+    assert counts["evaluate_decoder"] == 2 * len(seeds)  # the two ClusterCAM variants
+    assert counts["pseudo_labels"] == counts["segment"] == len(methods) * len(seeds)
+    assert "convert_coco" not in counts
+    # Every method of the grid appears, and training jobs ask for a GPU.
+    for method in methods:
+        assert f"results/runs/voc/{method}/seed2/cam_metrics.json" in result.stdout
+    train_jobs = result.stdout.split("rule train:")[1:]
+    assert train_jobs and all("gpu=1" in job.split("rule ")[0] for job in train_jobs)
+    assert not (project / "results").exists()
+
+
+def test_voc_preset_without_the_dataset_fails_clearly(project):
+    result = _snakemake(project, "-n", "--configfile", str(VOC_PRESET), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "datasets.voc.root: no VOC-layout dataset at data/voc" in output
+    assert "expected JPEGImages/, SegmentationClassAug/" in output
+    assert "Job stats" not in output  # nothing was scheduled
+    assert not (project / "results").exists()
+
+
+@pytest.mark.slow
+def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path, coco_params):
+    raw = _fake_coco_raw(tmp_path / "raw")
+    override = _override(
+        tmp_path / "raw.yaml", {"datasets": {"coco": {"source": {"root": str(raw)}}}}
+    )
+    result = _snakemake(project, "-n", "--configfile", str(COCO_PRESET), str(override))
+    counts = _job_counts(result.stdout)
+    methods = coco_params["grid"]["methods"]
+    assert counts["convert_coco"] == 1 and counts["prepare_data"] == 1
+    assert counts["train"] == _train_runs(coco_params) == 7
+    assert counts["cams"] == counts["evaluate_cams"] == len(methods)  # train is both splits
+    assert counts["pseudo_labels"] == counts["segment"] == len(methods)
+    assert "wsss convert-coco" in result.stdout or "convert_coco" in result.stdout
+
+
+def test_coco_preset_without_raw_data_fails_clearly(project):
+    result = _snakemake(project, "-n", "--configfile", str(COCO_PRESET), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "datasets.coco.source: data/coco holds no converted COCO layout" in output
+    assert "data/coco-raw/annotations/instances_train2014.json does not exist" in output
+    assert "Job stats" not in output
+    assert not (project / "results").exists()
