@@ -32,4 +32,4 @@ lint: install
 	$(BIN)/ruff check wsss tests
 
 clean:
-	rm -rf results/runs results/cams results/logs results/data data/synthetic .snakemake
+	rm -rf results/runs results/cams results/pseudo_labels results/logs results/data data/synthetic .snakemake

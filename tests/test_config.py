@@ -121,3 +121,68 @@ def test_missing_dataset_root_fails_validation(params, tmp_path):
     params["grid"]["datasets"] = ["voc"]
     with pytest.raises(ParamsError, match=r"datasets.voc.root: .*no_such_voc.*JPEGImages"):
         validate_params(params)
+
+
+# ------------------------------------------------------------- per-variant training recipes
+
+
+def test_variant_overrides_change_only_that_variants_training(params):
+    recipe = {"model": {"img_size": 96}, "train": {"epochs": 3, "batch_size": 5}}
+    for variant in ("clustercam", "clustercam_affinity"):
+        params["methods"][variant]["overrides"] = copy.deepcopy(recipe)
+    params["datasets"]["synthetic"]["overrides"] = {"train": {"epochs": 7, "lr": 0.5}}
+    validate_params(params)
+    key = training_key(params, "clustercam_affinity")
+    assert key == training_key(params, "clustercam") == "clustercam"  # still one shared model
+    cfg = training_config(params, "synthetic", key)
+    assert cfg["model"]["img_size"] == 96
+    assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (3, 5)  # variant wins
+    assert cfg["train"]["lr"] == 0.5  # the dataset's override still applies
+    assert cam_config(params, "synthetic", "clustercam_affinity")["model"]["img_size"] == 96
+    plain = training_config(params, "synthetic", "mctformer_v2")
+    assert plain["train"]["epochs"] == 7
+    assert plain["model"]["img_size"] == params["model"]["img_size"]
+
+
+def test_a_variant_with_its_own_recipe_trains_its_own_model(params):
+    params["methods"]["mctformer_v2_long"] = {
+        "train": "mctformer_v2",
+        "refine": "affinity",
+        "overrides": {"train": {"epochs": 40}},
+    }
+    params["methods"]["mctformer_v2_long_plain"] = {
+        "train": "mctformer_v2",
+        "overrides": {"train": {"epochs": 40}},
+    }
+    validate_params(params)
+    assert training_key(params, "mctformer_v2_affinity") == "mctformer_v2"
+    assert training_key(params, "mctformer_v2_long") == "mctformer_v2_long"
+    assert training_key(params, "mctformer_v2_long_plain") == "mctformer_v2_long"
+    assert training_config(params, "synthetic", "mctformer_v2_long")["train"]["epochs"] == 40
+    assert training_config(params, "synthetic", "mctformer_v2")["train"]["epochs"] == 20
+    # Empty override blocks are no recipe of their own.
+    params["methods"]["mctformer_v2_affinity"]["overrides"] = {"train": {}}
+    assert training_key(params, "mctformer_v2_affinity") == "mctformer_v2"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train": {"epochs": 0}}, "methods.clustercam.overrides.train.epochs"),
+        ({"train": {"epoch": 3}}, "methods.clustercam.overrides.train.epoch: unknown key"),
+        ({"cam": {"scales": [1.0]}}, "methods.clustercam.overrides.cam: unknown key"),
+    ],
+)
+def test_variant_overrides_are_validated(params, overrides, message):
+    params["methods"]["clustercam"]["overrides"] = overrides
+    with pytest.raises(ParamsError, match=message):
+        validate_params(params)
+
+
+def test_a_training_run_name_cannot_serve_two_recipes(params):
+    # A variant named like a training method, with a recipe of its own, would write
+    # into the plain method's run folder.
+    params["methods"]["aream"] = {"train": "mctformer_v2", "overrides": {"train": {"epochs": 3}}}
+    params["methods"]["aream_plain"] = {"train": "aream"}
+    with pytest.raises(ParamsError, match="training run 'aream' is also the run of a variant"):
+        validate_params(params)

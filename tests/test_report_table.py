@@ -136,3 +136,28 @@ def test_stage2_columns_are_empty_without_their_files(runs, tmp_path):
 def test_the_wrong_kind_of_file_is_named(runs):
     with pytest.raises(ValueError, match="expected a 'seg' entry"):
         collect_runs(runs["cam"], seg_files=runs["pseudo"])
+
+
+def test_paper_columns_only_for_real_benchmarks(runs, tmp_path):
+    plain = tmp_path / "plain"
+    summary = write_report(runs["cam"], plain, seg_files=runs["seg"])
+    assert summary["paper_seg_miou_val"].isna().all()
+    assert "paper" not in (plain / "table.md").read_text()
+
+    # The same runs read as a VOC table: ClusterCAM's reported decoder mIoU (methods.md 4.8)
+    # appears beside ours; method "a" has no paper number.
+    voc = tmp_path / "voc"
+    summary = write_report(
+        runs["cam"], voc, seg_files=runs["seg"], dataset_kinds={"synthetic": "voc"}
+    ).set_index("method")
+    assert summary.loc["clustercam", "paper_seg_miou_val"] == pytest.approx(0.703)
+    assert math.isnan(summary.loc["clustercam", "paper_cam_miou"])
+    assert math.isnan(summary.loc["a", "paper_seg_miou_val"])
+    table = (voc / "table.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| dataset | method |"))
+    assert header.endswith("| paper CAM | paper seg (val) |")
+    row = next(line for line in table.splitlines() if line.startswith("| synthetic | clustercam |"))
+    assert [c.strip() for c in row.split("|")[1:-1]][-2:] == ["", "70.3"]
+    with open(voc / "table.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(rows["clustercam"]["paper_seg_miou_val"]) == pytest.approx(0.703)

@@ -91,6 +91,8 @@ def test_dry_run_lists_the_grid(project):
     assert counts["train"] == 2 * 2 * len(train_runs)  # refiners share trained models
     assert counts["cams"] == 2 * 2 * len(methods)
     assert counts["evaluate_cams"] == 2 * 2 * len(methods)
+    assert counts["pseudo_labels"] == 2 * 2 * len(methods)  # stage 2 for every method
+    assert counts["segment"] == 2 * 2 * len(methods)
     assert counts["table"] == 1
 
 
@@ -125,12 +127,34 @@ def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
     assert (
         project / "results" / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log"
     ).stat().st_size > 0
+    # Stage 2: one pseudo-label PNG per training image, a segmenter scored on val.
+    smoke_params = yaml.safe_load(Path(smoke).read_text())
+    num_train = smoke_params["datasets"]["synthetic"]["generator"]["num_train"]
+    labels = project / "results" / "pseudo_labels" / "synthetic" / "mctformer_v2" / "seed0"
+    assert len(list(labels.glob("*.png"))) == num_train
+    run_dir = project / "results" / "runs" / "synthetic" / "mctformer_v2" / "seed0"
+    seg = json.loads((run_dir / "seg_metrics.json").read_text())["seg"]
+    assert seg["split"] == "val" and (run_dir / "segmenter.pt").is_file()
+    assert run["seg_miou"] == pytest.approx(seg["miou"], abs=1e-6)
+    pseudo = json.loads((run_dir / "pseudo_label_metrics.json").read_text())["pseudo_labels"]
+    assert pseudo["miou"] == pytest.approx(run["cam_miou"], abs=1e-6)  # plain rule at the best t
+    assert "seg mIoU (val)" in table
 
     again = _snakemake(project, "-n", "--configfile", smoke)
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # Editing evaluation code reruns evaluation and the table, not training or CAMs.
+    # Editing stage-2 training code reruns the segmenters and the table, nothing upstream.
+    with open(project / "wsss" / "segmentation" / "train.py", "a") as f:
+        f.write("\n# edited\n")
+    counts = _job_counts(_snakemake(project, "-n", "--configfile", smoke).stdout)
+    assert counts["segment"] == 2 and counts["table"] == 1
+    assert not {"train", "cams", "evaluate_cams", "pseudo_labels"} & set(counts)
+
+    # Editing evaluation code reruns evaluation and what reads its scores (the table, the
+    # pseudo-labels at the best threshold, stage 2), not training or CAMs.
     with open(project / "wsss" / "evaluation" / "cam_eval.py", "a") as f:
         f.write("\n# edited\n")
     counts = _job_counts(_snakemake(project, "-n", "--configfile", smoke).stdout)
-    assert counts == {"all": 1, "evaluate_cams": 2, "table": 1, "total": 4}
+    assert counts["evaluate_cams"] == 2 and counts["pseudo_labels"] == 2
+    assert counts["segment"] == 2 and counts["table"] == 1
+    assert not {"train", "cams", "prepare_data"} & set(counts)

@@ -12,6 +12,7 @@ rule evaluate_cams:
                 "meta": run_meta(wc),
             }
         ),
+    threads: rule_resources("evaluate_cams")["threads"]
     resources:
         gpu=rule_resources("evaluate_cams")["gpu"],
         mem_mb=rule_resources("evaluate_cams")["mem_mb"],
@@ -20,7 +21,7 @@ rule evaluate_cams:
         "results/logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss evaluate --config {params.cfg:q} --cams {input.cams} --out {output.metrics}"
-        " --threads 1 2> {log}"
+        " --threads {threads} 2> {log}"
 
 
 rule evaluate_decoder:

@@ -16,17 +16,144 @@ rule table:
             method=decoder_methods(),
             seed=SEEDS,
         ),
-        code=code("report"),
+        pseudo=expand(
+            "results/runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json",
+            dataset=DATASETS,
+            method=METHODS,
+            seed=SEEDS,
+        ),
+        seg=expand(
+            "results/runs/{dataset}/{method}/seed{seed}/seg_metrics.json",
+            dataset=DATASETS,
+            method=METHODS,
+            seed=SEEDS,
+        ),
+        code=code("report/table.py", "report/paper.py", "resources/paper_numbers.yaml"),
     output:
-        table="results/table.md",
-        csv="results/table.csv",
-        runs="results/runs.csv",
+        table=report("results/table.md", caption="../report/table_files.rst", category="Results"),
+        csv=report("results/table.csv", caption="../report/table_files.rst", category="Results"),
+        runs=report("results/runs.csv", caption="../report/table_files.rst", category="Results"),
         metrics="results/metrics.json",
         plots=["results/plots/cam_miou.csv", "results/plots/threshold_curves.csv"],
     params:
         order=" ".join(METHODS),
+        kinds=" ".join(f"{d}={config['datasets'][d]['kind']}" for d in DATASETS),
     log:
         "results/logs/table.log",
     shell:
-        "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder} --out-dir results --method-order {params.order}"
+        "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
+        " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
+        " --out-dir results --method-order {params.order} --dataset-kinds {params.kinds}"
         " > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- pictures
+# One job per dataset (not per method): each reads every method's results.
+
+localrules:
+    plots,
+    table_html,
+
+
+def gallery_cams(wildcards):
+    """The CAM file of every method's first-seed run on the dataset's eval split."""
+    split = eval_split(wildcards.dataset)
+    return [
+        f"results/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
+    ]
+
+
+def gallery_config(wildcards):
+    return as_json(
+        {
+            "dataset": wsss_config.dataset_config(config, wildcards.dataset),
+            "report": config["report"],
+            "methods": [
+                {"name": m, "label": wsss_config.variant_label(config, m)} for m in METHODS
+            ],
+            "seed": SEEDS[0],
+        }
+    )
+
+
+rule table_html:
+    input:
+        table="results/table.md",
+        code=code("report/html.py"),
+    output:
+        html=report("results/table.html", caption="../report/table.rst", category="Results"),
+    log:
+        "results/logs/table_html.log",
+    shell:
+        "wsss table-html --table {input.table} --out {output.html} 2> {log}"
+
+
+rule plots:
+    input:
+        metrics=expand(
+            "results/runs/{{dataset}}/{method}/seed{seed}/cam_metrics.json",
+            method=METHODS,
+            seed=SEEDS,
+        ),
+        manifest="results/data/{dataset}.json",
+        code=code("report/plots.py"),
+    output:
+        miou=report(
+            "results/figures/{dataset}/cam_miou.png",
+            caption="../report/cam_miou.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "CAM mIoU per method"},
+        ),
+        curves=report(
+            "results/figures/{dataset}/threshold_curves.png",
+            caption="../report/threshold_curves.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "mIoU vs background threshold"},
+        ),
+        per_class=report(
+            "results/figures/{dataset}/per_class_iou.png",
+            caption="../report/per_class_iou.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "per-class IoU"},
+        ),
+        csv="results/plots/per_class_iou/{dataset}.csv",
+    params:
+        order=" ".join(METHODS),
+        out_dir=lambda wc, output: str(Path(output.miou).parent),
+    log:
+        "results/logs/plots/{dataset}.log",
+    shell:
+        "wsss plots --metrics {input.metrics} --manifest {input.manifest} --out-dir {params.out_dir}"
+        " --csv {output.csv} --method-order {params.order} > {log} 2>&1"
+
+
+rule gallery:
+    input:
+        cams=gallery_cams,
+        # the same runs' pseudo-labels (directory outputs of the pseudo_labels rule)
+        pseudo=expand(
+            "results/pseudo_labels/{{dataset}}/{method}/seed{seed}", method=METHODS, seed=SEEDS[0]
+        ),
+        manifest="results/data/{dataset}.json",
+        code=code("data", "cams/store.py", "report/gallery.py"),
+    output:
+        gallery=report(
+            "results/gallery/{dataset}.png",
+            caption="../report/gallery.rst",
+            category="CAM gallery",
+            labels={"dataset": "{dataset}"},
+        ),
+    params:
+        cfg=gallery_config,
+    resources:
+        gpu=rule_resources("gallery")["gpu"],
+        mem_mb=rule_resources("gallery")["mem_mb"],
+        runtime=rule_resources("gallery")["runtime"],
+    log:
+        "results/logs/gallery/{dataset}.log",
+    shell:
+        "wsss gallery --config {params.cfg:q} --cams {input.cams} --pseudo-labels {input.pseudo}"
+        " --out {output.gallery} > {log} 2>&1"

@@ -42,11 +42,8 @@ def prepare_dataset(config: dict[str, Any], progress: bool = True) -> dict[str, 
             config["root"],
             progress=progress,
         )
-    elif kind == "coco":
-        raise NotImplementedError(
-            f"datasets.{config['name']}: the COCO converter is not built yet; convert COCO to the VOC "
-            "layout and declare it with kind: voc"
-        )
+    # kind coco: the convert_coco rule (`wsss convert-coco`) wrote the layout before this
+    # runs; open_dataset below names the missing manifest otherwise.
     dataset = open_dataset(config)
     splits = {}
     for key in ("train_split", "eval_split", "seg_split"):
@@ -67,6 +64,10 @@ def prepare_dataset(config: dict[str, Any], progress: bool = True) -> dict[str, 
 def open_dataset(config: dict[str, Any]) -> OpenedDataset:
     kind = config["kind"]
     name = config.get("name", kind)
+    if kind == "coco":  # before locating: a missing conversion gets its own message
+        from wsss.data.coco import converted_class_names
+
+        coco_class_names = converted_class_names(config["root"])
     layout = VOCLayout.locate(config["root"], mask_dir=config.get("mask_dir", "auto"))
     if kind == "synthetic":
         manifest = Path(layout.root) / "dataset.json"
@@ -78,6 +79,8 @@ def open_dataset(config: dict[str, Any]) -> OpenedDataset:
         class_names = list(json.loads(manifest.read_text())["class_names"])
     elif kind == "voc":
         class_names = list(VOC_CLASSES)
+    elif kind == "coco":
+        class_names = coco_class_names
     else:
         raise ValueError(f"datasets.{name}.kind: unsupported kind {kind!r}")
     return OpenedDataset(name, kind, layout, class_names, config)

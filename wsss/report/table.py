@@ -19,14 +19,43 @@ CAM_COLUMNS = {
 }
 
 
-def collect_runs(
-    metric_files: list[str | Path], decoder_files: list[str | Path] = ()
-) -> pd.DataFrame:
-    decoder = {}
-    for path in decoder_files:
+# Per-run scores read from other stages' files: (column, the file's top-level key).
+STAGE_COLUMNS = {
+    "decoder_miou": "decoder",
+    "pseudo_label_miou": "pseudo_labels",
+    "seg_miou": "seg",
+}
+
+
+def _scores_by_run(files: list[str | Path], key: str) -> tuple[dict, dict[str, set[str]]]:
+    """{(dataset, method, seed): mIoU} of one kind of metrics file, and the splits per dataset."""
+    scores, splits = {}, {}
+    for path in files:
         run = read_json(path)
         meta = run["meta"]
-        decoder[(meta["dataset"], meta["method"], int(meta["seed"]))] = run["decoder"]["miou"]
+        if key not in run:
+            raise ValueError(f"{path}: expected a {key!r} entry (is it the right kind of file?)")
+        scores[(meta["dataset"], meta["method"], int(meta["seed"]))] = run[key]["miou"]
+        if "split" in run[key]:
+            splits.setdefault(meta["dataset"], set()).add(run[key]["split"])
+    return scores, splits
+
+
+def collect_runs(
+    metric_files: list[str | Path],
+    decoder_files: list[str | Path] = (),
+    pseudo_label_files: list[str | Path] = (),
+    seg_files: list[str | Path] = (),
+) -> pd.DataFrame:
+    """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}."""
+    stage_files = {
+        "decoder_miou": decoder_files,
+        "pseudo_label_miou": pseudo_label_files,
+        "seg_miou": seg_files,
+    }
+    stages, splits = {}, {}
+    for column, files in stage_files.items():
+        stages[column], splits[column] = _scores_by_run(files, STAGE_COLUMNS[column])
     rows = []
     for path in metric_files:
         run = read_json(path)
@@ -39,22 +68,44 @@ def collect_runs(
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
         row["all_background_miou"] = run["cam"]["reference"]["all_background"]
         row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
-        row["decoder_miou"] = decoder.get(
-            (row["dataset"], row["method"], row["seed"]), float("nan")
-        )
+        run_key = (row["dataset"], row["method"], row["seed"])
+        for column, scores in stages.items():
+            row[column] = scores.get(run_key, float("nan"))
         rows.append(row)
     if not rows:
         raise ValueError("no run metrics given to the table")
-    return (
+    runs = (
         pd.DataFrame(rows)
         .sort_values(["dataset", "method", "seed"], kind="stable")
         .reset_index(drop=True)
     )
+    runs.attrs["splits"] = splits
+    return runs
+
+
+# Paper numbers shown beside ours: (column, metric in wsss/resources/paper_numbers.yaml).
+PAPER_COLUMNS = {"paper_cam_miou": "cam_miou", "paper_seg_miou_val": "seg_miou_val"}
+
+
+def add_paper_numbers(summary: pd.DataFrame, dataset_kinds: dict[str, str]) -> pd.DataFrame:
+    """The papers' reported mIoU (as a fraction, like ours) for each (dataset, method) row;
+    NaN where the paper reports none or the dataset's kind is not given (e.g. synthetic)."""
+    from wsss.report.paper import paper_numbers
+
+    summary = summary.copy()
+    for column, metric in PAPER_COLUMNS.items():
+        values = []
+        for row in summary.itertuples():
+            kind = dataset_kinds.get(row.dataset)
+            entry = paper_numbers(kind, row.method).get(metric) if kind else None
+            values.append(entry["value"] / 100.0 if entry else float("nan"))
+        summary[column] = values
+    return summary
 
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
     """Mean and standard deviation over seeds for each (dataset, method)."""
-    values = [*CAM_COLUMNS, "decoder_miou"]
+    values = [*CAM_COLUMNS, *STAGE_COLUMNS]
     grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary["seeds"] = grouped.size()
@@ -71,7 +122,24 @@ def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def _pm_or_empty(mean: float, std: float) -> str:
+    return "" if math.isnan(mean) else _pm(mean, std)
+
+
+def _split_suffix(runs: pd.DataFrame, column: str, generic: str) -> str:
+    """`` (train)`` when every dataset scores ``column`` on one split of that name, else generic."""
+    names = set().union(*runs.attrs.get("splits", {}).get(column, {}).values())
+    return f" ({next(iter(names))})" if len(names) == 1 else f" ({generic})"
+
+
+def _split_names(runs: pd.DataFrame, column: str) -> str:
+    per_dataset = runs.attrs.get("splits", {}).get(column, {})
+    return ", ".join(f"{d}: {'/'.join(sorted(s))}" for d, s in sorted(per_dataset.items()))
+
+
 def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    pseudo = "pseudo-label mIoU" + _split_suffix(runs, "pseudo_label_miou", "eval split")
+    seg = "seg mIoU" + _split_suffix(runs, "seg_miou", "seg split")
     lines = [
         "# Results",
         "",
@@ -82,16 +150,49 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "Decoder mIoU: a single-stage method's own segmentation decoder on the seg split "
         "(multi-scale, no CRF); empty for two-stage methods.",
         "",
-        "| dataset | method | CAM mIoU | best threshold | precision | recall | decoder mIoU | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "Pseudo-label mIoU: the stage-2 training labels made from the train split's CAMs "
+        "(params `pseudo_labels`), scored on the evaluation split "
+        f"({_split_names(runs, 'pseudo_label_miou') or 'none given'}); with the best threshold "
+        "it was chosen on those masks, so it is optimistic like the CAM mIoU. "
+        "Seg mIoU: a segmentation network trained on those pseudo-labels "
+        "(params `segmentation`), multi-scale inference, scored on the seg split "
+        f"({_split_names(runs, 'seg_miou') or 'none given'}), which no earlier stage looks at.",
+        "",
+    ]
+    # Only tables of real benchmarks get the papers' columns (the synthetic one has none).
+    with_paper = all(c in summary for c in PAPER_COLUMNS) and bool(
+        summary[list(PAPER_COLUMNS)].notna().any().any()
+    )
+    if with_paper:
+        lines += [
+            "Paper CAM / paper seg: the mIoU the method's paper reports for the same "
+            "recipe on that benchmark (seg: its final segmentation, a stage-2 network or a "
+            "single-stage method's own decoder; wsss/resources/paper_numbers.yaml gives each "
+            "number's source and whether it was checked); empty where none is reported.",
+            "",
+        ]
+    paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
+    lines += [
+        f"| dataset | method | CAM mIoU | best threshold | precision | recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_paper else ""),
     ]
     for row in summary.itertuples():
+        paper_cells = (
+            "".join(
+                f" {'' if math.isnan(getattr(row, c)) else f'{getattr(row, c) * 100:.1f}'} |"
+                for c in PAPER_COLUMNS
+            )
+            if with_paper
+            else ""
+        )
         lines.append(
             f"| {row.dataset} | {row.label} | {_pm(row.cam_miou_mean, row.cam_miou_std)} "
             f"| {_pm(row.threshold_mean, row.threshold_std, 1, 2)} "
             f"| {_pm(row.precision_mean, row.precision_std)} | {_pm(row.recall_mean, row.recall_std)} "
-            f"| {'' if math.isnan(row.decoder_miou_mean) else _pm(row.decoder_miou_mean, row.decoder_miou_std)} "
-            f"| {row.seeds} |"
+            f"| {_pm_or_empty(row.decoder_miou_mean, row.decoder_miou_std)} "
+            f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
+            f"| {_pm_or_empty(row.seg_miou_mean, row.seg_miou_std)} "
+            f"| {row.seeds} |{paper_cells}"
         )
     lines += ["", "Reference predictions (same masks, no model):", ""]
     lines += ["| dataset | all background | uniform CAM over GT classes |", "|---|---|---|"]
@@ -104,13 +205,14 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "",
         "## Per run",
         "",
-        "| dataset | method | seed | CAM mIoU | threshold | precision | recall |",
+        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | pseudo-label mIoU | seg mIoU |",
     ]
-    lines += ["|---|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
     for row in runs.itertuples():
         lines.append(
             f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} | {row.threshold:.2f} "
-            f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} |"
+            f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} "
+            f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -131,6 +233,11 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
         }
         if not math.isnan(row.decoder_miou_mean):
             entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
+        for column in ("pseudo_label_miou", "seg_miou"):
+            mean, std = getattr(row, f"{column}_mean"), getattr(row, f"{column}_std")
+            if not math.isnan(mean):
+                entry[column] = round(float(mean), 6)
+                entry[f"{column}_std"] = None if math.isnan(std) else round(float(std), 6)
         tree.setdefault(row.dataset, {})[row.method] = entry
     for dataset, group in runs.groupby("dataset"):
         tree[dataset]["reference"] = {
@@ -160,10 +267,13 @@ def write_report(
     out_dir: str | Path,
     method_order: list[str] | None = None,
     decoder_files: list[str | Path] = (),
+    pseudo_label_files: list[str | Path] = (),
+    seg_files: list[str | Path] = (),
+    dataset_kinds: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     out_dir = Path(out_dir)
-    runs = collect_runs(metric_files, decoder_files)
-    summary = summarize_runs(runs, method_order)
+    runs = collect_runs(metric_files, decoder_files, pseudo_label_files, seg_files)
+    summary = add_paper_numbers(summarize_runs(runs, method_order), dataset_kinds or {})
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")
