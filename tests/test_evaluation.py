@@ -157,6 +157,69 @@ def test_float_labels_rejected():
         confusion_matrix(GT.astype(np.float32), PRED, 3)
 
 
+def _naive_confusion(gt: np.ndarray, pred: np.ndarray, num_labels: int) -> np.ndarray:
+    """One pixel at a time, skipping ignored ground truth: the definition, nothing clever."""
+    conf = np.zeros((num_labels, num_labels), np.int64)
+    for g, p in zip(gt.ravel().tolist(), pred.ravel().tolist(), strict=True):
+        if g != 255:
+            conf[g, p] += 1
+    return conf
+
+
+def _blocky_labels(
+    rng: np.random.Generator, shape: tuple[int, int], num_labels: int, block: int = 16
+) -> np.ndarray:
+    """Piecewise-constant labels (runs of several pixels), as real masks and predictions are."""
+    coarse = rng.integers(0, num_labels, (shape[0] // 3 + 1, shape[1] // block + 1))
+    return np.repeat(np.repeat(coarse, 3, axis=0), block, axis=1)[: shape[0], : shape[1]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+@pytest.mark.parametrize("blocky", [True, False])  # run-length counting / pixel-wise counting
+def test_confusion_matches_naive_count_with_ignore(dtype, blocky):
+    from wsss.evaluation.confusion import pair_runs
+
+    rng = np.random.default_rng(3)
+    for num_labels, shape in [(21, (37, 53)), (5, (64, 48)), (1, (9, 7)), (3, (1, 1))]:
+        if blocky:
+            gt = _blocky_labels(rng, shape, num_labels)
+            pred = _blocky_labels(rng, shape, num_labels, block=24)
+            ignored = _blocky_labels(rng, shape, 4, block=32) == 0
+        else:
+            gt = rng.integers(0, num_labels, shape)
+            pred = rng.integers(0, num_labels, shape)
+            ignored = rng.random(shape) < 0.2
+        gt[ignored] = 255
+        # any value is allowed in the prediction where the ground truth is ignored
+        some = _blocky_labels(rng, shape, 2, block=40) == 0 if blocky else rng.random(shape) < 0.5
+        pred[ignored & some] = 255
+        gt, pred = gt.astype(dtype), pred.astype(dtype)
+        if gt.size > 1:  # the counting path under test
+            runs = pair_runs(gt.ravel(), pred.ravel())[2]
+            assert (runs is not None) == blocky
+        conf = confusion_matrix(gt, pred, num_labels)
+        assert conf.dtype == np.int64
+        np.testing.assert_array_equal(conf, _naive_confusion(gt, pred, num_labels))
+        assert conf.sum() == np.count_nonzero(gt != 255)
+
+
+def test_pair_runs_encode_the_pair_sequence():
+    from wsss.evaluation.confusion import pair_runs
+
+    rng = np.random.default_rng(4)
+    gt = _blocky_labels(rng, (30, 41), 3).astype(np.uint8).ravel()
+    pred = _blocky_labels(rng, (30, 41), 3).astype(np.uint8).ravel()
+    gt_runs, pred_runs, lengths = pair_runs(gt, pred)
+    assert lengths is not None and len(lengths) < gt.size // 4
+    np.testing.assert_array_equal(np.repeat(gt_runs, lengths), gt)
+    np.testing.assert_array_equal(np.repeat(pred_runs, lengths), pred)
+    # neighbouring runs differ in at least one of the two labels (maximal runs)
+    assert np.all((gt_runs[1:] != gt_runs[:-1]) | (pred_runs[1:] != pred_runs[:-1]))
+    # noise has runs of about one pixel: returned as is, counted pixel by pixel
+    noise = rng.integers(0, 21, 500)
+    assert pair_runs(noise, noise[::-1].copy())[2] is None
+
+
 def test_sweep_bad_input():
     sweep = ThresholdSweep(4)
     gt = np.zeros((4, 5), np.uint8)

@@ -168,3 +168,49 @@ def test_batched_refinement_matches_per_image_reference():
     high = _reference_labels(par, images, labels, cams, 0.55)
     assert torch.equal(fused, fuse_pseudo_labels(high, low))
     assert set(fused[1].unique().tolist()) <= {0, 4, 255}  # only bg and its one GT class (3 -> 4)
+
+
+def test_neighbours_are_the_clamped_offsets_of_the_official_kernel():
+    par = PAR(dilations=(1, 3, 8))
+    x = torch.rand(2, 3, 7, 10)
+    # the definition: shifted views of a replicate-padded tensor, one per offset
+    pad = max(par.dilations)
+    padded = F.pad(x, [pad] * 4, mode="replicate")
+    expected = torch.stack(
+        [padded[..., pad + dy : pad + dy + 7, pad + dx : pad + dx + 10] for dy, dx in par._offsets],
+        dim=2,
+    )
+    assert torch.equal(par.neighbours(x), expected)
+    index = par.neighbour_index(7, 10, x.device)
+    assert index.shape == (70, 24)
+    # pixel (0, 9) at offset (+3, +3): row 3, column clamped to 9
+    assert index[9, par._offsets.index((3, 3))] == 3 * 10 + 9
+
+
+def test_chunked_affinity_and_cached_pattern_give_identical_results(monkeypatch):
+    import wsss.cams.par as par_module
+
+    par = PAR()
+    images, masks = torch.rand(5, 3, 12, 9), torch.rand(5, 4, 12, 9)
+    whole = par.affinity(images)
+    refined = par(images, masks)
+    assert par.images_per_chunk(images) == 5
+    monkeypatch.setattr(par_module, "_CHUNK_VALUES", 2 * 3 * 12 * 9 * par.num_neighbours)
+    assert par.images_per_chunk(images) == 2
+    assert torch.equal(par.affinity(images), whole)  # each image's weights are its own
+    assert torch.equal(par(images, masks), refined)  # the second call reuses the cached pattern
+    assert torch.equal(par(images[1:3], masks[1:3]), refined[1:3])
+    shifts = par.propagate(masks, par.affinity(images), backend="shifts")
+    assert torch.allclose(shifts, refined, atol=1e-5)
+
+
+def test_gradients_flow_through_the_affinity_and_the_masks():
+    par = PAR()
+    images = torch.rand(2, 3, 9, 8, requires_grad=True)
+    masks = torch.rand(2, 4, 9, 8, requires_grad=True)
+    weights = par.affinity(images)
+    with torch.no_grad():
+        assert torch.equal(par.affinity(images), weights)  # in-place path: same values
+    par.propagate(masks, weights).sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    assert images.grad.abs().sum() > 0 and masks.grad.abs().sum() > 0

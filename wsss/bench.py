@@ -1,8 +1,11 @@
 """``wsss bench``: the measured cost of every stage, as ratios taken in one run.
 
 Absolute seconds depend on the machine; ratios measured side by side in the
-same process do not (much). Each stage is timed against its physical floor
-and against the way the official repositories do the same work:
+same process do not (much). Training and evaluation time their candidates in
+turn, round after round, and report the median per-round ratio with its range
+(on a shared machine the load drifts; the range says how much). Each stage is
+timed against its physical floor and against the way the official
+repositories do the same work:
 
 - training: images/s per method vs a plain forward+backward of the same timm
   backbone (fused attention, one CLS token, no CAM head);
@@ -49,6 +52,37 @@ def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
+def _interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times of each of ``fns`` per round, the functions taking turns within a round.
+
+    On a shared machine the load drifts over seconds; timing the candidates in
+    turn keeps each ratio a comparison under (nearly) the same load, and the
+    spread of the per-round ratios shows how noisy the machine was.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _ratio(times: dict[str, list[float]], name: str, reference: str) -> dict[str, float]:
+    """Median and range over rounds of ``time[name] / time[reference]``."""
+    ratios = np.asarray(times[name]) / np.asarray(times[reference])
+    return {
+        "median": float(np.median(ratios)),
+        "min": float(ratios.min()),
+        "max": float(ratios.max()),
+    }
+
+
 def _in_subprocess(target: Callable[..., dict], *args: Any) -> dict:
     """Run one section in a fresh process; add its peak RSS (MiB)."""
     ctx = mp.get_context("spawn")
@@ -67,7 +101,12 @@ def _run_section(target: Callable[..., dict], args: tuple) -> dict:
 
 
 def bench_training(
-    model_config: dict, method_specs: dict[str, dict], num_classes: int, batch: int, steps: int
+    model_config: dict,
+    method_specs: dict[str, dict],
+    num_classes: int,
+    batch: int,
+    steps: int,
+    rounds: int = 5,
 ) -> dict:
     from wsss.methods import TRAINING_METHODS
     from wsss.models.mct_vit import ModelConfig, create_backbone
@@ -90,14 +129,7 @@ def bench_training(
             loss.backward()
             floor_opt.step()
 
-    floor = _timeit(floor_step)
-    result: dict[str, Any] = {
-        "batch": batch,
-        "steps": steps,
-        "img_size": size,
-        "floor_images_per_s": batch * steps / floor,
-        "methods": {},
-    }
+    candidates: dict[str, Callable[[], None]] = {"floor": floor_step}
     for name, spec in method_specs.items():
         method = TRAINING_METHODS.get(spec["name"])(spec.get("params", {}))
         model = method.build_model(model_config, num_classes)
@@ -112,15 +144,28 @@ def bench_training(
                 loss.backward()
                 opt.step()
 
-        seconds = _timeit(step)
-        result["methods"][name] = {
-            "images_per_s": batch * steps / seconds,
-            "ratio_to_floor": seconds / floor,
+        candidates[name] = step
+
+    times = _interleaved(candidates, rounds=rounds)
+    floor = float(np.median(times["floor"]))
+    result: dict[str, Any] = {
+        "batch": batch,
+        "steps": steps,
+        "rounds": rounds,
+        "img_size": size,
+        "floor_images_per_s": batch * steps / floor,
+        "methods": {},
+    }
+    for name in method_specs:
+        entry = {
+            "images_per_s": batch * steps / float(np.median(times[name])),
+            "ratio_to_floor": _ratio(times, name, "floor")["median"],
         }
-    baseline = result["methods"].get("mctformer_v2")
-    if baseline:
-        for entry in result["methods"].values():
-            entry["ratio_to_mctformer_v2"] = baseline["images_per_s"] / entry["images_per_s"]
+        if "mctformer_v2" in method_specs:
+            ratio = _ratio(times, name, "mctformer_v2")
+            entry["ratio_to_mctformer_v2"] = ratio["median"]
+            entry["ratio_to_mctformer_v2_range"] = [ratio["min"], ratio["max"]]
+        result["methods"][name] = entry
     return result
 
 
@@ -230,7 +275,7 @@ def _derived_prediction(mask: np.ndarray) -> np.ndarray:
     return pred
 
 
-def bench_evaluation(shared_data: str) -> dict:
+def bench_evaluation(shared_data: str, rounds: int = 5) -> dict:
     from wsss.data.palette import load_label_png
     from wsss.evaluation import ConfusionAccumulator
 
@@ -262,8 +307,9 @@ def bench_evaluation(shared_data: str) -> dict:
                 tp[c] += np.sum((mask == c) & (pred == c))
         return tp, p_count, t_count
 
-    decode = _timeit(decode_only, repeat=3)
-    ours_s = _timeit(ours, repeat=3)
+    times = _interleaved({"decode": decode_only, "ours": ours}, rounds=rounds)
+    decode, ours_s = float(np.median(times["decode"])), float(np.median(times["ours"]))
+    ratio = _ratio(times, "ours", "decode")
     reference = _timeit(official_style, repeat=1)
     # The two must agree before their speeds are compared.
     conf = ours()
@@ -273,7 +319,9 @@ def bench_evaluation(shared_data: str) -> dict:
         "masks": len(paths),
         "decode_masks_per_s": len(paths) / decode,
         "masks_per_s": len(paths) / ours_s,
-        "ratio_to_decode": ours_s / decode,
+        "ratio_to_decode": ratio["median"],
+        "ratio_to_decode_range": [ratio["min"], ratio["max"]],
+        "rounds": rounds,
         "target_ratio_to_decode": 1.5,
         "reference_masks_per_s": len(paths) / reference,
         "speedup_over_reference": reference / ours_s,
@@ -393,12 +441,18 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     size = model_config["img_size"]
     report: dict[str, Any] = {"machine": _machine(), "dataset": dataset, "model": model_config}
     report["training"] = _in_subprocess(
-        bench_training, model_config, train_specs, num_classes, 32, 2 if quick else 5
+        bench_training,
+        model_config,
+        train_specs,
+        num_classes,
+        32,
+        2 if quick else 5,
+        2 if quick else 5,
     )
     report["cams"] = _in_subprocess(
         bench_cams, model_config, cam, refiners, num_classes, 32 if quick else 128, size, size
     )
-    report["evaluation"] = _in_subprocess(bench_evaluation, shared_data)
+    report["evaluation"] = _in_subprocess(bench_evaluation, shared_data, 2 if quick else 5)
     report["sweep"] = _in_subprocess(bench_sweep, shared_data, 20 if quick else 100, 80)
     return report
 
@@ -420,8 +474,9 @@ def markdown(report: dict) -> str:
     t, c, e, s = report["training"], report["cams"], report["evaluation"], report["sweep"]
     rows = ["| stage | measured | ratio | target |", "|---|---|---|---|"]
     for name, m in t["methods"].items():
+        spread = _range_text(m.get("ratio_to_mctformer_v2_range")) if name != "mctformer_v2" else ""
         rows.append(
-            f"| train {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_floor']:.2f}x plain fwd+bwd; {m.get('ratio_to_mctformer_v2', 1):.2f}x baseline | ≤ 1.5x baseline |"
+            f"| train {name} | {m['images_per_s']:.0f} img/s | {m['ratio_to_floor']:.2f}x plain fwd+bwd; {m.get('ratio_to_mctformer_v2', 1):.2f}x baseline{spread} | ≤ 1.5x baseline |"
         )
     for name, m in c["refiners"].items():
         rows.append(
@@ -432,7 +487,7 @@ def markdown(report: dict) -> str:
         f"| CAMs one image at a time (reference) | {ref['images_per_s']:.0f} img/s | batched is {ref['speedup_of_batched']:.1f}x faster | |"
     )
     rows.append(
-        f"| evaluation, {e['masks']} VOC masks | {e['masks_per_s']:.0f} masks/s | {e['ratio_to_decode']:.2f}x PNG decoding; {e['speedup_over_reference']:.1f}x faster than per-class loops | ≤ 1.5x |"
+        f"| evaluation, {e['masks']} VOC masks | {e['masks_per_s']:.0f} masks/s | {e['ratio_to_decode']:.2f}x PNG decoding{_range_text(e.get('ratio_to_decode_range'))}; {e['speedup_over_reference']:.1f}x faster than per-class loops | ≤ 1.5x |"
     )
     rows.append(
         f"| {s['thresholds']}-step sweep, {s['images']} masks | {s['full_sweep_s']:.1f} s | {s['ratio_full_sweep_to_one_threshold']:.2f}x one threshold; {s['speedup_over_reference_per_image']:.0f}x faster than re-reading .npy per threshold | ≤ 2x |"
@@ -446,6 +501,10 @@ def markdown(report: dict) -> str:
     )
     rows.append(f"| peak RSS (MiB) | {mem} | | |")
     return "\n".join(rows) + "\n"
+
+
+def _range_text(span: list[float] | None) -> str:
+    return f" ({span[0]:.2f}–{span[1]:.2f} over rounds)" if span else ""
 
 
 def write_bench(report: dict, out_dir: str | Path) -> None:

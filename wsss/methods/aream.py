@@ -45,11 +45,15 @@ IGNORE_INDEX = 255
 # ----------------------------------------------------------------- pure pieces
 
 
-def minmax_per_class(cams: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """B x C x H x W -> each map shifted to min 0 and divided by (max + eps), as ``camutils``."""
+def minmax_per_class(cams: torch.Tensor, eps: float = 1e-6, inplace: bool = False) -> torch.Tensor:
+    """B x C x H x W -> each map shifted to min 0 and divided by (max + eps), as ``camutils``.
+
+    ``inplace=True`` overwrites ``cams`` (same values, no new full-size tensors).
+    """
     low = cams.amin(dim=(-2, -1), keepdim=True)
-    cams = cams - low
-    return cams / (cams.amax(dim=(-2, -1), keepdim=True) + eps)
+    cams = cams.sub_(low) if inplace else cams - low
+    high = cams.amax(dim=(-2, -1), keepdim=True) + eps
+    return cams.div_(high) if inplace else cams / high
 
 
 def shallow_refined_cam(
@@ -372,8 +376,13 @@ class AReAM(TrainingMethod):
             passes.append(cam[:batch])
             if flip:
                 passes.append(cam[batch:].flip(-1))
-        cam = F.relu(torch.stack(passes).sum(dim=0))
-        return minmax_per_class(cam) * (labels > 0).to(cam.dtype)[..., None, None]
+        # Summed in order in place: the same values as stacking and summing over the passes,
+        # without the full-size temporaries.
+        cam = passes[0]
+        for extra in passes[1:]:
+            cam.add_(extra)
+        cam = minmax_per_class(cam.relu_(), inplace=True)
+        return cam.mul_((labels > 0).to(cam.dtype)[..., None, None])
 
     @torch.no_grad()
     def pseudo_labels(
