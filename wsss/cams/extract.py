@@ -11,7 +11,6 @@ together, so a VOC split costs a few hundred forward passes, not ten thousand.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from wsss.cams.store import CamWriter, quantize
 from wsss.data.classification import normalize
-from wsss.data.datasets import OpenedDataset, open_dataset
+from wsss.data.datasets import batches_by_size, open_dataset
 from wsss.methods.base import CAM_REFINERS, TRAINING_METHODS, CamRecipe, CamRefiner, TrainingMethod
 from wsss.models import MultiClassTokenViT
 from wsss.runtime import progress as tqdm
@@ -106,23 +105,6 @@ def cams_for_batch(
     return normalised * labels[:, :, None, None]
 
 
-def _batches_by_size(
-    dataset: OpenedDataset, ids: Iterable[str], batch_size: int
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Group images of equal size into batches (VOC has a handful of common sizes)."""
-    buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for image_id in ids:
-        image = dataset.layout.load_image(image_id)
-        bucket = buckets.setdefault(image.shape, [])
-        bucket.append((image_id, image))
-        if len(bucket) == batch_size:
-            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
-            bucket.clear()
-    for bucket in buckets.values():
-        if bucket:
-            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
-
-
 def extract_cams(
     config: dict[str, Any],
     model_path: str | Path,
@@ -145,7 +127,7 @@ def extract_cams(
     writer = CamWriter(dataset.num_classes)
     started = time.perf_counter()
     with tqdm(total=len(ids), desc=f"CAMs {split}", disable=not progress) as bar:
-        for batch_ids, images in _batches_by_size(dataset, ids, settings.batch_size):
+        for batch_ids, images in batches_by_size(dataset, ids, settings.batch_size):
             image_tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
             label_tensor = torch.from_numpy(np.stack([labels[i] for i in batch_ids])).to(device)
             cams = (

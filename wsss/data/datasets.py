@@ -8,9 +8,12 @@ This module stays free of torch so that evaluation jobs start fast.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from wsss.data.voc import VOC_CLASSES, VOCLayout
 
@@ -84,3 +87,20 @@ def open_dataset(config: dict[str, Any]) -> OpenedDataset:
     else:
         raise ValueError(f"datasets.{name}.kind: unsupported kind {kind!r}")
     return OpenedDataset(name, kind, layout, class_names, config)
+
+
+def batches_by_size(
+    dataset: OpenedDataset, ids: Iterable[str], batch_size: int
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Images of equal size batched together (VOC has a handful of common sizes)."""
+    buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    for image_id in ids:
+        image = dataset.layout.load_image(image_id)
+        bucket = buckets.setdefault(image.shape, [])
+        bucket.append((image_id, image))
+        if len(bucket) == batch_size:
+            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
+            bucket.clear()
+    for bucket in buckets.values():
+        if bucket:
+            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.cams.extract import _batches_by_size, _pad_to_multiple, load_trained
+from wsss.cams.extract import _pad_to_multiple, load_trained
 from wsss.data.classification import normalize
-from wsss.data.datasets import open_dataset
+from wsss.data.datasets import batches_by_size, open_dataset
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
@@ -73,7 +73,7 @@ def evaluate_decoder(
     accumulator = ConfusionAccumulator(dataset.num_classes + 1)
     ids = dataset.layout.split_ids(split)
     with tqdm(total=len(ids), desc=f"decoder {split}", disable=not progress) as bar:
-        for batch_ids, images in _batches_by_size(dataset, ids, batch_size):
+        for batch_ids, images in batches_by_size(dataset, ids, batch_size):
             tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
             preds = (
                 predict_segmentation(method, model, tensor, scales).cpu().numpy().astype(np.uint8)

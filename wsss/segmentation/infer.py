@@ -8,7 +8,7 @@ element-wise maximum over scales is taken; no flip. An optional dense CRF
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.data.classification import normalize
-from wsss.data.datasets import OpenedDataset
+from wsss.data.datasets import OpenedDataset, batches_by_size
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
@@ -65,23 +65,6 @@ def predict(
         for image, p in zip(rgb, probs.cpu().numpy(), strict=True)
     ]
     return np.stack(labels).astype(np.uint8)
-
-
-def batches_by_size(
-    dataset: OpenedDataset, ids: Iterable[str], batch_size: int
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Images of equal size batched together (VOC has a handful of common sizes)."""
-    buckets: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for image_id in ids:
-        image = dataset.layout.load_image(image_id)
-        bucket = buckets.setdefault(image.shape, [])
-        bucket.append((image_id, image))
-        if len(bucket) == batch_size:
-            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
-            bucket.clear()
-    for bucket in buckets.values():
-        if bucket:
-            yield [i for i, _ in bucket], np.stack([im for _, im in bucket])
 
 
 def evaluate_segmenter(
