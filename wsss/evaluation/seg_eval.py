@@ -18,6 +18,7 @@ from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
 from wsss.runtime import progress as tqdm
 from wsss.runtime import resolve_device
+from wsss.segmentation.infer import max_softmax_over_scales
 
 
 @torch.inference_mode()
@@ -26,17 +27,8 @@ def segmentation_probabilities(
 ) -> torch.Tensor:
     """Normalised B x 3 x H x W -> B x (C+1) x H x W: element-wise max over scales of the
     decoder's softmax, no flip (the official ClusterCAM inference script)."""
-    if not scales:
-        raise ValueError("segmentation needs at least one scale")
-    height, width = x.shape[-2:]
-    best = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = (
-            x
-            if size == (height, width)
-            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        )
+
+    def logits_at(scaled: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         padded = _pad_to_multiple(scaled, model.patch_size)
         logits = method.segment(model, padded)
         if logits is None:
@@ -44,12 +36,10 @@ def segmentation_probabilities(
         logits = F.interpolate(
             logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
         )
-        logits = logits[..., : size[0], : size[1]]
-        probs = F.interpolate(
-            logits, size=(height, width), mode="bilinear", align_corners=False
-        ).softmax(1)
-        best = probs if best is None else torch.maximum(best, probs)
-    return best
+        logits = logits[..., : scaled.shape[-2], : scaled.shape[-1]]
+        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+
+    return max_softmax_over_scales(x, scales, logits_at)
 
 
 def predict_segmentation(

@@ -51,6 +51,49 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
+def save_checkpoint(
+    path: Path,
+    digest: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """The state a rerun resumes from after ``epoch`` finished epochs, written atomically."""
+    state = {
+        "digest": digest,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "history": history,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def resume_checkpoint(
+    path: Path,
+    digest: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device | str,
+) -> tuple[int, list[dict[str, Any]]]:
+    """(epochs done, history) from ``path`` when it was written by the same configuration
+    (``digest``), restoring model, optimizer and RNG; (0, []) otherwise."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("digest") != digest:
+        log.info("ignoring %s: written by a different configuration", path)
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming %s from epoch %d", path, state["epoch"])
+    return state["epoch"], state["history"]
+
+
 def build_method(config: dict[str, Any]) -> TrainingMethod:
     return TRAINING_METHODS.get(config["method"]["name"])(config["method"]["params"])
 
@@ -100,17 +143,7 @@ def train(
 
     digest = config_digest({"config": config, "seed": seed})
     checkpoint_path = out_dir / "checkpoint.pt"
-    start_epoch, history = 0, []
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("digest") == digest:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history = state["epoch"], state["history"]
-            log.info("resuming %s from epoch %d", out_dir, start_epoch)
-        else:
-            log.info("ignoring %s: written by a different configuration", checkpoint_path)
+    start_epoch, history = resume_checkpoint(checkpoint_path, digest, model, optimizer, device)
 
     method.on_train_start(model, data, device)
     log.info(
@@ -158,18 +191,7 @@ def train(
             epochs,
             " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
         )
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {
-                    "digest": digest,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                },
-                tmp,
-            )
+        save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history)
 
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save(

@@ -8,7 +8,7 @@ element-wise maximum over scales is taken; no flip. An optional dense CRF
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,14 @@ from wsss.evaluation.metrics import scores_from_confusion
 from wsss.runtime import progress as tqdm
 
 
-@torch.inference_mode()
-def multiscale_probabilities(
-    model: nn.Module, x: torch.Tensor, scales: Sequence[float]
+def max_softmax_over_scales(
+    x: torch.Tensor,
+    scales: Sequence[float],
+    logits_at: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
 ) -> torch.Tensor:
-    """Normalised B x 3 x H x W -> B x K x H x W: max over scales of the softmax."""
+    """Normalised B x 3 x H x W -> B x K x H x W: element-wise max over scales of the
+    softmax (methods.md 1.3; no flip, as the official scripts). ``logits_at(scaled, (H, W))``
+    returns the logits of the rescaled batch resized back to the image size."""
     if not scales:
         raise ValueError("segmentation inference needs at least one scale")
     height, width = x.shape[-2:]
@@ -40,10 +43,18 @@ def multiscale_probabilities(
             if size == (height, width)
             else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         )
-        # logits resized straight to the image size, then the softmax (as the official script)
-        probs = model(scaled, size=(height, width)).float().softmax(1)
+        probs = logits_at(scaled, (height, width)).float().softmax(1)
         best = probs if best is None else torch.maximum(best, probs)
     return best
+
+
+@torch.inference_mode()
+def multiscale_probabilities(
+    model: nn.Module, x: torch.Tensor, scales: Sequence[float]
+) -> torch.Tensor:
+    """Normalised B x 3 x H x W -> B x K x H x W: max over scales of the segmenter's softmax."""
+    # logits resized straight to the image size, then the softmax (as the official script)
+    return max_softmax_over_scales(x, scales, lambda scaled, size: model(scaled, size=size))
 
 
 def predict(

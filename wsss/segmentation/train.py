@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX
 from wsss.io import atomic_path
+from wsss.methods.training import resume_checkpoint, save_checkpoint
 from wsss.runtime import config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
 from wsss.segmentation.data import PseudoLabelDataset
@@ -172,16 +173,8 @@ def train_segmenter(
     start_epoch, history = 0, []
     digest = config_digest({"config": config, "seed": seed})
     checkpoint = Path(checkpoint_path) if checkpoint_path else None
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("digest") == digest:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, history = state["epoch"], state["history"]
-            log.info("resuming %s from epoch %d", checkpoint, start_epoch)
-        else:
-            log.info("ignoring %s: written by a different configuration", checkpoint)
+    if checkpoint is not None:
+        start_epoch, history = resume_checkpoint(checkpoint, digest, model, optimizer, device)
     log.info(
         "segmenter %s (%s head, stride %d) on %d pseudo-labelled %s images, seed %d, "
         "%d epochs x %d steps, device %s",
@@ -230,18 +223,7 @@ def train_segmenter(
             row["seconds"],
         )
         if checkpoint is not None and epoch + 1 < settings.epochs:
-            with atomic_path(checkpoint) as tmp:
-                torch.save(
-                    {
-                        "digest": digest,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "epoch": epoch + 1,
-                        "history": history,
-                    },
-                    tmp,
-                )
+            save_checkpoint(checkpoint, digest, model, optimizer, epoch + 1, history)
     model.eval()
     return model, history
 
