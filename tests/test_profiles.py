@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import _copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = "workflow/profiles/slurm"
@@ -133,16 +133,6 @@ def main():
 main()
 '''
 FAKE_TOOLS = ("sbatch", "srun", "sacct", "squeue", "sacctmgr", "sinfo", "scancel")
-
-
-def _copy_project(dest: Path) -> Path:
-    ignore = shutil.ignore_patterns(
-        "__pycache__", "*.pyc", ".snakemake", ".pytest_cache", ".ruff_cache"
-    )
-    for part in ("workflow", "wsss", "configs"):
-        shutil.copytree(REPO / part, dest / part, ignore=ignore)
-    shutil.copy(REPO / "params.yaml", dest / "params.yaml")
-    return dest
 
 
 def _snakemake(workdir: Path, *args: str, path_prefix: Path | None = None):
