@@ -8,7 +8,9 @@ from wsss.config import (
     ParamsError,
     cam_config,
     deep_merge,
+    entropy_config,
     load_params,
+    needs_entropy_weights,
     training_config,
     training_key,
     validate_params,
@@ -185,4 +187,60 @@ def test_a_training_run_name_cannot_serve_two_recipes(params):
     params["methods"]["aream"] = {"train": "mctformer_v2", "overrides": {"train": {"epochs": 3}}}
     params["methods"]["aream_plain"] = {"train": "aream"}
     with pytest.raises(ParamsError, match="training run 'aream' is also the run of a variant"):
+        validate_params(params)
+
+
+# ------------------------------------------------------------- AReAM's entropy weights
+
+
+def _without_baseline_run(params):
+    """params whose variants never train the plain mctformer_v2 run."""
+    for variant in [v for v in params["methods"] if training_key(params, v) == "mctformer_v2"]:
+        del params["methods"][variant]
+        if variant in params["grid"]["methods"]:
+            params["grid"]["methods"].remove(variant)
+
+
+def test_entropy_baseline_is_a_dependency_on_the_mctformer_run(params):
+    validate_params(params)  # params.yaml: aream_entropy, and mctformer_v2 trains the baseline
+    assert training_key(params, "aream_entropy") == "aream_entropy"  # its own model
+    assert needs_entropy_weights(params, "aream_entropy")
+    assert not needs_entropy_weights(params, "aream")
+    assert not needs_entropy_weights(params, "mctformer_v2")
+    config = training_config(params, "synthetic", "aream_entropy")
+    assert config["method"]["params"]["entropy_weights"] == "baseline"
+    job = entropy_config(params, "synthetic")
+    assert job["dataset"]["train_split"] == "train" and job["dataset"]["name"] == "synthetic"
+    assert job["device"] == params["train"]["device"]
+    baseline = training_config(params, "synthetic", "mctformer_v2")
+    assert job["batch_size"] == baseline["train"]["batch_size"]
+
+
+def test_entropy_baseline_without_the_mctformer_run_fails_naming_the_key(params):
+    _without_baseline_run(params)
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
+    message = str(err.value)
+    assert "methods.aream_entropy.train_params.entropy_weights: 'baseline'" in message
+    assert "trained mctformer_v2 run 'mctformer_v2'" in message
+    assert "no variant under methods trains it" in message
+    assert "add a variant with train: mctformer_v2" in message
+
+
+def test_entropy_baseline_set_for_the_method_names_method_params(params):
+    del params["methods"]["aream_entropy"]
+    params["grid"]["methods"].remove("aream_entropy")
+    params["method_params"]["aream"]["entropy_weights"] = "baseline"
+    validate_params(params)  # every AReAM run now reads the weights
+    assert needs_entropy_weights(params, "aream")
+    _without_baseline_run(params)
+    with pytest.raises(ParamsError, match=r"method_params.aream.entropy_weights: 'baseline'"):
+        validate_params(params)
+
+
+def test_entropy_baseline_run_must_train_mctformer(params):
+    # The run named mctformer_v2 trained by another method is no baseline.
+    _without_baseline_run(params)
+    params["methods"]["mctformer_v2"] = {"train": "doei", "train_params": {"gamma": 0.4}}
+    with pytest.raises(ParamsError, match=r"methods.mctformer_v2 trains it with 'doei'"):
         validate_params(params)

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -212,3 +213,73 @@ def test_layer_split_is_checked_against_the_model(tiny_model_config):
     )
     with pytest.raises(ValueError, match="entropy_weights"):
         AReAM({"layer_index": 2, "entropy_weights": [0.0, 1.0]}).on_train_start(model, None, "cpu")
+
+
+def test_entropy_weights_file_may_be_an_object_with_a_weights_list(tmp_path):
+    path = tmp_path / "entropy_weights.json"
+    path.write_text(json.dumps({"weights": [3.0, 5.0, 4.0], "entropy_bits": [1.0, 2.0, 3.0]}))
+    assert np.allclose(load_entropy_weights(path), [0.0, 1.0, 0.5])
+    path.write_text(json.dumps({"entropy_bits": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match="without a 'weights' list"):
+        load_entropy_weights(path)
+
+
+def test_baseline_keyword_needs_the_weights_file(tiny_model_config):
+    model = _model(tiny_model_config)
+    method = AReAM({"layer_index": 2, "entropy_weights": "baseline"})  # valid params
+    with pytest.raises(ValueError, match=r"is 'baseline': give the weights file with `wsss train"):
+        method.on_train_start(model, None, torch.device("cpu"))
+
+
+def _reference_batch_cam(method, model, images, labels):
+    """``gen_msf_cam`` as the official code writes it: every pass upsampled to the crop,
+    the flipped ones flipped back, summed, ReLU, per-class min-max, GT-masked."""
+    import torch.nn.functional as F
+
+    size = images.shape[-2:]
+    refine, _ = method.blocks(model.depth)
+    passes = []
+    for scale in method.params["cam_scales"]:
+        x = (
+            images
+            if scale == 1.0
+            else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
+        for flipped in (False, True):
+            output = model(x.flip(-1) if flipped else x)
+            cam = shallow_refined_cam(output.attentions, output.patch_cam, refine)
+            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+            passes.append(cam.flip(-1) if flipped else cam)
+    cam = torch.stack(passes).sum(dim=0).relu()
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    cam = cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-6)
+    return cam * labels[..., None, None]
+
+
+@pytest.mark.parametrize("scales", [[1.0], [1.0, 0.5]])
+def test_batch_cam_sums_passes_on_the_grid_like_the_per_pass_reference(tiny_model_config, scales):
+    model = _model(tiny_model_config)
+    with torch.no_grad():  # an untrained PatchCAM is nearly flat: min-max would magnify rounding
+        model.patch_head.weight.mul_(1000.0)
+    method = AReAM({"layer_index": 2, "cam_scales": scales})
+    images, labels = _batch()
+    with torch.no_grad():
+        output = model(images)
+        ours = method.batch_cam(model, output, images, labels)
+        reference = _reference_batch_cam(method, model, images, labels)
+    # float32 rounding of maps ~150x larger than their spread, magnified by the min-max;
+    # a wrong flip or a dropped pass moves values by 0.1-1
+    assert torch.allclose(ours, reference, atol=3e-4)
+
+
+def test_grid_pseudo_labels_are_the_full_labels_nearest_sampled(tiny_model_config):
+    model = _model(tiny_model_config)
+    method = AReAM({"layer_index": 2})
+    method.on_train_start(model, None, torch.device("cpu"))
+    images, labels = _batch()
+    with torch.no_grad():
+        output = model(images)
+        full = method.pseudo_labels(model, output, images, labels)
+        on_grid = method.pseudo_labels(model, output, images, labels, grid=output.grid)
+    assert on_grid.shape == (2, *output.grid)
+    assert torch.equal(on_grid, downsample_labels(full, output.grid))

@@ -30,6 +30,33 @@ def test_output_shapes_and_attention_rows(tiny_model_config):
     assert torch.allclose(out.class_logits, out.class_tokens.mean(-1))
 
 
+def test_partial_attention_pass_keeps_outputs_and_class_rows(tiny_model_config):
+    model = build_model(tiny_model_config, num_classes=5).train()  # drop-path 0: deterministic
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model(images)
+        partial = model(images, full_attention=[0])
+    assert partial.attentions[0].shape == full.attentions[0].shape  # kept whole
+    assert torch.allclose(partial.attentions[0], full.attentions[0])
+    for block in (1, 2):  # class-token rows only
+        assert partial.attentions[block].shape == (2, 2, 5, 5 + 16)
+        assert torch.allclose(
+            partial.attentions[block], full.attentions[block][:, :, :5], atol=1e-6
+        )
+    assert torch.allclose(partial.patch_cam, full.patch_cam, atol=1e-5)
+    assert torch.allclose(partial.class_logits, full.class_logits, atol=1e-5)
+
+
+def test_block_hooks_force_full_attention(tiny_model_config):
+    model = build_model(tiny_model_config, num_classes=5).eval()
+    seen = []
+    model.block_hooks.append(
+        lambda i, x_in, x_out, attention, ctx: seen.append(attention.shape) or x_out
+    )
+    model(torch.randn(1, 3, 32, 32), full_attention=[])
+    assert seen == [(1, 2, 21, 21)] * 3
+
+
 def test_non_square_input_resamples_positions(tiny_model_config):
     model = build_model(tiny_model_config, num_classes=3).eval()
     out = model(torch.randn(1, 3, 24, 48))

@@ -214,3 +214,58 @@ def test_gradients_flow_through_the_affinity_and_the_masks():
     par.propagate(masks, weights).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
     assert images.grad.abs().sum() > 0 and masks.grad.abs().sum() > 0
+
+
+def test_bilinear_weights_reproduce_interpolate_at_chosen_pixels():
+    from wsss.cams.par import bilinear_weights
+
+    x = torch.rand(2, 3, 5, 7)
+    full = F.interpolate(x, size=(20, 13), mode="bilinear", align_corners=False)
+    rows, cols = [0, 3, 10, 19], [0, 6, 12]
+    ry, rx = bilinear_weights(20, 5, rows), bilinear_weights(13, 7, cols)
+    assert torch.allclose(ry.sum(dim=1), torch.ones(len(rows)))
+    picked = torch.einsum("yh,bkhw,xw->bkyx", ry, x, rx)
+    assert torch.allclose(picked, full[:, :, rows][:, :, :, cols], atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        bilinear_weights(20, 5, [20])
+
+
+def test_nearest_indices_match_nearest_interpolation():
+    from wsss.cams.par import nearest_indices
+
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    for size in (8, 3, 5):
+        small = F.interpolate(x, size=(size, size), mode="nearest")[0, 0]
+        index = nearest_indices(size, 8)
+        assert torch.equal(small, x[0, 0][index][:, index])
+
+
+@pytest.mark.parametrize("with_par", [True, False])
+def test_sampled_labels_equal_the_full_labelling_read_there(with_par):
+    from wsss.cams.par import nearest_indices
+
+    par = PAR() if with_par else None
+    images = torch.rand(3, 3, 32, 32)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 0]])
+    cams = torch.rand(3, 4, 32, 32) * labels[..., None, None]
+    full = refine_cams_to_labels(images, cams, labels, 0.35, 0.55, par)
+    rows, cols = nearest_indices(4, 32), nearest_indices(4, 32)
+    sampled = refine_cams_to_labels(images, cams, labels, 0.35, 0.55, par, sample=(rows, cols))
+    assert sampled.shape == (3, 4, 4)
+    assert torch.equal(sampled, full[:, rows][:, :, cols])
+
+
+def test_batch_without_gt_classes_is_all_background():
+    cams = torch.rand(2, 3, 8, 8)
+    labels = torch.zeros(2, 3)
+    for par in (None, PAR()):
+        seg = refine_cams_to_labels(torch.rand(2, 3, 8, 8), cams, labels, 0.35, 0.55, par)
+        assert seg.shape == (2, 8, 8) and (seg == 0).all()
+
+
+def test_gain_is_what_a_constant_mask_is_multiplied_by():
+    images = torch.rand(1, 3, 12, 12)
+    for renormalize in (False, True):
+        par = PAR(renormalize=renormalize)
+        out = par(images, torch.full((1, 1, 12, 12), 0.5))
+        assert torch.allclose(out, torch.full_like(out, 0.5 * par.gain), atol=1e-5)

@@ -185,9 +185,10 @@ def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
     result = _snakemake(project, "-n", "--configfile", str(VOC_PRESET), str(root))
     counts = _job_counts(result.stdout)
     methods, seeds = voc_params["grid"]["methods"], voc_params["grid"]["seeds"]
-    assert len(methods) == 14 and len(seeds) == 3
+    assert len(methods) == 15 and len(seeds) == 3
     assert counts["prepare_data"] == 1
-    assert counts["train"] == _train_runs(voc_params) * len(seeds) == 7 * 3
+    assert counts["train"] == _train_runs(voc_params) * len(seeds) == 8 * 3
+    assert counts["entropy_weights"] == len(seeds)  # aream_entropy's weights, one per seed
     assert counts["evaluate_cams"] == len(methods) * len(seeds)
     # CAMs of train (scored) and of train_aug (the pseudo-labels stage 2 trains on)
     assert counts["cams"] == 2 * len(methods) * len(seeds)
@@ -199,6 +200,8 @@ def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
         assert f"results/runs/voc/{method}/seed2/cam_metrics.json" in result.stdout
     train_jobs = result.stdout.split("rule train:")[1:]
     assert train_jobs and all("gpu=1" in job.split("rule ")[0] for job in train_jobs)
+    entropy_jobs = result.stdout.split("rule entropy_weights:")[1:]
+    assert entropy_jobs and all("gpu=1" in job.split("rule ")[0] for job in entropy_jobs)
     assert not (project / "results").exists()
 
 
@@ -222,7 +225,8 @@ def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path
     counts = _job_counts(result.stdout)
     methods = coco_params["grid"]["methods"]
     assert counts["convert_coco"] == 1 and counts["prepare_data"] == 1
-    assert counts["train"] == _train_runs(coco_params) == 7
+    assert counts["train"] == _train_runs(coco_params) == 8
+    assert counts["entropy_weights"] == 1
     assert counts["cams"] == counts["evaluate_cams"] == len(methods)  # train is both splits
     assert counts["pseudo_labels"] == counts["segment"] == len(methods)
     assert "wsss convert-coco" in result.stdout or "convert_coco" in result.stdout

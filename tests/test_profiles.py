@@ -26,7 +26,14 @@ SLURM_PROFILE = "workflow/profiles/slurm"
 ACCOUNT, PARTITION = "wsss_test", "gpu_test"
 # Rules of the default DAG that take gpu/mem_mb/runtime from params.yaml `resources:`
 # (the key is the rule's name); the slow test checks every submitted rule.
-PARAMS_RESOURCE_RULES = {"prepare_data", "train", "cams", "evaluate_cams", "segment"}
+PARAMS_RESOURCE_RULES = {
+    "prepare_data",
+    "train",
+    "cams",
+    "evaluate_cams",
+    "segment",
+    "entropy_weights",
+}
 
 pytest.importorskip(
     "snakemake_executor_plugin_slurm",

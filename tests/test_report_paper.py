@@ -16,6 +16,8 @@ def test_reported_numbers_by_kind_and_variant():
     aream = paper_numbers("voc", "aream")
     assert aream["cam_miou"]["value"] == 67.93 and aream["cam_miou"]["split"] == "train"
     assert aream["cam_miou"]["verified"] and aream["cam_miou"]["source"] == "methods.md 3.6"
+    entropy = paper_numbers("voc", "aream_entropy")["cam_miou"]  # README: entropy layer weights
+    assert entropy["value"] == 67.73 and entropy["split"] == "train" and entropy["verified"]
 
     mct = paper_numbers("voc", "mctformer_v2_affinity")
     assert mct["seg_miou_val"]["value"] == 71.9 and mct["seg_miou_test"]["value"] == 71.6

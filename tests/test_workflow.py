@@ -93,7 +93,53 @@ def test_dry_run_lists_the_grid(project):
     assert counts["evaluate_cams"] == 2 * 2 * len(methods)
     assert counts["pseudo_labels"] == 2 * 2 * len(methods)  # stage 2 for every method
     assert counts["segment"] == 2 * 2 * len(methods)
+    assert counts["entropy_weights"] == 2 * 2  # aream_entropy: one per (dataset, seed)
     assert counts["table"] == 1
+
+
+def _jobs(output: str, rule: str) -> list[dict[str, str]]:
+    """The dry run's jobs of one rule, each as {field: text} (input, output, shell, ...)."""
+    jobs = []
+    for block in output.split(f"rule {rule}:\n")[1:]:
+        job, field = {}, None
+        for line in block.splitlines():
+            if line.startswith("rule ") or line.startswith("Job stats") or line.startswith("["):
+                break
+            key, sep, value = line.strip().partition(": ")
+            if line.startswith("    ") and sep and key.isidentifier():
+                field = key
+                job[field] = value
+            elif field == "shell" or line.startswith("Shell command: "):
+                field = "shell"
+                job["shell"] = job.get("shell", "") + line.removeprefix("Shell command: ")
+        jobs.append(job)
+    return jobs
+
+
+def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
+    """aream_entropy (entropy_weights: baseline) trains after the entropy_weights job of its
+    dataset and seed, which reads that seed's trained mctformer_v2; plain aream does not."""
+    result = _snakemake(project, "-n", "-p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    seeds = params["grid"]["seeds"]
+    entropy = _jobs(result.stdout, "entropy_weights")
+    assert len(entropy) == len(seeds) == _job_counts(result.stdout)["entropy_weights"]
+    for seed in seeds:
+        weights = f"results/runs/synthetic/entropy/seed{seed}/entropy_weights.json"
+        (job,) = [j for j in entropy if j["output"] == weights]
+        assert f"results/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
+        assert job["log"] == f"results/logs/entropy_weights/synthetic/seed{seed}.log"
+        assert "wsss entropy-weights" in job["shell"] and f"--out {weights}" in job["shell"]
+        train = {
+            j["output"].split("/")[4]: j
+            for j in _jobs(result.stdout, "train")
+            if f"/seed{seed}/" in j["output"]
+        }
+        assert weights in train["aream_entropy"]["input"]
+        assert f"--entropy-weights {weights}" in train["aream_entropy"]["shell"]
+        for plain in ("aream", "mctformer_v2"):
+            assert "entropy_weights.json" not in train[plain]["input"]
+            assert "--entropy-weights" not in train[plain]["shell"]
 
 
 @pytest.mark.parametrize(
@@ -158,3 +204,35 @@ def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
     assert counts["evaluate_cams"] == 2 and counts["pseudo_labels"] == 2
     assert counts["segment"] == 2 and counts["table"] == 1
     assert not {"train", "cams", "prepare_data"} & set(counts)
+
+
+@pytest.mark.slow
+def test_smoke_run_with_entropy_weights_from_the_baseline(project):
+    """The smoke DAG with aream_entropy: the weights file of the trained baseline is made
+    once per seed and its values are what the AReAM run trained with."""
+    import torch
+
+    override = project / "entropy.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"methods": ["mctformer_v2", "aream_entropy"]},
+                # the smoke model has 2 blocks: block 0 refines, block 1 gets the loss
+                "method_params": {"aream": {"layer_index": 1, "cls_epochs": 1}},
+            }
+        )
+    )
+    args = ("--configfile", str(project / "configs" / "smoke.yaml"), str(override))
+    _snakemake(project, *args)
+    weights_file = project / "results/runs/synthetic/entropy/seed0/entropy_weights.json"
+    weights = json.loads(weights_file.read_text())
+    assert weights["method"] == "mctformer_v2" and len(weights["weights"]) == weights["blocks"] == 2
+    log = (project / "results/logs/entropy_weights/synthetic/seed0.log").read_text()
+    assert "per-block entropy (bits)" in log and "per-block weights e_l" in log
+    model = torch.load(
+        project / "results/runs/synthetic/train/aream_entropy/seed0/model.pt", weights_only=False
+    )
+    assert model["config"]["method"]["params"]["entropy_weights"] == weights["weights"]
+    assert "AReAM, entropy layer weights" in (project / "results" / "table.md").read_text()
+    again = _snakemake(project, "-n", *args)
+    assert "Nothing to be done" in again.stdout + again.stderr

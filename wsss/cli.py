@@ -75,10 +75,21 @@ def cmd_convert_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wsss.methods.entropy_weights import with_entropy_weights
     from wsss.methods.training import train
 
-    summary = train(args.config, args.seed, args.out_dir, progress=not args.no_progress)
+    config = with_entropy_weights(args.config, args.entropy_weights)
+    summary = train(config, args.seed, args.out_dir, progress=not args.no_progress)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_entropy_weights(args: argparse.Namespace) -> int:
+    from wsss.io import write_json
+    from wsss.methods.entropy_weights import baseline_entropy_weights
+
+    result = baseline_entropy_weights(args.config, args.model, progress=not args.no_progress)
+    write_json(args.out, result)
     return 0
 
 
@@ -273,8 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=_json_arg, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument(
+        "--entropy-weights",
+        metavar="FILE",
+        help="AReAM's per-block weights (from `wsss entropy-weights`) where the method params "
+        "say entropy_weights: baseline",
+    )
     _common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "entropy-weights",
+        help="AReAM's per-block entropy weights from a trained MCTformer-V2 (JSON)",
+    )
+    p.add_argument(
+        "--config",
+        type=_json_arg,
+        required=True,
+        help="{dataset, device, batch_size, num_workers}; the dataset's train_split is read",
+    )
+    p.add_argument("--model", required=True, help="the baseline's model.pt from the train stage")
+    p.add_argument("--out", required=True, help="JSON to write (weights, raw entropies)")
+    _common(p)
+    p.set_defaults(func=cmd_entropy_weights)
 
     p = sub.add_parser("cams", help="extract (and refine) the CAMs of a split")
     p.add_argument("--config", type=_json_arg, required=True)

@@ -129,6 +129,7 @@ def _check_names(params: dict[str, Any], source: str) -> None:
                 f"methods.{variant}: its training run {key!r} is also the run of a variant "
                 "with another training method, train_params or overrides; rename one of them"
             )
+    problems.extend(_check_entropy_baseline(params))
     thresholds = params["evaluate"]["thresholds"]
     if thresholds["start"] > thresholds["stop"]:
         problems.append("evaluate.thresholds: start must not exceed stop")
@@ -161,6 +162,52 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             PseudoLabelSettings.from_dict(dataset_block(params, dataset, "pseudo_labels"))
         except ValueError as err:
             raise ParamsError(f"{source} is invalid:\n  datasets.{dataset}: {err}") from err
+
+
+def _check_entropy_baseline(params: dict[str, Any]) -> list[str]:
+    """``entropy_weights: baseline`` needs a variant that trains the MCTformer-V2 run."""
+    from wsss.methods.entropy_weights import (
+        ENTROPY_BASELINE_METHOD,
+        ENTROPY_BASELINE_RUN,
+        ENTROPY_FROM_BASELINE,
+        uses_baseline_entropy,
+    )
+
+    users = [
+        v
+        for v in params["methods"]
+        if uses_baseline_entropy(variant_spec(params, v)["train_params"])
+    ]
+    if not users:
+        return []
+    baseline = next(
+        (v for v in params["methods"] if training_key(params, v) == ENTROPY_BASELINE_RUN), None
+    )
+    if baseline is not None and params["methods"][baseline]["train"] == ENTROPY_BASELINE_METHOD:
+        return []
+    found = (
+        "no variant under methods trains it"
+        if baseline is None
+        else f"methods.{baseline} trains it with {params['methods'][baseline]['train']!r}"
+    )
+    problems = []
+    for variant in users:
+        spec = params["methods"][variant]
+        own = (spec.get("train_params") or {}).get("entropy_weights") == ENTROPY_FROM_BASELINE
+        key = (
+            f"methods.{variant}.train_params.entropy_weights"
+            if own
+            else f"method_params.{spec['train']}.entropy_weights"
+        )
+        problem = (
+            f"{key}: {ENTROPY_FROM_BASELINE!r} computes the weights from the trained "
+            f"{ENTROPY_BASELINE_METHOD} run {ENTROPY_BASELINE_RUN!r} of the same dataset and seed, "
+            f"but {found}; add a variant with train: {ENTROPY_BASELINE_METHOD} and no train_params "
+            "or overrides (as methods.mctformer_v2 in params.yaml), or give a file, a list or null"
+        )
+        if problem not in problems:
+            problems.append(problem)
+    return problems
 
 
 def _check_coco_source(name: str, spec: dict[str, Any], source: str) -> None:
@@ -237,6 +284,23 @@ def training_variant(params: dict[str, Any], key: str) -> str:
     raise ParamsError(f"no method in params uses the training run {key!r}")
 
 
+def needs_entropy_weights(params: dict[str, Any], key: str) -> bool:
+    """Whether the training run ``key`` reads the entropy_weights rule's output
+    (its method params say ``entropy_weights: baseline``)."""
+    from wsss.methods.entropy_weights import uses_baseline_entropy
+
+    return uses_baseline_entropy(
+        variant_spec(params, training_variant(params, key))["train_params"]
+    )
+
+
+def entropy_baseline_run() -> str:
+    """The training run (key) whose trained model the entropy weights are computed from."""
+    from wsss.methods.entropy_weights import ENTROPY_BASELINE_RUN
+
+    return ENTROPY_BASELINE_RUN
+
+
 def build_variant_methods(params: dict[str, Any], variant: str):
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
 
@@ -266,6 +330,19 @@ def training_config(params: dict[str, Any], dataset: str, key: str) -> dict[str,
         "model": variant_block(params, dataset, variant, "model"),
         "train": variant_block(params, dataset, variant, "train"),
         "method": {"name": spec["train"], "params": spec["train_params"]},
+    }
+
+
+def entropy_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """An entropy-weights job: the dataset (its train_split is read), and the device and
+    loader settings of the baseline run it reads. The image size is the trained model's."""
+    variant = training_variant(params, entropy_baseline_run())
+    train = variant_block(params, dataset, variant, "train")
+    return {
+        "dataset": dataset_config(params, dataset),
+        "device": train["device"],
+        "batch_size": train["batch_size"],
+        "num_workers": train["num_workers"],
     }
 
 

@@ -46,6 +46,20 @@ def train_keys():
     return sorted({wsss_config.training_key(config, m) for m in METHODS})
 
 
+def entropy_weights_path(wildcards):
+    """AReAM's entropy weights for a training run whose method params say
+    entropy_weights: baseline (made by the entropy_weights rule); none otherwise."""
+    if wsss_config.needs_entropy_weights(config, wildcards.train):
+        return f"results/runs/{wildcards.dataset}/entropy/seed{wildcards.seed}/entropy_weights.json"
+    return []
+
+
+def entropy_baseline_model(wildcards):
+    """The trained baseline (same dataset and seed) the entropy weights are computed from."""
+    run = wsss_config.entropy_baseline_run()
+    return f"results/runs/{wildcards.dataset}/train/{run}/seed{wildcards.seed}/model.pt"
+
+
 def eval_split(dataset):
     return config["datasets"][dataset]["eval_split"]
 

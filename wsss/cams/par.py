@@ -96,6 +96,12 @@ class PAR(nn.Module):
         # neighbour index tables and sparse patterns, least recently used first
         self._index_cache: dict[tuple, Any] = {}
 
+    @property
+    def gain(self) -> float:
+        """What the refinement multiplies a constant mask by: every pixel's weights sum to
+        ``1 + w2`` (1 if renormalised), ``num_iters`` times."""
+        return (1.0 if self.renormalize else 1.0 + self.w2) ** self.num_iters
+
     def positional_weights(self) -> torch.Tensor:
         """The positional part of the affinity: M weights summing to 1, the same at every pixel."""
         distance = self.distance
@@ -318,6 +324,34 @@ def _half_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
+def bilinear_weights(
+    out_size: int, in_size: int, positions: Sequence[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """len(positions) x in_size matrix ``R`` such that ``R @ x`` is the 1-D bilinear resize
+    of ``x`` (``align_corners=False``, as ``F.interpolate``) to ``out_size``, read only at
+    the output ``positions``. Applied on both axes it gives those pixels of a 2-D resize
+    without computing the others."""
+    scale = in_size / out_size
+    weights = torch.zeros(len(positions), in_size, dtype=torch.float64)
+    for row, position in enumerate(positions):
+        if not 0 <= position < out_size:
+            raise ValueError(f"position {position} outside an output of size {out_size}")
+        source = max((position + 0.5) * scale - 0.5, 0.0)  # PyTorch clamps below at 0
+        low = min(int(source), in_size - 1)
+        high = min(low + 1, in_size - 1)
+        fraction = source - low
+        weights[row, low] += 1.0 - fraction
+        weights[row, high] += fraction
+    return weights.to(device=device, dtype=torch.float32)
+
+
+def nearest_indices(out_size: int, in_size: int) -> list[int]:
+    """The source index of each output pixel of ``F.interpolate(mode="nearest")``
+    from ``in_size`` to ``out_size`` (``floor(i * in / out)``)."""
+    scale = in_size / out_size
+    return [min(int(i * scale), in_size - 1) for i in range(out_size)]
+
+
 def refine_cams_to_labels(
     images: torch.Tensor,
     cams: torch.Tensor,
@@ -327,6 +361,7 @@ def refine_cams_to_labels(
     par: PAR | None,
     scale: float = 0.5,
     ignore_index: int = 255,
+    sample: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Pseudo-labels from CAMs, as AReAM's training step 4 (``cam_to_seg`` run twice, then fused).
 
@@ -340,11 +375,22 @@ def refine_cams_to_labels(
     :func:`fuse_pseudo_labels`. Returns B x H x W int64 with 0 = background,
     c + 1 = class c, ``ignore_index`` = uncertain.
 
+    ``sample=(rows, cols)``: return only those pixels of the H x W labelling
+    (B x len(rows) x len(cols)), reading the upsampled scores there and nowhere
+    else. AReAM's loss only looks at the labels nearest-sampled on the patch
+    grid, 1 pixel in 64 at patch size 8.
+
     Vectorised over the batch: instead of the official per-image loop over the
     kept channels, each image's kept channels are gathered into the first
     ``1 + max #GT`` slots and the unused slots get probability 0 (a softmax
     of -inf), which PAR (linear, non-negative weights) keeps at 0 - the same
     arg-max as the per-image code, with memory bounded by the largest label set.
+
+    Only the foreground channels go through PAR and the resizing: the softmax
+    sums to 1 at every pixel, and PAR and bilinear resizing are linear and map
+    a constant c to ``c * par.gain`` and c, so the refined background is
+    ``par.gain - sum of the refined foreground`` (equal up to float rounding,
+    one channel in ``1 + #GT`` less to refine).
     """
     batch, _, height, width = cams.shape
     cams = cams.float()
@@ -359,26 +405,53 @@ def refine_cams_to_labels(
         if size != (height, width)
         else cams
     )
+    out_size = (height, width) if sample is None else (len(sample[0]), len(sample[1]))
+    if slots == 1:  # no GT class anywhere in the batch: everything is background
+        background_only = torch.zeros(batch, *out_size, dtype=torch.int64, device=cams.device)
+        return fuse_pseudo_labels(background_only, background_only, ignore_index)
     # scores of the kept classes: background slot filled per threshold below
     gathered = small.gather(1, (order - 1).clamp(min=0)[..., None, None].expand(-1, -1, *size))
-    scores = []
+    foreground = []
     for threshold in (bg_low, bg_high):
         s = gathered.clone()
         s[:, 0] = threshold
         s = s.masked_fill(~valid[..., None, None], float("-inf"))
-        scores.append(s.softmax(dim=1))
-    stacked = torch.cat(scores, dim=1)  # B x 2*slots x h x w: both thresholds share one PAR pass
+        foreground.append(s.softmax(dim=1)[:, 1:])
+    stacked = torch.cat(foreground, dim=1)  # B x 2*(slots-1) x h x w: one PAR pass for both
+    gain = 1.0
     if par is not None:
         small_images = F.interpolate(
             images.float(), size=size, mode="bilinear", align_corners=False
         )
         stacked = par(small_images, stacked)
-        stacked = F.interpolate(stacked, size=(height, width), mode="bilinear", align_corners=False)
-    low, high = stacked.split(slots, dim=1)
-    # max(dim).indices: the first maximum, like argmax, but ~20x faster than argmax over dim 1 on CPU
-    low_label = order.gather(1, low.max(dim=1).indices.flatten(1)).view(batch, height, width)
-    high_label = order.gather(1, high.max(dim=1).indices.flatten(1)).view(batch, height, width)
+        gain = par.gain
+        if sample is None:
+            stacked = F.interpolate(
+                stacked, size=(height, width), mode="bilinear", align_corners=False
+            )
+        else:
+            rows = bilinear_weights(height, size[0], sample[0], stacked.device)
+            cols = bilinear_weights(width, size[1], sample[1], stacked.device)
+            stacked = torch.einsum("yh,bkhw,xw->bkyx", rows, stacked, cols)
+    elif sample is not None:
+        rows = torch.as_tensor(sample[0], device=stacked.device)
+        cols = torch.as_tensor(sample[1], device=stacked.device)
+        stacked = stacked.index_select(2, rows).index_select(3, cols)
+    labellings = []
+    for fg in stacked.split(slots - 1, dim=1):
+        scores = torch.cat([gain - fg.sum(dim=1, keepdim=True), fg], dim=1)
+        # max(dim).indices: the first maximum, like argmax, but ~20x faster than argmax over dim 1
+        index = scores.max(dim=1).indices.flatten(1)
+        labellings.append(order.gather(1, index).view(batch, *out_size))
+    low_label, high_label = labellings
     return fuse_pseudo_labels(high_label, low_label, ignore_index)
 
 
-__all__ = ["PAR", "denormalize", "fuse_pseudo_labels", "refine_cams_to_labels"]
+__all__ = [
+    "PAR",
+    "bilinear_weights",
+    "denormalize",
+    "fuse_pseudo_labels",
+    "nearest_indices",
+    "refine_cams_to_labels",
+]

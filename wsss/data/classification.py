@@ -63,9 +63,8 @@ class ClassificationDataset(Dataset):
     def _image(self, index: int) -> torch.Tensor:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        image = torch.from_numpy(
-            np.ascontiguousarray(self.dataset.layout.load_image(self.ids[index]))
-        )
+        # np.array: a writable copy (decoded images may be read-only views; torch warns on those)
+        image = torch.from_numpy(np.array(self.dataset.layout.load_image(self.ids[index])))
         image = image.permute(2, 0, 1).contiguous()
         if self._cache is not None:
             self._cache[index] = image

@@ -19,7 +19,7 @@ from wsss.methods.base import (
 )
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "training"):  # infrastructure, not methods
+    if _module.name not in ("base", "training", "entropy_weights"):  # infrastructure, not methods
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.cams.attention import class_to_patch, propagate, select_blocks
-from wsss.cams.par import PAR, denormalize, refine_cams_to_labels
+from wsss.cams.par import PAR, denormalize, nearest_indices, refine_cams_to_labels
 from wsss.methods.base import TrainingMethod, register_training_method
 from wsss.models import ModelOutput, MultiClassTokenViT
 
@@ -166,7 +166,20 @@ def compute_entropy_weights(
 ) -> np.ndarray:
     """Entropy weights e_l (one per block, in [0, 1]) of a trained baseline over a loader of
     (normalised images, labels); save them with :func:`save_entropy_weights` and point
-    ``method_params.aream.entropy_weights`` at the file."""
+    ``method_params.aream.entropy_weights`` at the file. In the workflow,
+    ``entropy_weights: baseline`` has the ``entropy_weights`` rule do this
+    (:mod:`wsss.methods.entropy_weights`)."""
+    return normalize_entropy(mean_block_entropy(model, method, loader, device))
+
+
+@torch.no_grad()
+def mean_block_entropy(
+    model: MultiClassTokenViT,
+    method: TrainingMethod,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | str,
+) -> np.ndarray:
+    """The raw per-block entropies (bits, mean over the loader's images) before min-max."""
     model.eval()
     total, count = None, 0
     for images, labels in loader:
@@ -177,7 +190,7 @@ def compute_entropy_weights(
         count += images.shape[0]
     if total is None:
         raise ValueError("compute_entropy_weights: the loader yielded no images")
-    return normalize_entropy((total / count).cpu().numpy())
+    return (total / count).cpu().numpy().astype(np.float64)
 
 
 def save_entropy_weights(path: str | Path, weights: Sequence[float] | np.ndarray) -> None:
@@ -191,15 +204,27 @@ def save_entropy_weights(path: str | Path, weights: Sequence[float] | np.ndarray
 
 def load_entropy_weights(source: str | Path | Sequence[float]) -> np.ndarray:
     """Per-block weights from a .npy/.json file or a list; min-max normalised (as the official
-    code does on load, so raw entropies and normalised weights both work)."""
+    code does on load, so raw entropies and normalised weights both work).
+
+    A .json file holds either the list itself or an object whose ``weights`` key
+    is the list (what ``wsss entropy-weights`` writes, with its provenance beside).
+    """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(
                 f"method_params.aream.entropy_weights: {path} does not exist; compute it with "
-                "wsss.methods.aream.compute_entropy_weights on a trained MCTformer-V2, or set null"
+                "`wsss entropy-weights` (or compute_entropy_weights) from a trained MCTformer-V2, "
+                "set baseline to have the workflow do it, or set null"
             )
         values = json.loads(path.read_text()) if path.suffix == ".json" else np.load(path)
+        if isinstance(values, dict):
+            if "weights" not in values:
+                raise ValueError(
+                    f"method_params.aream.entropy_weights: {path} is a JSON object without "
+                    f"a 'weights' list (keys: {', '.join(sorted(values))})"
+                )
+            values = values["weights"]
     else:
         values = source
     values = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -226,7 +251,9 @@ class AReAM(TrainingMethod):
         "bg_low": 0.35,
         "bg_high": 0.55,
         "weight": 0.1,
-        "entropy_weights": None,  # .npy/.json path (or list) of per-block entropies; null = uniform
+        # .npy/.json path (or list) of per-block entropies; null = uniform; "baseline" = the
+        # workflow's entropy_weights rule computes them from the trained mctformer_v2 run
+        "entropy_weights": None,
         "shallow_reduce": "mean",
         "cam_scales": [1.0],
         "cam_flip": True,
@@ -286,6 +313,15 @@ class AReAM(TrainingMethod):
         source = self.params["entropy_weights"]
         if source is None:
             return None
+        from wsss.methods.entropy_weights import ENTROPY_FROM_BASELINE
+
+        if isinstance(source, str) and source == ENTROPY_FROM_BASELINE:
+            # `wsss train --entropy-weights FILE` replaces the keyword by the file's values
+            raise ValueError(
+                f"method_params.{self.name}.entropy_weights is {ENTROPY_FROM_BASELINE!r}: give the "
+                "weights file with `wsss train --entropy-weights FILE` (the workflow's "
+                "entropy_weights rule writes it), or set a path, a list or null"
+            )
         if self._entropy is None:
             self._entropy = load_entropy_weights(source)
         if len(self._entropy) != depth:
@@ -317,25 +353,26 @@ class AReAM(TrainingMethod):
     # -- training -----------------------------------------------------------
 
     def forward(
-        self, model: MultiClassTokenViT, images: torch.Tensor, epoch: int, want_logits: bool = False
+        self,
+        model: MultiClassTokenViT,
+        images: torch.Tensor,
+        epoch: int,
+        want_logits: bool = False,
+        full_attention: Sequence[int] | None = None,
     ) -> ModelOutput:
-        return model(images, want_logits=want_logits)
+        return model(images, want_logits=want_logits, full_attention=full_attention)
 
-    def _cam_pass(
-        self, output: ModelOutput, refine: list[int], weights, size, flipped: bool
-    ) -> torch.Tensor:
+    def _grid_cam(self, output: ModelOutput, refine: list[int], weights) -> torch.Tensor:
+        """One pass's shallow-refined CAM on its patch grid (B x C x h x w, float32)."""
         # float32 even under the training loop's bf16 autocast (min-max and thresholds follow)
         with torch.autocast(output.patch_cam.device.type, enabled=False):
-            attentions = [a.detach().float() for a in output.attentions]
-            cam = shallow_refined_cam(
-                attentions,
+            return shallow_refined_cam(
+                [a.detach().float() for a in output.attentions],
                 output.patch_cam.detach().float(),
                 refine,
                 weights,
                 self.params["shallow_reduce"],
             )
-            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
-        return cam.flip(-1) if flipped else cam
 
     @torch.no_grad()
     def batch_cam(
@@ -351,36 +388,49 @@ class AReAM(TrainingMethod):
         a second forward in train mode; with drop-path 0 it is the same); each
         extra pass (flip, other scales) is one no-grad forward, in train mode
         as in the official code.
+
+        The official code upsamples every pass to H x W, flips the flipped ones
+        back and sums. Bilinear resizing is linear and commutes with a
+        horizontal flip, so the passes that share a patch grid are flipped and
+        summed on the grid and upsampled once: the same sum up to float rounding.
         """
         batch, _, height, width = images.shape
         refine, _ = self.blocks(len(output.attentions))
         weights, _ = self._weights(len(output.attentions), images.device)
         patch = model.patch_size
         flip = bool(self.params["cam_flip"])
-        passes: list[torch.Tensor] = []
+        by_grid: dict[tuple[int, int], torch.Tensor] = {}  # grid -> summed grid CAMs, in pass order
+
+        def add(cam: torch.Tensor) -> None:
+            grid = tuple(cam.shape[-2:])
+            by_grid[grid] = cam if grid not in by_grid else by_grid[grid].add_(cam)
+
         for scale in self.params["cam_scales"]:
             scale = float(scale)
             if scale == 1.0:
-                passes.append(self._cam_pass(output, refine, weights, (height, width), False))
+                add(self._grid_cam(output, refine, weights))
                 if flip:
-                    flipped = self.forward(model, images.flip(-1), epoch=-1)
-                    passes.append(self._cam_pass(flipped, refine, weights, (height, width), True))
+                    # the refine blocks' patch->patch attention; class rows elsewhere
+                    flipped = self.forward(model, images.flip(-1), epoch=-1, full_attention=refine)
+                    add(self._grid_cam(flipped, refine, weights).flip(-1))
                 continue
             size = [max(patch, int(round(s * scale / patch)) * patch) for s in (height, width)]
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             if flip:
                 x = torch.cat([x, x.flip(-1)])
-            cam = self._cam_pass(
-                self.forward(model, x, epoch=-1), refine, weights, (height, width), False
+            cam = self._grid_cam(
+                self.forward(model, x, epoch=-1, full_attention=refine), refine, weights
             )
-            passes.append(cam[:batch])
+            add(cam[:batch])
             if flip:
-                passes.append(cam[batch:].flip(-1))
-        # Summed in order in place: the same values as stacking and summing over the passes,
-        # without the full-size temporaries.
-        cam = passes[0]
-        for extra in passes[1:]:
-            cam.add_(extra)
+                add(cam[batch:].flip(-1))
+        cam = None
+        for grid_cam in by_grid.values():
+            with torch.autocast(images.device.type, enabled=False):
+                up = F.interpolate(
+                    grid_cam, size=(height, width), mode="bilinear", align_corners=False
+                )
+            cam = up if cam is None else cam.add_(up)
         cam = minmax_per_class(cam.relu_(), inplace=True)
         return cam.mul_((labels > 0).to(cam.dtype)[..., None, None])
 
@@ -391,9 +441,19 @@ class AReAM(TrainingMethod):
         output: ModelOutput,
         images: torch.Tensor,
         labels: torch.Tensor,
+        grid: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """B x H x W pseudo-labels (0 bg, c + 1 class c, 255 uncertain) for the batch."""
+        """B x H x W pseudo-labels (0 bg, c + 1 class c, 255 uncertain) for the batch.
+
+        ``grid=(h, w)``: only the h x w pixels that nearest-neighbour
+        downsampling to the patch grid keeps (what the affinity target reads,
+        ``seg_to_aff``), without labelling the others.
+        """
         cam = self.batch_cam(model, output, images, labels)
+        height, width = images.shape[-2:]
+        sample = None
+        if grid is not None:
+            sample = (nearest_indices(grid[0], height), nearest_indices(grid[1], width))
         with torch.autocast(images.device.type, enabled=False):
             if self.par_module is not None:
                 self.par_module.to(images.device)
@@ -405,6 +465,7 @@ class AReAM(TrainingMethod):
                 self.params["bg_high"],
                 self.par_module,
                 ignore_index=IGNORE_INDEX,
+                sample=sample,
             )
 
     def affinity_loss(self, output: ModelOutput, seg_labels: torch.Tensor) -> torch.Tensor:
@@ -435,7 +496,7 @@ class AReAM(TrainingMethod):
         output = self.forward(model, images, epoch, want_logits=True)
         loss_cls = F.multilabel_soft_margin_loss(output.class_logits, labels)
         loss_patch = F.multilabel_soft_margin_loss(output.patch_logits, labels)
-        seg_labels = self.pseudo_labels(model, output, images, labels)
+        seg_labels = self.pseudo_labels(model, output, images, labels, grid=output.grid)
         loss_aff = self.affinity_loss(output, seg_labels)
         loss = loss_cls + loss_patch + self.params["weight"] * loss_aff
         return loss, {

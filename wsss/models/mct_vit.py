@@ -18,7 +18,7 @@ Following the official MCTformer code (methods.md section 2):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,9 @@ class ModelOutput:
     class_logits: torch.Tensor  # B x C: mean over D of each class token
     patch_logits: torch.Tensor  # B x C: GAP of the PatchCAM logits
     patch_cam: torch.Tensor  # B x C x h x w: PatchCAM logits F
-    attentions: list[torch.Tensor]  # L x (B x H x T x T), softmax
+    # L x (B x H x T x T), softmax; a block left out of ``full_attention`` (see
+    # MultiClassTokenViT.forward) holds only the C class-token rows, B x H x C x T.
+    attentions: list[torch.Tensor]
     attention_logits: list[torch.Tensor] | None  # L x (B x H x T x T), pre-softmax, if asked
     class_tokens: torch.Tensor  # B x C x D (block outputs, no final norm)
     patch_tokens: torch.Tensor  # B x N x D
@@ -81,13 +83,19 @@ BlockHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, A
 
 
 def block_forward(
-    block: Block, x: torch.Tensor, want_logits: bool
+    block: Block, x: torch.Tensor, want_logits: bool, query_rows: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run a timm ViT block, returning (output, softmax attention, logits or None).
 
     timm's fused attention kernel never materialises the attention matrix, so
     the attention is recomputed here from the block's own ``qkv``/``proj``
     modules; the arithmetic follows timm's non-fused path.
+
+    ``query_rows=r``: only the first r rows of the attention (the class tokens'
+    queries) are returned, and the block output comes from the fused
+    ``scaled_dot_product_attention`` kernel: the same output up to float
+    rounding without the T x T softmax. Not with ``want_logits`` or active
+    attention dropout (the full path keeps their exact semantics).
     """
     attn = block.attn
     if getattr(attn, "gate", None) is not None:
@@ -99,6 +107,15 @@ def block_forward(
     )
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    dropout = block.training and attn.attn_drop.p > 0
+    if query_rows is not None and not want_logits and not dropout:
+        weights = ((q[:, :, :query_rows] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        mixed = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        mixed = mixed.transpose(1, 2).reshape(batch, tokens, -1)
+        mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
+        x = x + block.drop_path1(block.ls1(mixed))
+        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return x, weights, None
     logits = (q * attn.scale) @ k.transpose(-2, -1)
     weights = logits.softmax(dim=-1)
     mixed = attn.attn_drop(weights) @ v
@@ -196,7 +213,18 @@ class MultiClassTokenViT(nn.Module):
         tokens = torch.cat([classes, patches], dim=1)
         return self.norm_pre(self.pos_drop(tokens)), grid
 
-    def forward(self, images: torch.Tensor, want_logits: bool = False) -> ModelOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        want_logits: bool = False,
+        full_attention: Collection[int] | None = None,
+    ) -> ModelOutput:
+        """One pass. ``full_attention``: the blocks whose whole T x T attention is
+        needed (None: all); the others return only the class-token rows and run the
+        fused attention kernel (a cheaper pass for CAMs that read class->patch
+        attention everywhere but patch->patch attention only in some blocks).
+        Block hooks may read the whole attention, so with hooks every block is full.
+        """
         height, width = images.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -213,7 +241,9 @@ class MultiClassTokenViT(nn.Module):
         attentions, logits = [], []
         for index, block in enumerate(self.blocks):
             x_in = x
-            x, weights, block_logits = block_forward(block, x, want_logits)
+            partial = full_attention is not None and not self.block_hooks
+            rows = self.num_classes if partial and index not in full_attention else None
+            x, weights, block_logits = block_forward(block, x, want_logits, rows)
             for hook in self.block_hooks:
                 x = hook(index, x_in, x, weights, context)
             attentions.append(weights)
