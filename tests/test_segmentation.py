@@ -50,6 +50,17 @@ def _net(**changes) -> Segmenter:
 # ---------------------------------------------------------------- the network
 
 
+def test_local_backbone_weights_load_and_a_missing_file_names_the_key(tmp_path):
+    source = _net()
+    path = tmp_path / "resnet.pth"
+    torch.save(source.backbone.state_dict(), path)
+    loaded = _net(weights=str(path))
+    for name, value in source.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[name], value), name
+    with pytest.raises(FileNotFoundError, match="segmentation.weights: .*missing.pth"):
+        _net(weights=str(tmp_path / "missing.pth"))
+
+
 @pytest.mark.parametrize("head", ["aspp", "largefov"])
 def test_logits_match_non_square_inputs(head):
     model = _net(head=head).eval()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+
+from wsss.models.pretrained import timm_weights
 
 
 @dataclass
@@ -141,17 +142,8 @@ def create_backbone(config: ModelConfig) -> VisionTransformer:
         dynamic_img_size=True,  # any h x w grid at CAM time; pos-embeds are resampled
         **config.overrides,
     )
-    pretrained = config.pretrained or config.weights is not None
-    if config.weights is not None:
-        path = Path(config.weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"model.weights: {path} does not exist; expected a timm-layout .pth or .safetensors "
-                f"state dict for {name}"
-            )
-        # timm's own loader handles .pth/.safetensors, key filtering and
-        # position-embedding resampling to img_size.
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+    pretrained, extra = timm_weights(config.pretrained, config.weights, "model", name)
+    kwargs.update(extra)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:

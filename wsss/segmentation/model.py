@@ -22,12 +22,13 @@ timm-layout file), as for the ViT.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wsss.models.pretrained import timm_weights
 
 HEADS = ("aspp", "largefov")
 
@@ -77,15 +78,8 @@ def create_feature_backbone(config: SegmenterConfig) -> nn.Module:
     # A key set to null is left out: override files merge into params.yaml and cannot
     # delete keys, so a preset removes the synthetic model's shape this way.
     kwargs.update({k: v for k, v in config.overrides.items() if v is not None})
-    if config.weights is not None:
-        path = Path(config.weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"segmentation.weights: {path} does not exist; expected a timm-layout .pth or "
-                f".safetensors state dict for {name}"
-            )
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-    pretrained = config.pretrained or config.weights is not None
+    pretrained, extra = timm_weights(config.pretrained, config.weights, "segmentation", name)
+    kwargs.update(extra)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (TypeError, RuntimeError, AssertionError, IndexError) as err:
