@@ -185,7 +185,7 @@ def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
     result = _snakemake(project, "-n", "--configfile", str(VOC_PRESET), str(root))
     counts = _job_counts(result.stdout)
     methods, seeds = voc_params["grid"]["methods"], voc_params["grid"]["seeds"]
-    assert len(methods) == 15 and len(seeds) == 3
+    assert len(methods) == 16 and len(seeds) == 3
     assert counts["prepare_data"] == 1
     assert counts["train"] == _train_runs(voc_params) * len(seeds) == 8 * 3
     assert counts["entropy_weights"] == len(seeds)  # aream_entropy's weights, one per seed
