@@ -17,6 +17,24 @@ TINY_MODEL = {
 }
 
 
+def tiny_synthetic_dataset(root, **generator) -> dict:
+    """Write a small synthetic dataset (VOC layout) under ``root``; return its dataset config.
+    ``generator`` overrides the generator's defaults (e.g. num_train, image_size)."""
+    from wsss.data.datasets import prepare_dataset
+
+    config = {
+        "kind": "synthetic",
+        "name": "synthetic",
+        "root": str(root),
+        "train_split": "train",
+        "eval_split": "train",
+        "seg_split": "val",
+        "generator": generator,
+    }
+    prepare_dataset(config, progress=False)
+    return config
+
+
 @pytest.fixture
 def tiny_model_config():
     return dict(TINY_MODEL, overrides=dict(TINY_MODEL["overrides"]))

@@ -1,22 +1,17 @@
 """The benchmark harness: the training sections run on the real data pipeline and
 report per-method ratios against the baseline (timings themselves are not asserted)."""
 
+from conftest import tiny_synthetic_dataset
+
 from wsss.bench import bench_epochs, bench_training, markdown
-from wsss.data.datasets import prepare_dataset
 
 TRAIN = {"batch_size": 8, "crop_scale": [0.6, 1.0], "hflip": True}
 
 
 def _data(tmp_path):
-    config = {
-        "name": "synthetic",
-        "kind": "synthetic",
-        "root": str(tmp_path / "synthetic"),
-        "train_split": "train",
-        "eval_split": "train",
-        "generator": {"seed": 0, "image_size": 32, "num_train": 16, "num_val": 2, "num_classes": 3},
-    }
-    prepare_dataset(config, progress=False)
+    config = tiny_synthetic_dataset(
+        tmp_path / "synthetic", seed=0, image_size=32, num_train=16, num_val=2, num_classes=3
+    )
     return {"dataset": config, "train": TRAIN}
 
 

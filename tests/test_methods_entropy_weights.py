@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_synthetic_dataset
 
 from wsss.cli import main
 from wsss.data.datasets import prepare_dataset
@@ -24,17 +25,8 @@ DEPTH = 3
 
 @pytest.fixture(scope="module")
 def dataset_config(tmp_path_factory):
-    config = {
-        "kind": "synthetic",
-        "name": "synthetic",
-        "root": str(tmp_path_factory.mktemp("entropy") / "data"),
-        "train_split": "train",
-        "eval_split": "train",
-        "seg_split": "val",
-        "generator": {"num_train": 12, "num_val": 4, "image_size": 32},
-    }
-    prepare_dataset(config, progress=False)
-    return config
+    root = tmp_path_factory.mktemp("entropy") / "data"
+    return tiny_synthetic_dataset(root, num_train=12, num_val=4, image_size=32)
 
 
 def _train_config(dataset_config, tiny_model_config, method, params=None):

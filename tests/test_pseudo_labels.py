@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_synthetic_dataset
 from PIL import Image
 
 from wsss.cams.pseudo_labels import (
@@ -20,7 +21,7 @@ from wsss.cams.pseudo_labels import (
     threshold_labels,
 )
 from wsss.cams.store import CamReader, CamWriter
-from wsss.data.datasets import open_dataset, prepare_dataset
+from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, load_label_png
 from wsss.evaluation.confusion import confusion_matrix
 from wsss.evaluation.sweep import ThresholdSweep
@@ -121,17 +122,7 @@ def test_best_threshold_comes_from_cam_metrics(tmp_path):
 @pytest.fixture(scope="module")
 def dataset_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("pl") / "data"
-    config = {
-        "kind": "synthetic",
-        "name": "synthetic",
-        "root": str(root),
-        "train_split": "train",
-        "eval_split": "train",
-        "seg_split": "val",
-        "generator": {"num_train": 10, "num_val": 4, "image_size": 32},
-    }
-    prepare_dataset(config, progress=False)
-    return config
+    return tiny_synthetic_dataset(root, num_train=10, num_val=4, image_size=32)
 
 
 def _gt_cams(config, path, split="train", blur=False):

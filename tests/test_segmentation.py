@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_synthetic_dataset
 from torch import nn
 
-from wsss.data.datasets import open_dataset, prepare_dataset
+from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, save_label_png
 from wsss.segmentation.data import PseudoLabelDataset
 from wsss.segmentation.infer import multiscale_probabilities
@@ -175,16 +176,7 @@ def test_multiscale_takes_the_elementwise_max_of_softmax():
 def synthetic(tmp_path_factory):
     """A tiny synthetic dataset whose pseudo-labels are its ground truth (trivially learnable)."""
     base = tmp_path_factory.mktemp("seg")
-    config = {
-        "kind": "synthetic",
-        "name": "synthetic",
-        "root": str(base / "data"),
-        "train_split": "train",
-        "eval_split": "train",
-        "seg_split": "val",
-        "generator": {"num_train": 24, "num_val": 8, "image_size": 32},
-    }
-    prepare_dataset(config, progress=False)
+    config = tiny_synthetic_dataset(base / "data", num_train=24, num_val=8, image_size=32)
     dataset = open_dataset(config)
     labels = base / "labels"
     for image_id in dataset.layout.split_ids("train"):

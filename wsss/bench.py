@@ -83,6 +83,17 @@ def _ratio(times: dict[str, list[float]], name: str, reference: str) -> dict[str
     }
 
 
+def _with_baseline_ratio(
+    entry: dict[str, Any], times: dict[str, list[float]], name: str, baseline: str = "mctformer_v2"
+) -> dict[str, Any]:
+    """``entry`` plus the median and range of ``name``'s time over the baseline's, when timed."""
+    if baseline in times:
+        ratio = _ratio(times, name, baseline)
+        entry[f"ratio_to_{baseline}"] = ratio["median"]
+        entry[f"ratio_to_{baseline}_range"] = [ratio["min"], ratio["max"]]
+    return entry
+
+
 def _in_subprocess(target: Callable[..., dict], *args: Any) -> dict:
     """Run one section in a fresh process; add its peak RSS (MiB)."""
     ctx = mp.get_context("spawn")
@@ -215,11 +226,7 @@ def bench_training(
             "images_per_s": batch * steps / float(np.median(times[name])),
             "ratio_to_floor": _ratio(times, name, "floor")["median"],
         }
-        if "mctformer_v2" in method_specs:
-            ratio = _ratio(times, name, "mctformer_v2")
-            entry["ratio_to_mctformer_v2"] = ratio["median"]
-            entry["ratio_to_mctformer_v2_range"] = [ratio["min"], ratio["max"]]
-        result["methods"][name] = entry
+        result["methods"][name] = _with_baseline_ratio(entry, times, name)
     return result
 
 
@@ -264,11 +271,7 @@ def bench_epochs(
     }
     for name in method_specs:
         entry: dict[str, Any] = {"seconds_per_epoch": float(np.median(times[name]))}
-        if "mctformer_v2" in method_specs:
-            ratio = _ratio(times, name, "mctformer_v2")
-            entry["ratio_to_mctformer_v2"] = ratio["median"]
-            entry["ratio_to_mctformer_v2_range"] = [ratio["min"], ratio["max"]]
-        result["methods"][name] = entry
+        result["methods"][name] = _with_baseline_ratio(entry, times, name)
     return result
 
 
