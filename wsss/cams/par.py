@@ -407,8 +407,7 @@ def refine_cams_to_labels(
     )
     out_size = (height, width) if sample is None else (len(sample[0]), len(sample[1]))
     if slots == 1:  # no GT class anywhere in the batch: everything is background
-        background_only = torch.zeros(batch, *out_size, dtype=torch.int64, device=cams.device)
-        return fuse_pseudo_labels(background_only, background_only, ignore_index)
+        return torch.zeros(batch, *out_size, dtype=torch.int64, device=cams.device)
     # scores of the kept classes: background slot filled per threshold below
     gathered = small.gather(1, (order - 1).clamp(min=0)[..., None, None].expand(-1, -1, *size))
     foreground = []

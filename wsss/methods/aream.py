@@ -313,9 +313,9 @@ class AReAM(TrainingMethod):
         source = self.params["entropy_weights"]
         if source is None:
             return None
-        from wsss.methods.entropy_weights import ENTROPY_FROM_BASELINE
+        from wsss.methods.entropy_weights import ENTROPY_FROM_BASELINE, uses_baseline_entropy
 
-        if isinstance(source, str) and source == ENTROPY_FROM_BASELINE:
+        if uses_baseline_entropy(self.params):
             # `wsss train --entropy-weights FILE` replaces the keyword by the file's values
             raise ValueError(
                 f"method_params.{self.name}.entropy_weights is {ENTROPY_FROM_BASELINE!r}: give the "

@@ -109,17 +109,14 @@ def block_forward(
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     dropout = block.training and attn.attn_drop.p > 0
+    logits = None
     if query_rows is not None and not want_logits and not dropout:
         weights = ((q[:, :, :query_rows] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
         mixed = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-        mixed = mixed.transpose(1, 2).reshape(batch, tokens, -1)
-        mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
-        x = x + block.drop_path1(block.ls1(mixed))
-        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        return x, weights, None
-    logits = (q * attn.scale) @ k.transpose(-2, -1)
-    weights = logits.softmax(dim=-1)
-    mixed = attn.attn_drop(weights) @ v
+    else:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        weights = logits.softmax(dim=-1)
+        mixed = attn.attn_drop(weights) @ v
     mixed = mixed.transpose(1, 2).reshape(batch, tokens, -1)
     mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
     x = x + block.drop_path1(block.ls1(mixed))
