@@ -283,3 +283,31 @@ def test_grid_pseudo_labels_are_the_full_labels_nearest_sampled(tiny_model_confi
         on_grid = method.pseudo_labels(model, output, images, labels, grid=output.grid)
     assert on_grid.shape == (2, *output.grid)
     assert torch.equal(on_grid, downsample_labels(full, output.grid))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("scales", [[1.0], [1.0, 0.5]])
+def test_label_pass_bf16_runs_only_the_extra_passes_in_bf16(tiny_model_config, bf16, scales):
+    model = _model(tiny_model_config)
+    method = AReAM({"layer_index": 2, "cam_scales": scales, "label_pass_bf16": bf16})
+    seen = []
+    forward = method.forward
+
+    def recording_forward(model, images, epoch, want_logits=False, full_attention=None):
+        autocast = torch.is_autocast_enabled("cpu")
+        seen.append((want_logits, autocast and torch.get_autocast_dtype("cpu") == torch.bfloat16))
+        return forward(model, images, epoch, want_logits, full_attention)
+
+    method.forward = recording_forward
+    images, labels = _batch()
+    loss, _ = method.loss(model, images, labels, epoch=method.params["cls_epochs"])
+    loss.backward()
+    # the training forward (want_logits) keeps the loop's precision; one extra pass per scale
+    assert seen[0] == (True, False)
+    assert seen[1:] == [(False, bf16)] * len(scales)
+    assert torch.isfinite(loss)
+
+
+def test_label_pass_bf16_must_be_a_boolean():
+    with pytest.raises(ValueError, match=r"method_params.aream.label_pass_bf16 must be true or false"):
+        AReAM({"label_pass_bf16": "yes"})

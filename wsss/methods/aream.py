@@ -25,6 +25,7 @@ the loss; ``refine_layers: all`` and ``loss_layers: all`` select that reading.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -257,6 +258,9 @@ class AReAM(TrainingMethod):
         "shallow_reduce": "mean",
         "cam_scales": [1.0],
         "cam_flip": True,
+        # true: the extra no-grad passes (flip, other scales), which only feed the pseudo-labels,
+        # run under bf16 autocast; false: in the training loop's precision (fp32, or bf16 with amp)
+        "label_pass_bf16": False,
         "par": True,  # false: arg-max of the thresholded CAMs without PAR
         "loss_layers": "deep",  # "deep" (code), "all" (paper figure) or block indices
         "refine_layers": "shallow",  # "shallow" (code), "all" (paper figure) or block indices
@@ -276,6 +280,10 @@ class AReAM(TrainingMethod):
         if not p["cam_scales"] or any(float(s) <= 0 for s in p["cam_scales"]):
             raise ValueError(
                 f"method_params.aream.cam_scales must be positive, got {p['cam_scales']}"
+            )
+        if not isinstance(p["label_pass_bf16"], bool):
+            raise ValueError(
+                f"method_params.{self.name}.label_pass_bf16 must be true or false, got {p['label_pass_bf16']!r}"
             )
         self.par_module = PAR() if p["par"] else None
         self._entropy: np.ndarray | None = None
@@ -362,6 +370,12 @@ class AReAM(TrainingMethod):
     ) -> ModelOutput:
         return model(images, want_logits=want_logits, full_attention=full_attention)
 
+    def _label_pass_precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the extra CAM passes when ``label_pass_bf16``; else unchanged."""
+        if self.params["label_pass_bf16"]:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _grid_cam(self, output: ModelOutput, refine: list[int], weights) -> torch.Tensor:
         """One pass's shallow-refined CAM on its patch grid (B x C x h x w, float32)."""
         # float32 even under the training loop's bf16 autocast (min-max and thresholds follow)
@@ -411,16 +425,19 @@ class AReAM(TrainingMethod):
                 add(self._grid_cam(output, refine, weights))
                 if flip:
                     # the refine blocks' patch->patch attention; class rows elsewhere
-                    flipped = self.forward(model, images.flip(-1), epoch=-1, full_attention=refine)
+                    with self._label_pass_precision(images.device):
+                        flipped = self.forward(
+                            model, images.flip(-1), epoch=-1, full_attention=refine
+                        )
                     add(self._grid_cam(flipped, refine, weights).flip(-1))
                 continue
             size = [max(patch, int(round(s * scale / patch)) * patch) for s in (height, width)]
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             if flip:
                 x = torch.cat([x, x.flip(-1)])
-            cam = self._grid_cam(
-                self.forward(model, x, epoch=-1, full_attention=refine), refine, weights
-            )
+            with self._label_pass_precision(images.device):
+                output_at_scale = self.forward(model, x, epoch=-1, full_attention=refine)
+            cam = self._grid_cam(output_at_scale, refine, weights)
             add(cam[:batch])
             if flip:
                 add(cam[batch:].flip(-1))
