@@ -3,7 +3,7 @@ report per-method ratios against the baseline (timings themselves are not assert
 
 from conftest import tiny_synthetic_dataset
 
-from wsss.bench import bench_epochs, bench_training, markdown
+from wsss.bench import aream_decomposition, bench_epochs, bench_training, markdown
 
 TRAIN = {"batch_size": 8, "crop_scale": [0.6, 1.0], "hflip": True}
 
@@ -78,3 +78,23 @@ def test_markdown_lists_epoch_rows():
         in text
     )
     assert "epochs 2" in text
+
+
+def test_aream_decomposition_switches_off_one_part_at_a_time():
+    specs = {
+        **SPECS,
+        "aream_bf16": {"name": "aream", "params": {"label_pass_bf16": True, "par": False}},
+    }
+    rows = aream_decomposition(specs)
+    # defaults: flip and PAR on, the code's fp32; "aream_bf16": bf16 on, PAR already off
+    assert sorted(rows) == [
+        "aream[cam_flip=false]",
+        "aream[par=false]",
+        "aream_bf16[cam_flip=false]",
+        "aream_bf16[label_pass_bf16=false]",
+    ]
+    assert rows["aream_bf16[label_pass_bf16=false]"]["params"] == {
+        "label_pass_bf16": False,
+        "par": False,
+    }
+    assert rows["aream[par=false]"]["params"] == {"layer_index": 1, "cls_epochs": 0, "par": False}

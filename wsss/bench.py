@@ -525,18 +525,34 @@ def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
 # -------------------------------------------------------------------- driver
 
 
+def aream_decomposition(train_specs: dict[str, dict]) -> dict[str, dict]:
+    """Where AReAM's extra time goes: for each AReAM training spec, the same spec with
+    one of its costly parts switched off (the flip pass; its bf16 autocast, i.e. the
+    code's fp32; PAR), named ``key[knob=false]``. Step-benchmark rows only, never
+    recipes the grid runs; a part already off gets no row."""
+    from wsss.methods import TRAINING_METHODS
+
+    rows = {}
+    for key, spec in train_specs.items():
+        if spec["name"] != "aream":
+            continue
+        settings = {**TRAINING_METHODS.get("aream").defaults, **spec["params"]}
+        for knob in ("cam_flip", "label_pass_bf16", "par"):
+            if settings[knob]:
+                rows[f"{key}[{knob}=false]"] = {**spec, "params": {**spec["params"], knob: False}}
+    return rows
+
+
 def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
+    from wsss.methods.entropy_weights import uses_baseline_entropy
+    from wsss.models import build_model
 
     grid = params["grid"]
     dataset = grid["datasets"][0]
     model_config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
     num_classes = params["datasets"][dataset].get("generator", {}).get("num_classes", 20)
-    from wsss.methods.entropy_weights import uses_baseline_entropy
-
     train_specs = {}
-    from wsss.models import build_model
-
     depth = build_model(model_config, num_classes).depth
     for variant in grid["methods"]:
         key = training_key(params, variant)
@@ -547,16 +563,7 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
                 # the file the entropy_weights rule would compute from a trained baseline.
                 spec = {**spec, "params": {**spec["params"], "entropy_weights": list(range(depth))}}
             train_specs[key] = spec
-    # Where AReAM's extra time goes: the same step without its flip pass, without PAR
-    # (decomposition rows of the step benchmark only; not recipes the grid runs).
-    step_specs = dict(train_specs)
-    for key, spec in train_specs.items():
-        if spec["name"] == "aream":
-            for knob in ("cam_flip", "par"):
-                step_specs[f"{key}[{knob}=false]"] = {
-                    **spec,
-                    "params": {**spec["params"], knob: False},
-                }
+    step_specs = {**train_specs, **aream_decomposition(train_specs)}
     refiners = {}
     for variant in grid["methods"]:
         spec = variant_spec(params, variant)
