@@ -313,3 +313,21 @@ def test_label_pass_bf16_must_be_a_boolean():
         ValueError, match=r"method_params.aream.label_pass_bf16 must be true or false"
     ):
         AReAM({"label_pass_bf16": "yes"})
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_label_pass_bf16_warns_where_the_cpu_has_no_native_bf16(
+    tiny_model_config, monkeypatch, caplog, native
+):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = _model(tiny_model_config)
+    with caplog.at_level("WARNING", logger="wsss"):
+        AReAM({"layer_index": 2, "label_pass_bf16": True}).on_train_start(model, None, "cpu")
+        AReAM({"layer_index": 2}).on_train_start(model, None, "cpu")  # fp32: nothing to say
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == (0 if native else 1)
+    if warnings:
+        assert (
+            "method_params.aream.label_pass_bf16" in warnings[0] and "no native bf16" in warnings[0]
+        )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from wsss.methods.base import TrainingMethod, register_training_method
 from wsss.models import ModelOutput, MultiClassTokenViT
 
 IGNORE_INDEX = 255
+
+log = logging.getLogger("wsss")
 
 
 # ----------------------------------------------------------------- pure pieces
@@ -236,6 +239,14 @@ def load_entropy_weights(source: str | Path | Sequence[float]) -> np.ndarray:
     return normalize_entropy(values)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively on ``device`` (any GPU: assumed; CPU: avx512_bf16 or
+    AMX). Without it, CPU autocast emulates bf16, which is slower than fp32."""
+    if device.type != "cpu":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 # ----------------------------------------------------------------- the method
 
 
@@ -355,6 +366,13 @@ class AReAM(TrainingMethod):
     def on_train_start(self, model: MultiClassTokenViT, data: Any, device: torch.device) -> None:
         self.blocks(model.depth)  # fail before the first epoch, not after cls_epochs
         self.entropy(model.depth)
+        if self.params["label_pass_bf16"] and not native_bf16(torch.device(device)):
+            log.warning(
+                "method_params.%s.label_pass_bf16 is true, but this CPU has no native bf16 "
+                "(avx512_bf16 or AMX): the flipped pass is emulated and can be several times "
+                "slower than in fp32 (6x measured with AVX2 only); set it false for the code's fp32",
+                self.name,
+            )
         if self.par_module is not None:
             self.par_module.to(device)
 
