@@ -1,9 +1,14 @@
 """The benchmark harness: the training sections run on the real data pipeline and
 report per-method ratios against the baseline (timings themselves are not asserted)."""
 
+import sys
+from pathlib import Path
+
 from conftest import tiny_synthetic_dataset
 
-from wsss.bench import aream_decomposition, bench_epochs, bench_training, markdown
+# The harness lives outside the package (benchmarks/bench.py), run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench import aream_decomposition, bench_epochs, bench_training, markdown  # noqa: E402
 
 TRAIN = {"batch_size": 8, "crop_scale": [0.6, 1.0], "hflip": True}
 

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsss.cams.attention import class_to_patch, patch_affinity, propagate, select_blocks
-from wsss.cams.extract import CamSettings, cams_for_batch
-from wsss.cams.store import CamReader, CamWriter, dequantize, quantize
+from wsss.cam_store import CamReader, CamWriter, dequantize, quantize
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+from wsss.methods.cam_inference import CamSettings, cams_for_batch
 from wsss.models import build_model
+from wsss.models.attention import class_to_patch, patch_affinity, propagate, select_blocks
 
 
 def _attention_stack():

@@ -10,9 +10,9 @@ from wsss.config import (
     deep_merge,
     entropy_config,
     load_params,
-    needs_entropy_weights,
     training_config,
     training_key,
+    upstream_inputs,
     validate_params,
 )
 
@@ -102,7 +102,8 @@ def test_refiner_variants_share_training_runs(params):
     assert training_key(params, "tuned") == "mctformer_v2"  # empty train_params: nothing to retrain
     cfg = cam_config(params, "synthetic", "mctformer_v2_affinity")
     assert cfg["refiner"]["name"] == "affinity"
-    assert cfg["method"]["name"] == "mctformer_v2"
+    # the CAM job reads the trained method and model from model.pt, not from its params
+    assert set(cfg) == {"dataset", "cam", "refiner"}
 
 
 def test_dataset_overrides_apply(params):
@@ -140,7 +141,6 @@ def test_variant_overrides_change_only_that_variants_training(params):
     assert cfg["model"]["img_size"] == 96
     assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (3, 5)  # variant wins
     assert cfg["train"]["lr"] == 0.5  # the dataset's override still applies
-    assert cam_config(params, "synthetic", "clustercam_affinity")["model"]["img_size"] == 96
     plain = training_config(params, "synthetic", "mctformer_v2")
     assert plain["train"]["epochs"] == 7
     assert plain["model"]["img_size"] == params["model"]["img_size"]
@@ -204,14 +204,17 @@ def _without_baseline_run(params):
 def test_entropy_baseline_is_a_dependency_on_the_mctformer_run(params):
     validate_params(params)  # params.yaml: aream_entropy, and mctformer_v2 trains the baseline
     assert training_key(params, "aream_entropy") == "aream_entropy"  # its own model
-    assert needs_entropy_weights(params, "aream_entropy")
-    assert not needs_entropy_weights(params, "aream")
-    assert not needs_entropy_weights(params, "mctformer_v2")
+    # declared by the method (AReAM's upstream()), not by the pipeline
+    assert upstream_inputs(params, "aream_entropy") == [
+        ("entropy_weights", "entropy_weights", "mctformer_v2")
+    ]
+    assert upstream_inputs(params, "aream") == []
+    assert upstream_inputs(params, "mctformer_v2") == []
     config = training_config(params, "synthetic", "aream_entropy")
     assert config["method"]["params"]["entropy_weights"] == "baseline"
-    job = entropy_config(params, "synthetic")
+    job = entropy_config(params, "synthetic", "mctformer_v2")
     assert job["dataset"]["train_split"] == "train" and job["dataset"]["name"] == "synthetic"
-    assert job["device"] == params["train"]["device"]
+    assert "device" not in job  # an execution knob, not a param
     baseline = training_config(params, "synthetic", "mctformer_v2")
     assert job["batch_size"] == baseline["train"]["batch_size"]
 
@@ -221,10 +224,10 @@ def test_entropy_baseline_without_the_mctformer_run_fails_naming_the_key(params)
     with pytest.raises(ParamsError) as err:
         validate_params(params)
     message = str(err.value)
-    assert "methods.aream_entropy.train_params.entropy_weights: 'baseline'" in message
-    assert "trained mctformer_v2 run 'mctformer_v2'" in message
-    assert "no variant under methods trains it" in message
-    assert "add a variant with train: mctformer_v2" in message
+    assert "methods.aream_entropy: its training method 'aream' reads the entropy_weights" in message
+    assert "trained run 'mctformer_v2'" in message
+    assert "no variant of that name is under methods" in message
+    assert "method_params.aream.entropy_weights" in message
 
 
 def test_entropy_baseline_set_for_the_method_names_method_params(params):
@@ -232,9 +235,9 @@ def test_entropy_baseline_set_for_the_method_names_method_params(params):
     params["grid"]["methods"].remove("aream_entropy")
     params["method_params"]["aream"]["entropy_weights"] = "baseline"
     validate_params(params)  # every AReAM run now reads the weights
-    assert needs_entropy_weights(params, "aream")
+    assert upstream_inputs(params, "aream")
     _without_baseline_run(params)
-    with pytest.raises(ParamsError, match=r"method_params.aream.entropy_weights: 'baseline'"):
+    with pytest.raises(ParamsError, match=r"method_params.aream.entropy_weights"):
         validate_params(params)
 
 
@@ -244,3 +247,13 @@ def test_entropy_baseline_run_must_train_mctformer(params):
     params["methods"]["mctformer_v2"] = {"train": "doei", "train_params": {"gamma": 0.4}}
     with pytest.raises(ParamsError, match=r"methods.mctformer_v2 trains it with 'doei'"):
         validate_params(params)
+
+
+def test_entropy_baseline_is_a_method_param(params):
+    """The baseline run is a declaration on the method, named in params.yaml."""
+    params["methods"]["mct_again"] = {"train": "mctformer_v2", "label": "another baseline"}
+    params["method_params"]["aream"]["entropy_baseline"] = "mct_again"
+    validate_params(params)
+    assert upstream_inputs(params, "aream_entropy") == [
+        ("entropy_weights", "entropy_weights", "mctformer_v2")  # same recipe: the run is shared
+    ]

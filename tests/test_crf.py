@@ -1,4 +1,4 @@
-"""Dense CRF (wsss.cams.crf). pydensecrf2 is in the "test" extra, so these run in CI."""
+"""Dense CRF (wsss.ops.crf). pydensecrf2 is in the "test" extra, so these run in CI."""
 
 import importlib
 import sys
@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from wsss.cams.crf import (
+from wsss.ops.crf import (
     CrfSettings,
     CrfUnavailableError,
     crf_labels_from_cams,
@@ -187,8 +187,8 @@ def test_missing_package_raises_install_hint(monkeypatch):
     # None in sys.modules makes "import pydensecrf..." raise ImportError, as if not installed
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    monkeypatch.delitem(sys.modules, "wsss.cams.crf")
-    crf = importlib.import_module("wsss.cams.crf")  # importing the module needs no pydensecrf
+    monkeypatch.delitem(sys.modules, "wsss.ops.crf")
+    crf = importlib.import_module("wsss.ops.crf")  # importing the module needs no pydensecrf
     image = _red_blue_image()
     probs = np.full((2, HEIGHT, WIDTH), 0.5, np.float32)
     with pytest.raises(crf.CrfUnavailableError, match=r'pip install "wsss\[crf\]"'):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from wsss.cams.extract import CamSettings, cams_for_batch
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS, CamRecipe, Variant
 from wsss.methods.adcam import (
     REFINES,
@@ -16,6 +15,7 @@ from wsss.methods.adcam import (
     transition_power,
     use_squaring,
 )
+from wsss.methods.cam_inference import CamSettings, cams_for_batch
 from wsss.methods.couplings import couple, normalized_class_attention
 from wsss.models import ModelOutput, build_model
 

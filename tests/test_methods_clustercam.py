@@ -4,9 +4,8 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block
 
-from wsss.cams.extract import CamSettings, cams_for_batch
-from wsss.evaluation.seg_eval import segmentation_probabilities
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS, CamRecipe
+from wsss.methods.cam_inference import CamSettings, cams_for_batch
 from wsss.methods.clustercam import (
     ClusterAttentionBlock,
     ClusterCAM,
@@ -17,6 +16,7 @@ from wsss.methods.clustercam import (
     map_to_patches,
     mix_attention,
 )
+from wsss.stages.evaluate_decoder import segmentation_probabilities
 
 NUM_CLASSES = 4
 LABELS = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

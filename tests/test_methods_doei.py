@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from wsss.cams.extract import CamSettings, cams_for_batch, load_trained
 from wsss.data.classification import normalize
 from wsss.methods import CAM_REFINERS, TRAINING_METHODS, CamRecipe
 from wsss.methods.aream import AReAM
+from wsss.methods.cam_inference import CamSettings, cams_for_batch, load_trained
 from wsss.methods.doei import (
     DOEI,
     DOEI_DEFAULTS,

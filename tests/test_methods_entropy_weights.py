@@ -1,5 +1,5 @@
 """AReAM's entropy weights as a pipeline step: `wsss entropy-weights`, then `wsss train
---entropy-weights` for a method whose params say `entropy_weights: baseline`."""
+--upstream entropy_weights=FILE` for a method whose params say `entropy_weights: baseline`."""
 
 import copy
 import json
@@ -11,14 +11,10 @@ from conftest import tiny_synthetic_dataset
 
 from wsss.cli import main
 from wsss.data.datasets import prepare_dataset
-from wsss.methods.aream import load_entropy_weights
-from wsss.methods.entropy_weights import (
-    ResizedImages,
-    baseline_entropy_weights,
-    uses_baseline_entropy,
-    with_entropy_weights,
-)
+from wsss.methods.aream import AReAM, load_entropy_weights
 from wsss.runtime import config_digest
+from wsss.stages.entropy_weights import ResizedImages, baseline_entropy_weights
+from wsss.stages.train import with_upstream
 
 DEPTH = 3
 
@@ -85,7 +81,7 @@ def baseline(dataset_config, tmp_path_factory):
 
 
 def _entropy_config(dataset_config, batch_size=5):
-    return {"dataset": dataset_config, "device": "cpu", "batch_size": batch_size, "num_workers": 0}
+    return {"dataset": dataset_config, "batch_size": batch_size}
 
 
 def _entropy_cli(config, model, out, *extra):
@@ -110,9 +106,9 @@ def test_cli_writes_normalised_weights_from_a_trained_baseline(dataset_config, b
 
 
 def test_weights_are_compute_entropy_weights_on_the_resized_split(dataset_config, baseline):
-    from wsss.cams.extract import load_trained
     from wsss.data.datasets import open_dataset
     from wsss.methods.aream import compute_entropy_weights
+    from wsss.methods.cam_inference import load_trained
 
     one = baseline_entropy_weights(_entropy_config(dataset_config, 1), baseline, progress=False)
     all_ = baseline_entropy_weights(_entropy_config(dataset_config, 12), baseline, progress=False)
@@ -151,8 +147,8 @@ def test_train_with_baseline_and_no_file_fails_clearly(
     args = ["--config", json.dumps(config), "--seed", "0", "--out-dir", str(tmp_path / "run")]
     assert main(["train", *args, "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "method_params.aream.entropy_weights is 'baseline'" in err
-    assert "--entropy-weights FILE" in err and "entropy_weights rule" in err
+    assert "method_params.aream.entropy_weights reads the entropy_weights artifact" in err
+    assert "--upstream entropy_weights=FILE" in err and "entropy_weights rule" in err
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
@@ -164,25 +160,37 @@ def test_train_uses_the_file_and_saves_its_values(
     train = _train_config(dataset_config, tiny_model_config, "aream", _aream_params("baseline"))
     out_dir = tmp_path / "run"
     args = ["--config", json.dumps(train), "--seed", "0", "--out-dir", str(out_dir)]
-    assert main(["train", *args, "--entropy-weights", str(weights), "--no-progress"]) == 0
+    assert main(["train", *args, "--upstream", f"entropy_weights={weights}", "--no-progress"]) == 0
     saved = torch.load(out_dir / "model.pt", weights_only=False)["config"]["method"]["params"]
     assert saved["entropy_weights"] == pytest.approx(json.loads(weights.read_text())["weights"])
     # The trained model's CAMs need no weights file: the values travel in model.pt.
-    from wsss.cams.extract import load_trained
+    from wsss.methods.cam_inference import load_trained
 
     _, method, _ = load_trained(out_dir / "model.pt", torch.device("cpu"))
     assert method.entropy(DEPTH) == pytest.approx(saved["entropy_weights"])
+
+
+def with_entropy_weights(config, path):
+    return with_upstream(config, {} if path is None else {"entropy_weights": str(path)})
 
 
 def test_a_file_without_baseline_is_refused(dataset_config, tiny_model_config, tmp_path):
     path = tmp_path / "w.json"
     path.write_text(json.dumps([0.0, 1.0, 0.5]))
     plain = _train_config(dataset_config, tiny_model_config, "aream", _aream_params(None))
-    with pytest.raises(ValueError, match="not 'baseline'; the file would be ignored"):
+    with pytest.raises(
+        ValueError, match="declares no upstream artifact.*the file would be ignored"
+    ):
         with_entropy_weights(plain, path)
     assert with_entropy_weights(plain, None) is plain
     mct = _train_config(dataset_config, tiny_model_config, "mctformer_v2")
     assert with_entropy_weights(mct, None) is mct
+
+
+def test_baseline_without_a_file_names_the_option(dataset_config, tiny_model_config):
+    config = _train_config(dataset_config, tiny_model_config, "aream", _aream_params("baseline"))
+    with pytest.raises(ValueError, match="--upstream entropy_weights=FILE"):
+        with_entropy_weights(config, None)
 
 
 def test_resume_digest_covers_the_weights_values(dataset_config, tiny_model_config, tmp_path):
@@ -199,8 +207,8 @@ def test_resume_digest_covers_the_weights_values(dataset_config, tiny_model_conf
     assert config["method"]["params"]["entropy_weights"] == "baseline"  # the input is not changed
 
 
-def test_keyword():
-    assert uses_baseline_entropy({"entropy_weights": "baseline"})
-    assert not uses_baseline_entropy({"entropy_weights": None})
-    assert not uses_baseline_entropy({"entropy_weights": [0.0, 1.0]})
-    assert not uses_baseline_entropy({})
+def test_upstream_declaration():
+    assert AReAM({"entropy_weights": "baseline"}).upstream()[0].run == "mctformer_v2"
+    assert AReAM({"entropy_weights": "baseline", "entropy_baseline": "b"}).upstream()[0].run == "b"
+    assert AReAM({"entropy_weights": None}).upstream() == []
+    assert AReAM({"entropy_weights": [0.0, 1.0]}).upstream() == []

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.cams.par import PAR, denormalize, fuse_pseudo_labels, refine_cams_to_labels
 from wsss.data.classification import IMAGENET_MEAN, IMAGENET_STD
+from wsss.ops.par import PAR, denormalize, fuse_pseudo_labels, refine_cams_to_labels
 
 
 def _two_colour_image(size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +188,7 @@ def test_neighbours_are_the_clamped_offsets_of_the_official_kernel():
 
 
 def test_chunked_affinity_and_cached_pattern_give_identical_results(monkeypatch):
-    import wsss.cams.par as par_module
+    import wsss.ops.par as par_module
 
     par = PAR()
     images, masks = torch.rand(5, 3, 12, 9), torch.rand(5, 4, 12, 9)
@@ -217,7 +217,7 @@ def test_gradients_flow_through_the_affinity_and_the_masks():
 
 
 def test_bilinear_weights_reproduce_interpolate_at_chosen_pixels():
-    from wsss.cams.par import bilinear_weights
+    from wsss.ops.par import bilinear_weights
 
     x = torch.rand(2, 3, 5, 7)
     full = F.interpolate(x, size=(20, 13), mode="bilinear", align_corners=False)
@@ -231,7 +231,7 @@ def test_bilinear_weights_reproduce_interpolate_at_chosen_pixels():
 
 
 def test_nearest_indices_match_nearest_interpolation():
-    from wsss.cams.par import nearest_indices
+    from wsss.ops.par import nearest_indices
 
     x = torch.arange(64.0).view(1, 1, 8, 8)
     for size in (8, 3, 5):
@@ -242,7 +242,7 @@ def test_nearest_indices_match_nearest_interpolation():
 
 @pytest.mark.parametrize("with_par", [True, False])
 def test_sampled_labels_equal_the_full_labelling_read_there(with_par):
-    from wsss.cams.par import nearest_indices
+    from wsss.ops.par import nearest_indices
 
     par = PAR() if with_par else None
     images = torch.rand(3, 3, 32, 32)

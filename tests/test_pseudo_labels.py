@@ -12,7 +12,12 @@ import pytest
 from conftest import tiny_synthetic_dataset
 from PIL import Image
 
-from wsss.cams.pseudo_labels import (
+from wsss.cam_store import CamReader, CamWriter
+from wsss.data.datasets import open_dataset
+from wsss.data.palette import IGNORE_INDEX, load_label_png
+from wsss.evaluation.confusion import confusion_matrix
+from wsss.evaluation.sweep import ThresholdSweep
+from wsss.stages.pseudo_labels import (
     PseudoLabelSettings,
     _UnlabelledAwareScorer,
     fuse_labels,
@@ -20,11 +25,6 @@ from wsss.cams.pseudo_labels import (
     resolve_threshold,
     threshold_labels,
 )
-from wsss.cams.store import CamReader, CamWriter
-from wsss.data.datasets import open_dataset
-from wsss.data.palette import IGNORE_INDEX, load_label_png
-from wsss.evaluation.confusion import confusion_matrix
-from wsss.evaluation.sweep import ThresholdSweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_plain_rule_does_not_import_torch(dataset_config, tmp_path):
     config = {"dataset": dataset_config, "pseudo_labels": {"bg_threshold": 0.2}}
     code = (
         "import json, sys\n"
-        "from wsss.cams.pseudo_labels import make_pseudo_labels\n"
+        "from wsss.stages.pseudo_labels import make_pseudo_labels\n"
         f"make_pseudo_labels(json.loads({json.dumps(json.dumps(config))}), "
         f"{str(cams)!r}, {str(tmp_path / 'labels')!r}, progress=False)\n"
         "print('torch' in sys.modules)\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.cams.store import CamWriter
+from wsss.cam_store import CamWriter
 from wsss.cli import main
 from wsss.data.palette import save_label_png, voc_palette
 from wsss.data.voc import VOCLayout
@@ -126,7 +126,7 @@ def test_colours_follow_the_voc_palette_and_ignore_is_white():
 
 
 def test_cam_overlay_tints_by_the_strongest_class():
-    from wsss.cams.store import CamRecord
+    from wsss.cam_store import CamRecord
 
     image = np.full((2, 2, 3), 100, np.uint8)
     cams = np.zeros((2, 2, 2), np.uint8)

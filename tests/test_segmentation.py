@@ -13,6 +13,7 @@ from torch import nn
 
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, save_label_png
+from wsss.runtime import set_execution
 from wsss.segmentation.data import PseudoLabelDataset
 from wsss.segmentation.infer import multiscale_probabilities
 from wsss.segmentation.model import Segmenter, SegmenterConfig
@@ -195,11 +196,10 @@ def _job(config, epochs=3, **changes):
         "lr": 3e-3,
         "head_lr_mult": 10,
         "weight_decay": 1e-4,
-        "cache_images": True,
         "eval_batch_size": 8,
         **changes,
     }
-    return {"dataset": config, "segmentation": seg, "scales": [0.75, 1.0], "device": "cpu"}
+    return {"dataset": config, "segmentation": seg, "scales": [0.75, 1.0]}
 
 
 def test_augmentation_is_seeded_and_pads_with_ignore(synthetic):
@@ -302,7 +302,7 @@ def test_training_resumes_from_its_checkpoint(synthetic, tmp_path, monkeypatch):
 
 def test_crf_at_inference(synthetic):
     pytest.importorskip("pydensecrf.densecrf", reason="the optional pydensecrf2 is not installed")
-    from wsss.cams.crf import CrfSettings
+    from wsss.ops.crf import CrfSettings
     from wsss.segmentation.infer import predict
 
     model = _net().eval()
@@ -328,5 +328,9 @@ def test_loader_workers_see_the_epoch(synthetic):
     """Augmentation depends on (seed, epoch, image) only: workers must not freeze epoch 0."""
     config, labels = synthetic
     _, in_process = train_segmenter(_job(config, epochs=2), labels, 0, None, False)
-    _, with_workers = train_segmenter(_job(config, epochs=2, num_workers=1), labels, 0, None, False)
+    set_execution(workers=1)  # an execution knob (`wsss segment --workers 1`), not a param
+    try:
+        _, with_workers = train_segmenter(_job(config, epochs=2), labels, 0, None, False)
+    finally:
+        set_execution()
     assert [h["loss"] for h in with_workers] == pytest.approx([h["loss"] for h in in_process])

@@ -125,10 +125,10 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
     entropy = _jobs(result.stdout, "entropy_weights")
     assert len(entropy) == len(seeds) == _job_counts(result.stdout)["entropy_weights"]
     for seed in seeds:
-        weights = f"results/runs/synthetic/entropy/seed{seed}/entropy_weights.json"
+        weights = f"results/runs/synthetic/train/mctformer_v2/seed{seed}/entropy_weights.json"
         (job,) = [j for j in entropy if j["output"] == weights]
         assert f"results/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
-        assert job["log"] == f"results/logs/entropy_weights/synthetic/seed{seed}.log"
+        assert job["log"] == f"results/logs/entropy_weights/synthetic/mctformer_v2/seed{seed}.log"
         assert "wsss entropy-weights" in job["shell"] and f"--out {weights}" in job["shell"]
         train = {
             j["output"].split("/")[4]: j
@@ -136,10 +136,10 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
             if f"/seed{seed}/" in j["output"]
         }
         assert weights in train["aream_entropy"]["input"]
-        assert f"--entropy-weights {weights}" in train["aream_entropy"]["shell"]
+        assert f"--upstream entropy_weights={weights}" in train["aream_entropy"]["shell"]
         for plain in ("aream", "mctformer_v2"):
             assert "entropy_weights.json" not in train[plain]["input"]
-            assert "--entropy-weights" not in train[plain]["shell"]
+            assert "--upstream" not in train[plain]["shell"]
 
 
 @pytest.mark.parametrize(
@@ -224,13 +224,13 @@ def test_smoke_run_with_entropy_weights_from_the_baseline(project):
     )
     args = ("--configfile", str(project / "configs" / "smoke.yaml"), str(override))
     _snakemake(project, *args)
-    weights_file = project / "results/runs/synthetic/entropy/seed0/entropy_weights.json"
+    weights_file = project / "results/runs/synthetic/train/mctformer_v2/seed0/entropy_weights.json"
     weights = json.loads(weights_file.read_text())
     assert weights["method"] == "mctformer_v2" and len(weights["weights"]) == weights["blocks"] == 2
-    log = (project / "results/logs/entropy_weights/synthetic/seed0.log").read_text()
+    log = (project / "results/logs/entropy_weights/synthetic/mctformer_v2/seed0.log").read_text()
     assert "per-block entropy (bits)" in log and "per-block weights e_l" in log
     model = torch.load(
-        project / "results/runs/synthetic/train/aream_entropy/seed0/model.pt", weights_only=False
+        project / "results/runs/synthetic/train/aream_entropy/seed0/model.pt", weights_only=True
     )
     assert model["config"]["method"]["params"]["entropy_weights"] == weights["weights"]
     assert "AReAM, entropy layer weights" in (project / "results" / "table.md").read_text()

@@ -9,12 +9,19 @@ Snakemake's params trigger reruns exactly the jobs whose settings changed.
 from __future__ import annotations
 
 import copy
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
+# Shipped inside the package, so a non-editable install validates params too.
+SCHEMA_RESOURCE = ("wsss", "resources/params.schema.yaml")
+
+# Keys of the train / segmentation blocks that say how a job runs, not what it computes
+# (wsss.runtime.Execution): the rules pass them outside the jobs' params.
+EXECUTION_KEYS = ("device", "num_workers", "cache_images")
 
 
 class ParamsError(ValueError):
@@ -52,8 +59,10 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
     return params
 
 
+@cache
 def _schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    package, name = SCHEMA_RESOURCE
+    return yaml.safe_load(resources.files(package).joinpath(name).read_text())
 
 
 def _format_schema_error(error: Any) -> str:
@@ -129,7 +138,7 @@ def _check_names(params: dict[str, Any], source: str) -> None:
                 f"methods.{variant}: its training run {key!r} is also the run of a variant "
                 "with another training method, train_params or overrides; rename one of them"
             )
-    problems.extend(_check_entropy_baseline(params))
+    problems.extend(_check_upstream(params))
     thresholds = params["evaluate"]["thresholds"]
     if thresholds["start"] > thresholds["stop"]:
         problems.append("evaluate.thresholds: start must not exceed stop")
@@ -155,7 +164,7 @@ def _check_names(params: dict[str, Any], source: str) -> None:
         except ValueError as err:
             raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
     # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
-    from wsss.cams.pseudo_labels import PseudoLabelSettings
+    from wsss.stages.pseudo_labels import PseudoLabelSettings
 
     for dataset in params["grid"]["datasets"]:
         try:
@@ -164,49 +173,32 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             raise ParamsError(f"{source} is invalid:\n  datasets.{dataset}: {err}") from err
 
 
-def _check_entropy_baseline(params: dict[str, Any]) -> list[str]:
-    """``entropy_weights: baseline`` needs a variant that trains the MCTformer-V2 run."""
-    from wsss.methods.entropy_weights import (
-        ENTROPY_BASELINE_METHOD,
-        ENTROPY_BASELINE_RUN,
-        ENTROPY_FROM_BASELINE,
-        uses_baseline_entropy,
-    )
-
-    users = [
-        v
-        for v in params["methods"]
-        if uses_baseline_entropy(variant_spec(params, v)["train_params"])
-    ]
-    if not users:
-        return []
-    baseline = next(
-        (v for v in params["methods"] if training_key(params, v) == ENTROPY_BASELINE_RUN), None
-    )
-    if baseline is not None and params["methods"][baseline]["train"] == ENTROPY_BASELINE_METHOD:
-        return []
-    found = (
-        "no variant under methods trains it"
-        if baseline is None
-        else f"methods.{baseline} trains it with {params['methods'][baseline]['train']!r}"
-    )
+def _check_upstream(params: dict[str, Any]) -> list[str]:
+    """Every upstream run a method declares (:class:`wsss.methods.Upstream`) is a variant of
+    ``methods`` trained with the declared training method."""
     problems = []
-    for variant in users:
-        spec = params["methods"][variant]
-        own = (spec.get("train_params") or {}).get("entropy_weights") == ENTROPY_FROM_BASELINE
-        key = (
-            f"methods.{variant}.train_params.entropy_weights"
-            if own
-            else f"method_params.{spec['train']}.entropy_weights"
-        )
-        problem = (
-            f"{key}: {ENTROPY_FROM_BASELINE!r} computes the weights from the trained "
-            f"{ENTROPY_BASELINE_METHOD} run {ENTROPY_BASELINE_RUN!r} of the same dataset and seed, "
-            f"but {found}; add a variant with train: {ENTROPY_BASELINE_METHOD} and no train_params "
-            "or overrides (as methods.mctformer_v2 in params.yaml), or give a file, a list or null"
-        )
-        if problem not in problems:
-            problems.append(problem)
+    for variant in params["methods"]:
+        try:
+            method, _ = build_variant_methods(params, variant)
+        except (ValueError, KeyError):
+            continue  # an unknown name or parameter: reported with its key elsewhere
+        for upstream in method.upstream():
+            spec = params["methods"].get(upstream.run)
+            if spec is not None and spec["train"] == upstream.train:
+                continue
+            found = (
+                "no variant of that name is under methods"
+                if spec is None
+                else f"methods.{upstream.run} trains it with {spec['train']!r}"
+            )
+            problem = (
+                f"methods.{variant}: its training method {method.name!r} reads the "
+                f"{upstream.stage} of the trained run {upstream.run!r} ({upstream.param}), which "
+                f"must train with {upstream.train!r}, but {found}; add that variant or change "
+                f"method_params.{method.name}.{upstream.param}"
+            )
+            if problem not in problems:
+                problems.append(problem)
     return problems
 
 
@@ -284,21 +276,11 @@ def training_variant(params: dict[str, Any], key: str) -> str:
     raise ParamsError(f"no method in params uses the training run {key!r}")
 
 
-def needs_entropy_weights(params: dict[str, Any], key: str) -> bool:
-    """Whether the training run ``key`` reads the entropy_weights rule's output
-    (its method params say ``entropy_weights: baseline``)."""
-    from wsss.methods.entropy_weights import uses_baseline_entropy
-
-    return uses_baseline_entropy(
-        variant_spec(params, training_variant(params, key))["train_params"]
-    )
-
-
-def entropy_baseline_run() -> str:
-    """The training run (key) whose trained model the entropy weights are computed from."""
-    from wsss.methods.entropy_weights import ENTROPY_BASELINE_RUN
-
-    return ENTROPY_BASELINE_RUN
+def upstream_inputs(params: dict[str, Any], key: str) -> list[tuple[str, str, str]]:
+    """``(param, stage, run key)`` for each artifact the training run ``key`` reads from
+    another trained run (its method's :meth:`~wsss.methods.TrainingMethod.upstream`)."""
+    method, _ = build_variant_methods(params, training_variant(params, key))
+    return [(u.param, u.stage, training_key(params, u.run)) for u in method.upstream()]
 
 
 def build_variant_methods(params: dict[str, Any], variant: str):
@@ -321,40 +303,81 @@ def variant_block(params: dict[str, Any], dataset: str, variant: str, block: str
     return deep_merge(dataset_block(params, dataset, block), overrides)
 
 
-def training_config(params: dict[str, Any], dataset: str, key: str) -> dict[str, Any]:
-    """Everything a training job needs (what its rule passes on the command line)."""
-    variant = training_variant(params, key)
-    spec = variant_spec(params, variant)
+def _without(block: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in block.items() if k not in keys}
+
+
+def execution(params: dict[str, Any], dataset: str, block: str = "train") -> dict[str, Any]:
+    """The execution knobs of a job (not params): device, DataLoader workers, image cache."""
+    train = dataset_block(params, dataset, "train")
+    own = dataset_block(params, dataset, block) if block != "train" else train
     return {
-        "dataset": dataset_config(params, dataset),
-        "model": variant_block(params, dataset, variant, "model"),
-        "train": variant_block(params, dataset, variant, "train"),
-        "method": {"name": spec["train"], "params": spec["train_params"]},
+        "device": train.get("device", "auto"),
+        "workers": int(own.get("num_workers", 0)),
+        "cache_images": bool(own.get("cache_images", True)),
     }
 
 
-def entropy_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """An entropy-weights job: the dataset (its train_split is read), and the device and
-    loader settings of the baseline run it reads. The image size is the trained model's."""
-    variant = training_variant(params, entropy_baseline_run())
-    train = variant_block(params, dataset, variant, "train")
+def _resolved_method(params: dict[str, Any], variant: str) -> tuple[dict, dict]:
+    """(training method, refiner) as ``{"name", "params"}`` with every default filled in."""
+    method, refiner = build_variant_methods(params, variant)
+    spec = variant_spec(params, variant)
+    return (
+        {"name": spec["train"], "params": method.params},
+        {"name": spec["refine"], "params": refiner.params},
+    )
+
+
+def training_config(params: dict[str, Any], dataset: str, key: str) -> dict[str, Any]:
+    """What a training job reads (its rule's params): the dataset and its train_split, the
+    model and train blocks (execution knobs aside), the method with its defaults filled."""
+    variant = training_variant(params, key)
+    method, _ = _resolved_method(params, variant)
     return {
-        "dataset": dataset_config(params, dataset),
-        "device": train["device"],
+        "dataset": dataset_config(params, dataset, "train_split"),
+        "model": variant_block(params, dataset, variant, "model"),
+        "train": _without(variant_block(params, dataset, variant, "train"), EXECUTION_KEYS),
+        "method": method,
+    }
+
+
+def entropy_config(params: dict[str, Any], dataset: str, key: str) -> dict[str, Any]:
+    """An entropy-weights job: the dataset (its train_split is read) and the batch size of the
+    baseline run ``key`` it reads. The image size is the trained model's."""
+    train = variant_block(params, dataset, training_variant(params, key), "train")
+    return {
+        "dataset": dataset_config(params, dataset, "train_split"),
         "batch_size": train["batch_size"],
-        "num_workers": train["num_workers"],
     }
 
 
 def cam_config(params: dict[str, Any], dataset: str, variant: str) -> dict[str, Any]:
+    """A CAM job: the dataset, the CAM recipe and the refiner (the trained method and model
+    come from ``model.pt``)."""
     spec = variant_spec(params, variant)
+    _, refiner = _resolved_method(params, variant)
     return {
         "dataset": dataset_config(params, dataset),
-        "model": variant_block(params, dataset, variant, "model"),
-        "train": {"device": variant_block(params, dataset, variant, "train")["device"]},
         "cam": deep_merge(dataset_block(params, dataset, "cam"), spec["cam"]),
-        "method": {"name": spec["train"], "params": spec["train_params"]},
-        "refiner": {"name": spec["refine"], "params": spec["refine_params"]},
+        "refiner": refiner,
+    }
+
+
+def evaluate_config(params: dict[str, Any], dataset: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A CAM-evaluation job: the dataset's eval_split and the threshold sweep."""
+    return {
+        "dataset": dataset_config(params, dataset, "eval_split"),
+        "evaluate": _without(params["evaluate"], ("seg_scales",)),
+        "meta": meta,
+    }
+
+
+def decoder_config(params: dict[str, Any], dataset: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A decoder-evaluation job: the dataset's seg_split and the inference scales."""
+    return {
+        "dataset": dataset_config(params, dataset, "seg_split"),
+        "scales": params["evaluate"]["seg_scales"],
+        "meta": meta,
     }
 
 
@@ -363,7 +386,7 @@ def pseudo_label_config(
 ) -> dict[str, Any]:
     """A pseudo-label job: the dataset and the ``pseudo_labels`` block (with the dataset's overrides)."""
     config = {
-        "dataset": dataset_config(params, dataset),
+        "dataset": dataset_config(params, dataset, "train_split", "eval_split"),
         "pseudo_labels": dataset_block(params, dataset, "pseudo_labels"),
     }
     if meta is not None:
@@ -374,25 +397,42 @@ def pseudo_label_config(
 def segmentation_config(
     params: dict[str, Any], dataset: str, meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A stage-2 job: the ``segmentation`` block, the inference scales and the device."""
+    """A stage-2 job: the ``segmentation`` block (execution knobs aside) and the inference scales."""
     config = {
-        "dataset": dataset_config(params, dataset),
-        "segmentation": dataset_block(params, dataset, "segmentation"),
+        "dataset": dataset_config(params, dataset, "train_split", "seg_split"),
+        "segmentation": _without(dataset_block(params, dataset, "segmentation"), EXECUTION_KEYS),
         "scales": params["evaluate"]["seg_scales"],
-        "device": dataset_block(params, dataset, "train")["device"],
     }
     if meta is not None:
         config["meta"] = meta
     return config
 
 
-def dataset_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+def dataset_config(
+    params: dict[str, Any], dataset: str, *keys: str, full: bool = False
+) -> dict[str, Any]:
+    """The dataset block a job reads, schema defaults filled in: how to open it (kind, root,
+    mask directory, label source) and the other ``keys`` it uses (its splits); with
+    ``full``, the whole block."""
     block = dict(params["datasets"][dataset])
     block.pop("overrides", None)
     # Only the convert_coco rule reads the raw COCO files; jobs read the converted root.
     block.pop("source", None)
+    properties = _schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+    for key, prop in properties.items():
+        if "default" in prop:
+            block.setdefault(key, prop["default"])
+    if not full:
+        keep = {"kind", "root", "mask_dir", "label_source", *keys}
+        block = {k: v for k, v in block.items() if k in keep}
     block["name"] = dataset
     return block
+
+
+def prepare_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """A prepare-data job: the generator (synthetic) and the splits the classifier stages
+    read; seg_split is checked by stage 2, which alone reads it."""
+    return dataset_config(params, dataset, "train_split", "eval_split", "generator")
 
 
 def variant_label(params: dict[str, Any], variant: str) -> str:

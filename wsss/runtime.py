@@ -8,10 +8,35 @@ import logging
 import os
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+@dataclass
+class Execution:
+    """How a job runs, not what it computes: the device, DataLoader workers and image caching.
+
+    Set once per process by the CLI (``--device``, ``--workers``, ``--cache-images``) from
+    ``train.device``, ``train.num_workers`` and ``*.cache_images`` in ``params.yaml``, which
+    the rules pass outside each job's params. Workers and caching do not change results
+    (augmentation is seeded per sample and epoch); the device does change floating-point
+    results (CPU vs GPU kernels), as does the CPU model, so it is recorded with each run's
+    platform rather than made a param: the same params run on a laptop and a cluster.
+    """
+
+    device: str = "auto"
+    workers: int = 0
+    cache_images: bool = True
+
+
+EXECUTION = Execution()
+
+
+def set_execution(device: str = "auto", workers: int = 0, cache_images: bool = True) -> None:
+    EXECUTION.device, EXECUTION.workers, EXECUTION.cache_images = device, workers, cache_images
 
 
 def seed_everything(seed: int) -> None:
@@ -26,14 +51,16 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def resolve_device(name: str):
+def resolve_device(name: str | None = None):
+    """A torch device from a name; None: the job's execution device (:class:`Execution`)."""
     import torch
 
+    name = EXECUTION.device if name is None else name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            "train.device is 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'"
+            "device is 'cuda' (train.device) but torch sees no CUDA device; use 'auto' or 'cpu'"
         )
     return torch.device(name)
 

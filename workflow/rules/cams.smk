@@ -1,7 +1,7 @@
 rule cams:
     input:
         model=model_path,
-        code=code("data", "models", "methods", "cams"),
+        code=code("cams", variant_methods),
     output:
         cams="results/cams/{dataset}/{method}/seed{seed}/{split}.npz",
         timing="results/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
@@ -12,8 +12,11 @@ rule cams:
         gpu=rule_resources("cams")["gpu"],
         mem_mb=rule_resources("cams")["mem_mb"],
         runtime=rule_resources("cams")["runtime"],
+        device=lambda wc: execution_resources(wc)["device"],
+        workers=lambda wc: execution_resources(wc)["workers"],
+        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
         "results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
     shell:
         "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
-        " --out {output.cams} --timing {output.timing} --threads {threads} 2> {log}"
+        " --out {output.cams} --timing {output.timing} --threads {threads}" + EXECUTION + " 2> {log}"

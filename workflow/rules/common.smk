@@ -1,11 +1,13 @@
 # Helpers shared by the rules: validation, the grid, per-job settings, code inputs.
 import json
+import shlex
 import sys
 from pathlib import Path
 
 # Import the package from this checkout even when it is not installed.
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
+from wsss import code_deps as wsss_code_deps  # noqa: E402
 from wsss import config as wsss_config  # noqa: E402
 
 # Fails before any job starts, naming the key (schema + method registry).
@@ -23,15 +25,43 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def code(*parts):
-    """Package source files a rule depends on: Snakemake does not see edits to
-    imported modules by itself (workflow-notes 3.3b), so they are listed as inputs."""
-    root = Path(workflow.basedir).parent / "wsss"
-    files = set()
-    for part in ("__init__.py", "io.py", "runtime.py", "registry.py", "cli.py", *parts):
-        path = root / part
-        files.update(path.rglob("*.py") if path.is_dir() else [path])
-    return sorted(str(f.relative_to(root.parent)) for f in files)
+def dataset_kind(dataset):
+    return config["datasets"][dataset]["kind"]
+
+
+def code(command, methods=None):
+    """Input function: the package files the ``wsss <command>`` job imports, derived from the
+    package's imports for the job's dataset kind and the methods it builds (wsss.code_deps).
+    ``methods(wildcards)`` gives (training methods, refiners)."""
+
+    def inputs(wildcards):
+        kind = dataset_kind(wildcards.dataset) if "dataset" in wildcards.keys() else None
+        trains, refiners = methods(wildcards) if methods else ((), ())
+        return wsss_code_deps.code_inputs(command, kind, trains, refiners)
+
+    return inputs
+
+
+def training_method(wildcards):
+    """(training method, no refiner) of the training run {train}."""
+    variant = wsss_config.training_variant(config, wildcards.train)
+    return [config["methods"][variant]["train"]], []
+
+
+def variant_methods(wildcards):
+    """(training method, refiner) of the grid variant {method}."""
+    spec = config["methods"][wildcards.method]
+    return [spec["train"]], [spec.get("refine", "none")]
+
+
+def execution_resources(wildcards, block="train"):
+    return wsss_config.execution(config, wildcards.dataset, block)
+
+
+EXECUTION = (
+    " --device {resources.device} --workers {resources.workers}"
+    " --cache-images {resources.cache_images}"
+)
 
 
 def as_json(obj):
@@ -46,18 +76,14 @@ def train_keys():
     return sorted({wsss_config.training_key(config, m) for m in METHODS})
 
 
-def entropy_weights_path(wildcards):
-    """AReAM's entropy weights for a training run whose method params say
-    entropy_weights: baseline (made by the entropy_weights rule); none otherwise."""
-    if wsss_config.needs_entropy_weights(config, wildcards.train):
-        return f"results/runs/{wildcards.dataset}/entropy/seed{wildcards.seed}/entropy_weights.json"
-    return []
-
-
-def entropy_baseline_model(wildcards):
-    """The trained baseline (same dataset and seed) the entropy weights are computed from."""
-    run = wsss_config.entropy_baseline_run()
-    return f"results/runs/{wildcards.dataset}/train/{run}/seed{wildcards.seed}/model.pt"
+def upstream_files(wildcards):
+    """{param: file} of the artifacts the training run {train} reads from other trained runs
+    (declared by its method, e.g. AReAM's entropy_weights: baseline), each made by the rule
+    of the declared stage beside that run's model.pt."""
+    return {
+        param: f"results/runs/{wildcards.dataset}/train/{run}/seed{wildcards.seed}/{stage}.json"
+        for param, stage, run in wsss_config.upstream_inputs(config, wildcards.train)
+    }
 
 
 def eval_split(dataset):
@@ -76,12 +102,13 @@ def decoder_methods():
 
 
 def run_meta(wildcards):
-    return {
-        "dataset": wildcards.dataset,
-        "method": wildcards.method,
-        "seed": int(wildcards.seed),
-        "label": wsss_config.variant_label(config, wildcards.method),
-    }
+    """Which run a metrics file belongs to; display labels reach only the report rules."""
+    return {"dataset": wildcards.dataset, "method": wildcards.method, "seed": int(wildcards.seed)}
+
+
+def method_labels():
+    """METHOD=LABEL items for the report commands, shell-quoted."""
+    return " ".join(shlex.quote(f"{m}={wsss_config.variant_label(config, m)}") for m in METHODS)
 
 
 def rule_resources(rule_name):

@@ -7,12 +7,12 @@ def conversion_manifest(wildcards):
 
 rule prepare_data:
     input:
-        code=code("data", "config.py"),
+        code=code("prepare-data"),
         conversion=conversion_manifest,
     output:
         manifest="results/data/{dataset}.json",
     params:
-        cfg=lambda wc: as_json(wsss_config.dataset_config(config, wc.dataset)),
+        cfg=lambda wc: as_json(wsss_config.prepare_config(config, wc.dataset)),
     resources:
         gpu=rule_resources("prepare_data")["gpu"],
         mem_mb=rule_resources("prepare_data")["mem_mb"],

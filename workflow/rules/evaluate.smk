@@ -1,17 +1,11 @@
 rule evaluate_cams:
     input:
         cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{eval_split(wc.dataset)}.npz",
-        code=code("data", "cams/store.py", "evaluation"),
+        code=code("evaluate"),
     output:
         metrics="results/runs/{dataset}/{method}/seed{seed}/cam_metrics.json",
     params:
-        cfg=lambda wc: as_json(
-            {
-                "dataset": wsss_config.dataset_config(config, wc.dataset),
-                "evaluate": config["evaluate"],
-                "meta": run_meta(wc),
-            }
-        ),
+        cfg=lambda wc: as_json(wsss_config.evaluate_config(config, wc.dataset, run_meta(wc))),
     threads: rule_resources("evaluate_cams")["threads"]
     resources:
         gpu=rule_resources("evaluate_cams")["gpu"],
@@ -27,25 +21,21 @@ rule evaluate_cams:
 rule evaluate_decoder:
     input:
         model=model_path,
-        code=code("data", "models", "methods", "cams", "evaluation"),
+        code=code("evaluate-decoder", variant_methods),
     output:
         metrics="results/runs/{dataset}/{method}/seed{seed}/decoder_metrics.json",
     params:
-        cfg=lambda wc: as_json(
-            {
-                "dataset": wsss_config.dataset_config(config, wc.dataset),
-                "train": {"device": wsss_config.dataset_block(config, wc.dataset, "train")["device"]},
-                "scales": config["evaluate"]["seg_scales"],
-                "meta": run_meta(wc),
-            }
-        ),
+        cfg=lambda wc: as_json(wsss_config.decoder_config(config, wc.dataset, run_meta(wc))),
     threads: rule_resources("evaluate_decoder")["threads"]
     resources:
         gpu=rule_resources("evaluate_decoder")["gpu"],
         mem_mb=rule_resources("evaluate_decoder")["mem_mb"],
         runtime=rule_resources("evaluate_decoder")["runtime"],
+        device=lambda wc: execution_resources(wc)["device"],
+        workers=lambda wc: execution_resources(wc)["workers"],
+        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
         "results/logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss evaluate-decoder --config {params.cfg:q} --model {input.model} --out {output.metrics}"
-        " --threads {threads} 2> {log}"
+        " --threads {threads}" + EXECUTION + " 2> {log}"

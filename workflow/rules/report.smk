@@ -28,7 +28,7 @@ rule table:
             method=METHODS,
             seed=SEEDS,
         ),
-        code=code("report/table.py", "report/paper.py", "resources/paper_numbers.yaml"),
+        code=code("table"),
     output:
         table=report("results/table.md", caption="../report/table_files.rst", category="Results"),
         csv=report("results/table.csv", caption="../report/table_files.rst", category="Results"),
@@ -38,12 +38,14 @@ rule table:
     params:
         order=" ".join(METHODS),
         kinds=" ".join(f"{d}={config['datasets'][d]['kind']}" for d in DATASETS),
+        labels=method_labels(),
     log:
         "results/logs/table.log",
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
         " --out-dir results --method-order {params.order} --dataset-kinds {params.kinds}"
+        " --labels {params.labels}"
         " > {log} 2>&1"
 
 
@@ -66,7 +68,7 @@ def gallery_cams(wildcards):
 def gallery_config(wildcards):
     return as_json(
         {
-            "dataset": wsss_config.dataset_config(config, wildcards.dataset),
+            "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
             "report": config["report"],
             "methods": [
                 {"name": m, "label": wsss_config.variant_label(config, m)} for m in METHODS
@@ -79,7 +81,7 @@ def gallery_config(wildcards):
 rule table_html:
     input:
         table="results/table.md",
-        code=code("report/html.py"),
+        code=code("table-html"),
     output:
         html=report("results/table.html", caption="../report/table.rst", category="Results"),
     log:
@@ -96,7 +98,7 @@ rule plots:
             seed=SEEDS,
         ),
         manifest="results/data/{dataset}.json",
-        code=code("report/plots.py"),
+        code=code("plots"),
     output:
         miou=report(
             "results/figures/{dataset}/cam_miou.png",
@@ -123,11 +125,12 @@ rule plots:
     params:
         order=" ".join(METHODS),
         out_dir=lambda wc, output: str(Path(output.miou).parent),
+        labels=method_labels(),
     log:
         "results/logs/plots/{dataset}.log",
     shell:
         "wsss plots --metrics {input.metrics} --manifest {input.manifest} --out-dir {params.out_dir}"
-        " --csv {output.csv} --method-order {params.order} > {log} 2>&1"
+        " --csv {output.csv} --method-order {params.order} --labels {params.labels} > {log} 2>&1"
 
 
 rule gallery:
@@ -138,7 +141,7 @@ rule gallery:
             "results/pseudo_labels/{{dataset}}/{method}/seed{seed}", method=METHODS, seed=SEEDS[0]
         ),
         manifest="results/data/{dataset}.json",
-        code=code("data", "cams/store.py", "report/gallery.py"),
+        code=code("gallery"),
     output:
         gallery=report(
             "results/gallery/{dataset}.png",

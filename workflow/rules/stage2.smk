@@ -1,5 +1,5 @@
 # Stage 2: pseudo-labels from the CAMs of each dataset's train_split, then a
-# segmentation network trained on them and scored on seg_split (wsss/cams/pseudo_labels.py,
+# segmentation network trained on them and scored on seg_split (wsss/stages/pseudo_labels.py,
 # wsss/segmentation/).
 
 
@@ -19,7 +19,7 @@ rule pseudo_labels:
     input:
         cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
         cam_metrics=pseudo_label_threshold_source,
-        code=code("data", "cams", "evaluation"),
+        code=code("pseudo-labels"),
     output:
         labels=directory("results/pseudo_labels/{dataset}/{method}/seed{seed}"),
         metrics="results/runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json",
@@ -42,7 +42,7 @@ rule segment:
     input:
         labels="results/pseudo_labels/{dataset}/{method}/seed{seed}",
         manifest="results/data/{dataset}.json",
-        code=code("data", "segmentation", "evaluation", "cams/crf.py"),
+        code=code("segment"),
     output:
         model="results/runs/{dataset}/{method}/seed{seed}/segmenter.pt",
         metrics="results/runs/{dataset}/{method}/seed{seed}/seg_metrics.json",
@@ -53,8 +53,12 @@ rule segment:
         gpu=rule_resources("segment")["gpu"],
         mem_mb=rule_resources("segment")["mem_mb"],
         runtime=rule_resources("segment")["runtime"],
+        device=lambda wc: execution_resources(wc, "segmentation")["device"],
+        workers=lambda wc: execution_resources(wc, "segmentation")["workers"],
+        cache_images=lambda wc: int(execution_resources(wc, "segmentation")["cache_images"]),
     log:
         "results/logs/segment/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
-        " --model {output.model} --metrics {output.metrics} --threads {threads} 2> {log}"
+        " --model {output.model} --metrics {output.metrics} --threads {threads}" + EXECUTION
+        + " 2> {log}"

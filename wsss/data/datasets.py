@@ -7,6 +7,7 @@ This module stays free of torch so that evaluation jobs start fast.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,26 @@ from typing import Any
 import numpy as np
 
 from wsss.data.voc import VOC_CLASSES, VOCLayout
+
+# The module of each dataset kind, imported when a dataset of that kind is prepared or
+# opened (not before), so a job imports only its own kind's code; wsss.code_deps adds it
+# to the rules' code inputs.
+KIND_MODULES = {
+    "synthetic": "wsss.data.synthetic",
+    "voc": "wsss.data.voc",
+    "coco": "wsss.data.coco",
+}
+
+
+def kind_module(config: dict[str, Any]):
+    """The module of the dataset's kind; ValueError naming the key for an unknown kind."""
+    kind = config["kind"]
+    if kind not in KIND_MODULES:
+        name = config.get("name", kind)
+        raise ValueError(
+            f"datasets.{name}.kind: unsupported kind {kind!r} (known: {', '.join(KIND_MODULES)})"
+        )
+    return importlib.import_module(KIND_MODULES[kind])
 
 
 @dataclass
@@ -37,11 +58,10 @@ class OpenedDataset:
 def prepare_dataset(config: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Make the dataset exist on disk (generate or check it) and return its manifest."""
     kind = config["kind"]
+    module = kind_module(config)
     if kind == "synthetic":
-        from wsss.data.synthetic import SyntheticConfig, write_dataset
-
-        write_dataset(
-            SyntheticConfig.from_dict(config.get("generator", {})),
+        module.write_dataset(
+            module.SyntheticConfig.from_dict(config.get("generator", {})),
             config["root"],
             progress=progress,
         )
@@ -67,10 +87,9 @@ def prepare_dataset(config: dict[str, Any], progress: bool = True) -> dict[str, 
 def open_dataset(config: dict[str, Any]) -> OpenedDataset:
     kind = config["kind"]
     name = config.get("name", kind)
+    module = kind_module(config)
     if kind == "coco":  # before locating: a missing conversion gets its own message
-        from wsss.data.coco import converted_class_names
-
-        coco_class_names = converted_class_names(config["root"])
+        coco_class_names = module.converted_class_names(config["root"])
     layout = VOCLayout.locate(config["root"], mask_dir=config.get("mask_dir", "auto"))
     if kind == "synthetic":
         manifest = Path(layout.root) / "dataset.json"
@@ -82,10 +101,8 @@ def open_dataset(config: dict[str, Any]) -> OpenedDataset:
         class_names = list(json.loads(manifest.read_text())["class_names"])
     elif kind == "voc":
         class_names = list(VOC_CLASSES)
-    elif kind == "coco":
-        class_names = coco_class_names
     else:
-        raise ValueError(f"datasets.{name}.kind: unsupported kind {kind!r}")
+        class_names = coco_class_names
     return OpenedDataset(name, kind, layout, class_names, config)
 
 

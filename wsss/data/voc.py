@@ -34,6 +34,9 @@ from PIL import Image
 
 from wsss.data.palette import IGNORE_INDEX, load_label_png
 
+# Package data this module reads (part of the code inputs of the jobs that import it).
+PACKAGE_DATA = ("resources/voc/*.txt",)
+
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
     "bicycle",

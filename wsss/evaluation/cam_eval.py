@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss.cams.store import CamReader
+from wsss.cam_store import CamReader
 from wsss.data.datasets import open_dataset
 from wsss.evaluation.metrics import SegmentationScores
 from wsss.evaluation.sweep import ThresholdSweep, threshold_grid

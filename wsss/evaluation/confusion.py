@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from wsss.data.palette import IGNORE_INDEX
 
 
 def _as_label_array(values: np.ndarray, name: str) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""Methods, registered by name.
+"""Methods, registered by name: training methods and post-hoc CAM refiners.
 
-Importing this package imports every module in it, so a new method is one new
-module (plus its ``params.yaml`` entry) and nothing else.
+Each plug-in is one module of this package whose class carries
+``@register_training_method`` or ``@register_refiner`` and a literal ``name``.
+The registries find them by reading the sources and import a module only when
+its name is asked for, so a new method is one new module (plus its
+``params.yaml`` entry) and a job imports only the methods it runs.
 """
-
-import importlib
-import pkgutil
 
 from wsss.methods.base import (
     CAM_REFINERS,
@@ -13,14 +13,11 @@ from wsss.methods.base import (
     CamRecipe,
     CamRefiner,
     TrainingMethod,
+    Upstream,
     Variant,
     register_refiner,
     register_training_method,
 )
-
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "training", "entropy_weights"):  # infrastructure, not methods
-        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "CAM_REFINERS",
@@ -28,6 +25,7 @@ __all__ = [
     "CamRecipe",
     "CamRefiner",
     "TrainingMethod",
+    "Upstream",
     "Variant",
     "register_refiner",
     "register_training_method",

@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from wsss.cams.attention import select_blocks
 from wsss.methods.base import CamRefiner, register_refiner
+from wsss.models.attention import select_blocks
 
 REFINES = ("product", "cooccurrence", "cosine", "none")
 MODES = ("scatter", "gather")

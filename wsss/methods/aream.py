@@ -36,28 +36,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss.cams.attention import class_to_patch, propagate, select_blocks
-from wsss.cams.par import PAR, denormalize, nearest_indices, refine_cams_to_labels
-from wsss.methods.base import TrainingMethod, register_training_method
+from wsss.data.palette import IGNORE_INDEX
+from wsss.methods.base import TrainingMethod, Upstream, register_training_method
 from wsss.models import ModelOutput, MultiClassTokenViT
+from wsss.models.attention import class_to_patch, propagate, select_blocks
+from wsss.ops.normalize import minmax_per_class
+from wsss.ops.par import PAR, denormalize, nearest_indices, refine_cams_to_labels
 
-IGNORE_INDEX = 255
+# `entropy_weights: baseline` asks the DAG for the weights of a trained MCTformer-V2
+# (the official code computes them offline with ent_voc_mctformer.py).
+ENTROPY_FROM_BASELINE = "baseline"
+ENTROPY_BASELINE_METHOD = "mctformer_v2"
 
 log = logging.getLogger("wsss")
 
 
 # ----------------------------------------------------------------- pure pieces
-
-
-def minmax_per_class(cams: torch.Tensor, eps: float = 1e-6, inplace: bool = False) -> torch.Tensor:
-    """B x C x H x W -> each map shifted to min 0 and divided by (max + eps), as ``camutils``.
-
-    ``inplace=True`` overwrites ``cams`` (same values, no new full-size tensors).
-    """
-    low = cams.amin(dim=(-2, -1), keepdim=True)
-    cams = cams.sub_(low) if inplace else cams - low
-    high = cams.amax(dim=(-2, -1), keepdim=True) + eps
-    return cams.div_(high) if inplace else cams / high
 
 
 def shallow_refined_cam(
@@ -172,7 +166,7 @@ def compute_entropy_weights(
     (normalised images, labels); save them with :func:`save_entropy_weights` and point
     ``method_params.aream.entropy_weights`` at the file. In the workflow,
     ``entropy_weights: baseline`` has the ``entropy_weights`` rule do this
-    (:mod:`wsss.methods.entropy_weights`)."""
+    (:mod:`wsss.stages.entropy_weights`)."""
     return normalize_entropy(mean_block_entropy(model, method, loader, device))
 
 
@@ -264,8 +258,10 @@ class AReAM(TrainingMethod):
         "bg_high": 0.55,
         "weight": 0.1,
         # .npy/.json path (or list) of per-block entropies; null = uniform; "baseline" = the
-        # workflow's entropy_weights rule computes them from the trained mctformer_v2 run
+        # workflow's entropy_weights rule computes them from the trained run of the grid
+        # variant `entropy_baseline` (an MCTformer-V2, as the official ent_voc_mctformer.py)
         "entropy_weights": None,
+        "entropy_baseline": "mctformer_v2",
         "shallow_reduce": "mean",
         "cam_scales": [1.0],
         "cam_flip": True,
@@ -332,13 +328,11 @@ class AReAM(TrainingMethod):
         source = self.params["entropy_weights"]
         if source is None:
             return None
-        from wsss.methods.entropy_weights import ENTROPY_FROM_BASELINE, uses_baseline_entropy
-
-        if uses_baseline_entropy(self.params):
-            # `wsss train --entropy-weights FILE` replaces the keyword by the file's values
+        if source == ENTROPY_FROM_BASELINE:
+            # `wsss train --upstream entropy_weights=FILE` replaces the keyword by the file's values
             raise ValueError(
                 f"method_params.{self.name}.entropy_weights is {ENTROPY_FROM_BASELINE!r}: give the "
-                "weights file with `wsss train --entropy-weights FILE` (the workflow's "
+                "weights file with `wsss train --upstream entropy_weights=FILE` (the workflow's "
                 "entropy_weights rule writes it), or set a path, a list or null"
             )
         if self._entropy is None:
@@ -348,6 +342,19 @@ class AReAM(TrainingMethod):
                 f"method_params.aream.entropy_weights has {len(self._entropy)} values, the model {depth} blocks"
             )
         return self._entropy
+
+    def upstream(self) -> list[Upstream]:
+        """``entropy_weights: baseline``: the per-block weights of the trained
+        ``entropy_baseline`` run (rule ``entropy_weights``), same dataset and seed."""
+        if self.params["entropy_weights"] != ENTROPY_FROM_BASELINE:
+            return []
+        run = self.params["entropy_baseline"]
+        return [Upstream("entropy_weights", "entropy_weights", run, ENTROPY_BASELINE_METHOD)]
+
+    def read_upstream(self, upstream: Upstream, path: str) -> list[float]:
+        weights = load_entropy_weights(path)
+        log.info("entropy weights from %s: %s", path, " ".join(f"{w:.4f}" for w in weights))
+        return [float(w) for w in weights]
 
     def _weights(
         self, depth: int, device: torch.device
@@ -466,7 +473,7 @@ class AReAM(TrainingMethod):
                     grid_cam, size=(height, width), mode="bilinear", align_corners=False
                 )
             cam = up if cam is None else cam.add_(up)
-        cam = minmax_per_class(cam.relu_(), inplace=True)
+        cam = minmax_per_class(cam.relu_(), eps=1e-6, inplace=True)  # camutils
         return cam.mul_((labels > 0).to(cam.dtype)[..., None, None])
 
     @torch.no_grad()

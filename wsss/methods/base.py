@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from wsss.cams.attention import class_to_patch, patch_affinity
 from wsss.models import ModelOutput, MultiClassTokenViT, build_model
-from wsss.registry import Registry
+from wsss.models.attention import class_to_patch, patch_affinity
+from wsss.registry import Registry, scan_plugins
 
 
 @dataclass
@@ -40,6 +40,24 @@ class CamRecipe:
         if recipe.fusion not in cls.FUSIONS:
             raise ValueError(f"cam.fusion: {recipe.fusion!r} is not one of {list(cls.FUSIONS)}")
         return recipe
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An artifact a training method reads from another trained run of the same dataset
+    and seed, declared by the method so that the config and the Snakefile ask for it.
+
+    ``param``: the method parameter whose value the artifact replaces at training time;
+    ``stage``: the pipeline stage (``wsss`` subcommand and rule of the same name, with
+    ``-`` for ``_``) that writes ``<stage>.json`` beside that run's ``model.pt``;
+    ``run``: the grid variant whose training run is read; ``train``: the training
+    method that run must use.
+    """
+
+    param: str
+    stage: str
+    run: str
+    train: str
 
 
 def merge_params(
@@ -68,6 +86,14 @@ class TrainingMethod:
         self.params = merge_params(self.name, self.defaults, params)
 
     name: ClassVar[str] = "base"
+
+    def upstream(self) -> list[Upstream]:
+        """Artifacts of other trained runs this method's training reads (default: none)."""
+        return []
+
+    def read_upstream(self, upstream: Upstream, path: str) -> Any:
+        """The value of ``upstream.param`` taken from the artifact at ``path``."""
+        raise NotImplementedError(f"{self.name} declares no upstream artifacts")
 
     def build_model(self, model_config: dict[str, Any], num_classes: int) -> MultiClassTokenViT:
         return build_model(model_config, num_classes)
@@ -130,8 +156,13 @@ class CamRefiner:
         return cam
 
 
-TRAINING_METHODS: Registry[type[TrainingMethod]] = Registry("training method")
-CAM_REFINERS: Registry[type[CamRefiner]] = Registry("CAM refiner")
+# Lazy: a name's module (a plug-in of wsss.methods) is imported when the name is first used.
+TRAINING_METHODS: Registry[type[TrainingMethod]] = Registry(
+    "training method", lambda: scan_plugins("wsss.methods", "register_training_method")
+)
+CAM_REFINERS: Registry[type[CamRefiner]] = Registry(
+    "CAM refiner", lambda: scan_plugins("wsss.methods", "register_refiner")
+)
 
 
 def register_training_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:

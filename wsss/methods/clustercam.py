@@ -55,13 +55,15 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from wsss.cams.attention import patch_affinity, propagate, select_blocks
-from wsss.cams.par import PAR, denormalize, refine_cams_to_labels
+from wsss.data.palette import IGNORE_INDEX
 from wsss.methods.base import CamRecipe, TrainingMethod, register_training_method
 from wsss.models import ModelConfig, ModelOutput, MultiClassTokenViT
+from wsss.models.attention import patch_affinity, propagate, select_blocks
 from wsss.models.mct_vit import block_forward, create_backbone
+from wsss.ops.multiscale import pad_to_multiple, scaled_size, to_image
+from wsss.ops.normalize import minmax_per_class
+from wsss.ops.par import PAR, denormalize, refine_cams_to_labels
 
-IGNORE_INDEX = 255
 INFERENCE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # infer_e2e.sh
 
 
@@ -141,12 +143,6 @@ def mixed_class_to_patch_map(
     return maps.reshape(maps.shape[0], maps.shape[1], *grid)
 
 
-def minmax_per_class(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Each map minus its minimum, divided by (its new maximum + eps), as ``multi_scale_cam2``."""
-    cams = cams - cams.amin(dim=(-2, -1), keepdim=True)
-    return cams / (cams.amax(dim=(-2, -1), keepdim=True) + eps)
-
-
 def balanced_seg_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
@@ -166,27 +162,6 @@ def balanced_seg_loss(
     bg_loss = torch.where(background, nll, zero).sum() / background.sum().clamp(min=1)
     fg_loss = torch.where(foreground, nll, zero).sum() / foreground.sum().clamp(min=1)
     return 0.5 * (bg_loss + fg_loss)
-
-
-def _pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Zero-pad bottom/right to a multiple (zero = the mean colour of normalised images)."""
-    h, w = images.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
-
-
-def _to_image(
-    maps: torch.Tensor, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int]
-) -> torch.Tensor:
-    """Grid maps of a padded input -> the padded size, crop the padding, resize to ``out``."""
-    maps = F.interpolate(maps, size=padded, mode="bilinear", align_corners=False)
-    maps = maps[..., : valid[0], : valid[1]]
-    if tuple(valid) != tuple(out):
-        maps = F.interpolate(maps, size=out, mode="bilinear", align_corners=False)
-    return maps
-
-
-# ----------------------------------------------------------------- the block
 
 
 class ClusterAttentionBlock(nn.Module):
@@ -605,24 +580,24 @@ class ClusterCAM(TrainingMethod):
         total = None
         for scale in self.params["cam_scales"]:
             scale = float(scale)
-            size = (max(1, int(height * scale)), max(1, int(width * scale)))
+            size = scaled_size(height, width, scale, rounding="floor")  # int(s * size), as the code
             if scale == 1.0:
-                cams = [_to_image(self._pseudo_pass(output), size, size, size)]
+                cams = [to_image(self._pseudo_pass(output), size, size, size)]
                 if flip:
                     out = self.forward(model, images.flip(-1), epoch=-1, decode=False)
-                    cams.append(_to_image(self._pseudo_pass(out), size, size, size).flip(-1))
+                    cams.append(to_image(self._pseudo_pass(out), size, size, size).flip(-1))
             else:
                 x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
                 if flip:
                     x = torch.cat([x, x.flip(-1)])
-                padded = _pad_to_multiple(x, patch)
+                padded = pad_to_multiple(x, patch)
                 out = self.forward(model, padded, epoch=-1, decode=False)
-                cam = _to_image(self._pseudo_pass(out), padded.shape[-2:], size, (height, width))
+                cam = to_image(self._pseudo_pass(out), padded.shape[-2:], size, (height, width))
                 cams = [cam[:batch]] + ([cam[batch:].flip(-1)] if flip else [])
             fused = torch.maximum(cams[0], cams[1]) if flip else cams[0]
             fused = F.relu(fused)
             total = fused if total is None else total + fused
-        return minmax_per_class(total) * (labels > 0).to(total.dtype)[..., None, None]
+        return minmax_per_class(total, eps=1e-5) * (labels > 0).to(total.dtype)[..., None, None]
 
     @torch.no_grad()
     def pseudo_labels(

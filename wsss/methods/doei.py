@@ -44,11 +44,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from wsss.cams.attention import select_blocks
-from wsss.cams.par import denormalize
 from wsss.methods.aream import AReAM
 from wsss.methods.base import TrainingMethod, register_training_method
 from wsss.models import MultiClassTokenViT
+from wsss.models.attention import select_blocks
+from wsss.ops.par import denormalize
 
 COMPONENTS = ("hfa", "cpdo", "ppdo")
 HFA_MODES = ("product", "hadamard")

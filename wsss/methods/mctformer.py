@@ -8,8 +8,8 @@ all blocks (section 2.3). Both live in :class:`TrainingMethod`'s defaults.
 
 from __future__ import annotations
 
-from wsss.cams.attention import propagate
 from wsss.methods.base import CamRefiner, TrainingMethod, register_refiner, register_training_method
+from wsss.models.attention import propagate
 
 
 @register_training_method

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsss.cams.store import CamReader, CamRecord, dequantize
+from wsss.cam_store import CamReader, CamRecord, dequantize
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, load_label_png, voc_palette
 from wsss.data.voc import VOCLayout

@@ -21,6 +21,10 @@ SPLITS: tuple[str, ...] = ("train", "train_aug", "val", "test")
 ENTRY_KEYS = {"value", "split", "verified", "source", "note"}
 
 
+# Package data this module reads (part of the code inputs of the jobs that import it).
+PACKAGE_DATA = ("resources/paper_numbers.yaml",)
+
+
 def paper_numbers(dataset_kind: str, variant: str) -> dict[str, dict[str, Any]]:
     """``{metric: {"value" (mIoU %), "split", "verified", "source", "note"}}`` for one variant.
 

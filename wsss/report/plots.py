@@ -50,7 +50,7 @@ def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def load_run(path: str | Path) -> RunMetrics:
+def load_run(path: str | Path, labels: dict[str, str] | None = None) -> RunMetrics:
     """Read the fields the figures need from one ``cam_metrics.json``, naming the file on error."""
     path = Path(path)
     if not path.is_file():
@@ -63,7 +63,7 @@ def load_run(path: str | Path) -> RunMetrics:
             path=path,
             dataset=str(meta["dataset"]),
             method=str(meta["method"]),
-            label=str(meta["label"]),
+            label=str((labels or {}).get(meta["method"], meta["method"])),
             seed=int(meta["seed"]),
             miou=float(cam["miou"]),
             threshold=float(cam["threshold"]),
@@ -79,10 +79,12 @@ def load_run(path: str | Path) -> RunMetrics:
 
 
 def load_dataset_runs(
-    metric_files: Sequence[str | Path], method_order: Sequence[str] | None = None
+    metric_files: Sequence[str | Path],
+    method_order: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[RunMetrics]:
     """All runs of one dataset, ordered by method (``method_order``, else first seen) and seed."""
-    runs = [load_run(p) for p in metric_files]
+    runs = [load_run(p, labels) for p in metric_files]
     if not runs:
         raise ValueError("no run metrics given to the plots")
     datasets = sorted({r.dataset for r in runs})
@@ -281,10 +283,11 @@ def write_plots(
     csv_path: str | Path,
     class_names: Sequence[str] | None = None,
     method_order: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write the three figures of one dataset into ``out_dir`` and its per-class CSV."""
     out_dir = Path(out_dir)
-    runs = load_dataset_runs(metric_files, method_order)
+    runs = load_dataset_runs(metric_files, method_order, labels)
     classes = class_order(runs, class_names)
     table = per_class_table(runs, classes)
     with atomic_path(csv_path) as tmp:

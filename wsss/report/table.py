@@ -46,8 +46,12 @@ def collect_runs(
     decoder_files: list[str | Path] = (),
     pseudo_label_files: list[str | Path] = (),
     seg_files: list[str | Path] = (),
+    labels: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}."""
+    """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}.
+
+    ``labels``: display label per grid method (the report rules pass them; metrics files
+    carry no labels, so renaming a method reruns only the report)."""
     stage_files = {
         "decoder_miou": decoder_files,
         "pseudo_label_miou": pseudo_label_files,
@@ -62,7 +66,7 @@ def collect_runs(
         row: dict[str, Any] = {
             "dataset": run["meta"]["dataset"],
             "method": run["meta"]["method"],
-            "label": run["meta"]["label"],
+            "label": (labels or {}).get(run["meta"]["method"], run["meta"]["method"]),
             "seed": int(run["meta"]["seed"]),
         }
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
@@ -270,9 +274,10 @@ def write_report(
     pseudo_label_files: list[str | Path] = (),
     seg_files: list[str | Path] = (),
     dataset_kinds: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     out_dir = Path(out_dir)
-    runs = collect_runs(metric_files, decoder_files, pseudo_label_files, seg_files)
+    runs = collect_runs(metric_files, decoder_files, pseudo_label_files, seg_files, labels)
     summary = add_paper_numbers(summarize_runs(runs, method_order), dataset_kinds or {})
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:

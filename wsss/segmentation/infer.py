@@ -3,17 +3,16 @@
 As the official ``seg/infer_seg.py`` (methods.md section 1.3): the image is
 resized to each scale, the softmax of the logits is resized back, and the
 element-wise maximum over scales is taken; no flip. An optional dense CRF
-(wsss.cams.crf, the optional ``pydensecrf2``) refines the result per image.
+(wsss.ops.crf, the optional ``pydensecrf2``) refines the result per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wsss.data.classification import normalize
@@ -21,31 +20,8 @@ from wsss.data.datasets import OpenedDataset, batches_by_size
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
+from wsss.ops.multiscale import max_softmax_over_scales
 from wsss.runtime import progress as tqdm
-
-
-def max_softmax_over_scales(
-    x: torch.Tensor,
-    scales: Sequence[float],
-    logits_at: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor],
-) -> torch.Tensor:
-    """Normalised B x 3 x H x W -> B x K x H x W: element-wise max over scales of the
-    softmax (methods.md 1.3; no flip, as the official scripts). ``logits_at(scaled, (H, W))``
-    returns the logits of the rescaled batch resized back to the image size."""
-    if not scales:
-        raise ValueError("segmentation inference needs at least one scale")
-    height, width = x.shape[-2:]
-    best = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = (
-            x
-            if size == (height, width)
-            else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        )
-        probs = logits_at(scaled, (height, width)).float().softmax(1)
-        best = probs if best is None else torch.maximum(best, probs)
-    return best
 
 
 @torch.inference_mode()
@@ -67,7 +43,7 @@ def predict(
     probs = multiscale_probabilities(model, normalize(images), scales)
     if crf_settings is None:
         return probs.argmax(1).cpu().numpy().astype(np.uint8)
-    from wsss.cams.crf import dense_crf
+    from wsss.ops.crf import dense_crf
 
     probs = probs / probs.sum(1, keepdim=True)  # a max over scales no longer sums to 1
     rgb = images.permute(0, 2, 3, 1).cpu().numpy()

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from wsss import checkpoint
+from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX
-from wsss.io import atomic_path
-from wsss.methods.training import resume_checkpoint, save_checkpoint
-from wsss.runtime import config_digest, resolve_device, seed_everything
+from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
 from wsss.segmentation.data import PseudoLabelDataset
 from wsss.segmentation.infer import evaluate_segmenter
@@ -54,8 +54,6 @@ class SegmentationSettings:
     weight_decay: float = 1e-5
     poly_power: float = 0.9
     freeze_bn: bool = False
-    num_workers: int = 0
-    cache_images: bool = False
     eval_batch_size: int = 16
     crf: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
 
@@ -81,7 +79,7 @@ class SegmentationSettings:
         return settings
 
     def _crf_values(self):
-        from wsss.cams.crf import CrfSettings
+        from wsss.ops.crf import CrfSettings
 
         values = {k: v for k, v in self.crf.items() if k != "enabled"}
         return CrfSettings.from_dict(values, where="segmentation.crf")
@@ -90,7 +88,7 @@ class SegmentationSettings:
         """CrfSettings for inference, or None when the CRF is off (raises if pydensecrf is missing)."""
         if not self.crf["enabled"]:
             return None
-        from wsss.cams.crf import require_pydensecrf
+        from wsss.ops.crf import require_pydensecrf
 
         require_pydensecrf()
         return self._crf_values()
@@ -140,7 +138,7 @@ def train_segmenter(
     """Train on the pseudo-labels of the dataset's ``train_split``; return (model, history)."""
     settings = SegmentationSettings.from_dict(config["segmentation"])
     seed_everything(seed)
-    device = resolve_device(config["device"])
+    device = resolve_device()
     dataset = open_dataset(config["dataset"])
     model = Segmenter(settings.model, dataset.num_classes + 1).to(device)
     data = PseudoLabelDataset(
@@ -150,7 +148,7 @@ def train_segmenter(
         crop_size=settings.crop_size,
         scale_range=tuple(settings.scale_range),
         hflip=settings.hflip,
-        cache=settings.cache_images,
+        cache=EXECUTION.cache_images,
         seed=seed,
     )
     batch_size = min(settings.batch_size, len(data))
@@ -161,7 +159,7 @@ def train_segmenter(
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(data) > batch_size,
-        num_workers=settings.num_workers,
+        num_workers=EXECUTION.workers,
         generator=shuffle,
         pin_memory=device.type == "cuda",
         # Workers get a fresh copy of the dataset each epoch, so they see set_epoch's
@@ -172,9 +170,9 @@ def train_segmenter(
     total_steps = settings.epochs * len(loader)
     start_epoch, history = 0, []
     digest = config_digest({"config": config, "seed": seed})
-    checkpoint = Path(checkpoint_path) if checkpoint_path else None
-    if checkpoint is not None:
-        start_epoch, history = resume_checkpoint(checkpoint, digest, model, optimizer, device)
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if ckpt is not None:
+        start_epoch, history = resume_checkpoint(ckpt, digest, model, optimizer, device)
     log.info(
         "segmenter %s (%s head, stride %d) on %d pseudo-labelled %s images, seed %d, "
         "%d epochs x %d steps, device %s",
@@ -222,15 +220,15 @@ def train_segmenter(
             row["loss"],
             row["seconds"],
         )
-        if checkpoint is not None and epoch + 1 < settings.epochs:
-            save_checkpoint(checkpoint, digest, model, optimizer, epoch + 1, history)
+        if ckpt is not None and epoch + 1 < settings.epochs:
+            save_checkpoint(ckpt, digest, model, optimizer, epoch + 1, history)
     model.eval()
     return model, history
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segmenter:
     """A trained segmenter from ``segmenter.pt`` (built from the config saved with it)."""
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = checkpoint.load(path, device, what="segmenter (segment stage)")
     settings = SegmentationSettings.from_dict(state["config"]["segmentation"])
     settings.model.pretrained, settings.model.weights = False, None  # the state dict has them
     model = Segmenter(settings.model, state["num_labels"]).to(device)
@@ -251,23 +249,22 @@ def run_segmentation(
     Returns the ``seg`` entry of ``seg_metrics.json``.
     """
     model_path = Path(model_path)
-    checkpoint = model_path.with_name(model_path.stem + "_checkpoint.pt")
+    checkpoint_path = model_path.with_name(model_path.stem + "_checkpoint.pt")
     settings = SegmentationSettings.from_dict(config["segmentation"])
     crf_settings = settings.crf_settings()  # a missing pydensecrf fails before training
     started = time.perf_counter()
-    model, history = train_segmenter(config, labels_dir, seed, checkpoint, progress)
+    model, history = train_segmenter(config, labels_dir, seed, checkpoint_path, progress)
     train_seconds = time.perf_counter() - started
-    with atomic_path(model_path) as tmp:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "config": config,
-                "seed": seed,
-                "num_labels": model.num_labels,
-            },
-            tmp,
-        )
-    checkpoint.unlink(missing_ok=True)
+    checkpoint.save(
+        model_path,
+        {
+            "model": model.state_dict(),
+            "config": config,
+            "seed": seed,
+            "num_labels": model.num_labels,
+        },
+    )
+    checkpoint_path.unlink(missing_ok=True)
     dataset = open_dataset(config["dataset"])
     device = next(model.parameters()).device
     result = evaluate_segmenter(

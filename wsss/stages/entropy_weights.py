@@ -20,7 +20,7 @@ Pipeline glue, not a method: importing ``wsss.methods`` does not import it.
 
 from __future__ import annotations
 
-import copy
+import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,25 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsss.data.classification import normalize
 from wsss.data.datasets import OpenedDataset, open_dataset
-from wsss.methods.aream import load_entropy_weights, mean_block_entropy, normalize_entropy
+from wsss.io import write_json
+from wsss.methods.aream import mean_block_entropy, normalize_entropy
+from wsss.methods.cam_inference import load_trained
+from wsss.runtime import EXECUTION, resolve_device
 from wsss.runtime import progress as tqdm
-from wsss.runtime import resolve_device
+from wsss.stages import add_common, json_arg
 
 log = logging.getLogger("wsss")
-
-# ``entropy_weights: baseline`` in a method's params (AReAM and the methods built on it)
-# asks the DAG for the weights: the entropy_weights rule computes them from the trained
-# run ENTROPY_BASELINE_RUN (training method ENTROPY_BASELINE_METHOD) of the same dataset
-# and seed. wsss.config checks at validation that params.yaml has such a run.
-ENTROPY_FROM_BASELINE = "baseline"
-ENTROPY_BASELINE_RUN = "mctformer_v2"
-ENTROPY_BASELINE_METHOD = "mctformer_v2"
-
-
-def uses_baseline_entropy(method_params: dict[str, Any]) -> bool:
-    """Whether a training method's params ask for entropy weights from the baseline run."""
-    value = method_params.get("entropy_weights")
-    return isinstance(value, str) and value == ENTROPY_FROM_BASELINE
 
 
 class ResizedImages(Dataset):
@@ -87,15 +76,13 @@ def baseline_entropy_weights(
 ) -> dict[str, Any]:
     """Entropy weights of the trained model at ``model_path`` over the dataset's train_split.
 
-    ``config``: ``{"dataset", "device", "batch_size", "num_workers"}``
+    ``config``: ``{"dataset", "batch_size"}``
     (:func:`wsss.config.entropy_config`). Returns what the entropy_weights rule
     writes: ``weights`` (min-max normalised, one per block: what
     :func:`~wsss.methods.aream.load_entropy_weights` reads), ``entropy_bits``
     (the raw mean entropies) and where they come from.
     """
-    from wsss.cams.extract import load_trained
-
-    device = resolve_device(config["device"])
+    device = resolve_device()
     dataset = open_dataset(config["dataset"])
     model, method, state = load_trained(model_path, device)
     if len(state["class_names"]) != dataset.num_classes:
@@ -110,7 +97,7 @@ def baseline_entropy_weights(
         images,
         batch_size=min(int(config["batch_size"]), len(images)),
         shuffle=False,
-        num_workers=int(config.get("num_workers", 0)),
+        num_workers=EXECUTION.workers,
         pin_memory=device.type == "cuda",
     )
     log.info(
@@ -148,28 +135,22 @@ def baseline_entropy_weights(
     }
 
 
-def with_entropy_weights(config: dict[str, Any], weights_file: str | Path | None) -> dict[str, Any]:
-    """A training config whose ``entropy_weights: baseline`` is replaced by the values in
-    ``weights_file`` (a copy; the config is returned as is when it does not ask for them)."""
-    method = config["method"]
-    key = f"method_params.{method['name']}.entropy_weights"
-    if not uses_baseline_entropy(method["params"]):
-        if weights_file is not None:
-            raise ValueError(
-                f"--entropy-weights {weights_file}: {key} is "
-                f"{method['params'].get('entropy_weights')!r}, not {ENTROPY_FROM_BASELINE!r}; "
-                "the file would be ignored"
-            )
-        return config
-    if weights_file is None:
-        raise ValueError(
-            f"{key} is {ENTROPY_FROM_BASELINE!r}: give the weights of the trained baseline with "
-            "--entropy-weights FILE (the workflow's entropy_weights rule writes it, "
-            "results/runs/<dataset>/entropy/seed<N>/entropy_weights.json, with "
-            "`wsss entropy-weights`), or set a path, a list or null"
-        )
-    resolved = copy.deepcopy(config)
-    weights = load_entropy_weights(weights_file)
-    resolved["method"]["params"]["entropy_weights"] = [float(w) for w in weights]
-    log.info("entropy weights from %s: %s", weights_file, " ".join(f"{w:.4f}" for w in weights))
-    return resolved
+HELP = "AReAM's per-block entropy weights from a trained MCTformer-V2 (JSON)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=json_arg,
+        required=True,
+        help="{dataset, batch_size}; the dataset's train_split is read",
+    )
+    p.add_argument("--model", required=True, help="the baseline's model.pt from the train stage")
+    p.add_argument("--out", required=True, help="JSON to write (weights, raw entropies)")
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = baseline_entropy_weights(args.config, args.model, progress=not args.no_progress)
+    write_json(args.out, result)
+    return 0

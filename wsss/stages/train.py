@@ -7,6 +7,9 @@ over). The final ``model.pt`` only appears once training has finished.
 
 from __future__ import annotations
 
+import argparse
+import copy
+import json
 import logging
 import math
 import time
@@ -17,12 +20,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from wsss import checkpoint
+from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.classification import ClassificationDataset
 from wsss.data.datasets import open_dataset
 from wsss.io import atomic_path, write_json
-from wsss.methods.base import TRAINING_METHODS, TrainingMethod
-from wsss.runtime import config_digest, resolve_device, seed_everything
+from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
+from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
+from wsss.stages import add_common, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -51,49 +57,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
-def save_checkpoint(
-    path: Path,
-    digest: str,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    history: list[dict[str, Any]],
-) -> None:
-    """The state a rerun resumes from after ``epoch`` finished epochs, written atomically."""
-    state = {
-        "digest": digest,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "epoch": epoch,
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def resume_checkpoint(
-    path: Path,
-    digest: str,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device | str,
-) -> tuple[int, list[dict[str, Any]]]:
-    """(epochs done, history) from ``path`` when it was written by the same configuration
-    (``digest``), restoring model, optimizer and RNG; (0, []) otherwise."""
-    if not path.exists():
-        return 0, []
-    state = torch.load(path, map_location=device, weights_only=False)
-    if state.get("digest") != digest:
-        log.info("ignoring %s: written by a different configuration", path)
-        return 0, []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    log.info("resuming %s from epoch %d", path, state["epoch"])
-    return state["epoch"], state["history"]
-
-
 def build_method(config: dict[str, Any]) -> TrainingMethod:
     return TRAINING_METHODS.get(config["method"]["name"])(config["method"]["params"])
 
@@ -106,7 +69,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = config["train"]
     seed_everything(seed)
-    device = resolve_device(settings["device"])
+    device = resolve_device()
     dataset = open_dataset(config["dataset"])
     method = build_method(config)
     model = method.build_model(config["model"], dataset.num_classes).to(device)
@@ -116,7 +79,7 @@ def train(
         img_size=config["model"]["img_size"],
         crop_scale=tuple(settings["crop_scale"]),
         hflip=settings["hflip"],
-        cache_images=settings["cache_images"],
+        cache_images=EXECUTION.cache_images,
         seed=seed,
     )
     batch_size = min(settings["batch_size"], len(data))
@@ -125,7 +88,7 @@ def train(
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(data) > batch_size,
-        num_workers=settings["num_workers"],
+        num_workers=EXECUTION.workers,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
         # Not persistent: workers hold a copy of the dataset, and the per-epoch
@@ -193,17 +156,16 @@ def train(
         )
         save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history)
 
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "config": config,
-                "seed": seed,
-                "class_names": dataset.class_names,
-                "method": method.name,
-            },
-            tmp,
-        )
+    checkpoint.save(
+        out_dir / "model.pt",
+        {
+            "model": model.state_dict(),
+            "config": config,
+            "seed": seed,
+            "class_names": dataset.class_names,
+            "method": method.name,
+        },
+    )
     checkpoint_path.unlink(missing_ok=True)
     _write_history(out_dir / "train_log.tsv", history)
     summary = {
@@ -249,3 +211,67 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
         precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
         aps.append(float((precision * hits).sum() / hits.sum()))
     return float(np.mean(aps)) if aps else float("nan")
+
+
+HELP = "train one (dataset, method, seed) classifier"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=json_arg, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="PARAM=FILE",
+        help="an artifact of another trained run that the method declares it reads (e.g. "
+        "AReAM's entropy_weights=FILE, from `wsss entropy-weights`); repeatable",
+    )
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    files = {}
+    for item in args.upstream:
+        param, sep, path = item.partition("=")
+        if not sep or not param or not path:
+            raise ValueError(f"--upstream: expected PARAM=FILE, got {item!r}")
+        files[param] = path
+    config = with_upstream(args.config, files)
+    summary = train(config, args.seed, args.out_dir, progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 0
+
+
+def with_upstream(config: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    """The training config with each declared upstream parameter replaced by the value read
+    from its file (a copy; returned as is when the method declares none).
+
+    The values, not the paths, are then part of the config: the resume digest and the
+    saved ``model.pt`` both carry them, so a checkpoint trained with other values is never
+    resumed. Raises ValueError when a declared file is missing from ``files`` or a file
+    is given for a parameter the method does not declare.
+    """
+    method = build_method(config)
+    declared: dict[str, Upstream] = {u.param: u for u in method.upstream()}
+    key = f"method_params.{method.name}"
+    extra = sorted(set(files) - set(declared))
+    if extra:
+        raise ValueError(
+            f"--upstream {extra[0]}=...: {key} declares no upstream artifact for {extra[0]!r} "
+            f"(declared: {sorted(declared) or 'none'}); the file would be ignored"
+        )
+    if not declared:
+        return config
+    resolved = copy.deepcopy(config)
+    for param, upstream in declared.items():
+        if param not in files:
+            raise ValueError(
+                f"{key}.{param} reads the {upstream.stage} artifact of the trained run "
+                f"{upstream.run!r}: give it with --upstream {param}=FILE (the workflow's "
+                f"{upstream.stage} rule writes results/runs/<dataset>/train/<run>/seed<N>/"
+                f"{upstream.stage}.json), or set the parameter to a value"
+            )
+        resolved["method"]["params"][param] = method.read_upstream(upstream, files[param])
+    return resolved

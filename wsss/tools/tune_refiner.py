@@ -9,16 +9,21 @@ reports): for the synthetic benchmark that means ``val``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from wsss.cams.extract import extract_cams
+from wsss.config import cam_config, load_params, training_key
 from wsss.evaluation.cam_eval import evaluate_cams
+from wsss.io import atomic_path
+from wsss.stages import add_common
+from wsss.stages.cams import extract_cams
 
 
 def tune_refiner(
@@ -28,8 +33,9 @@ def tune_refiner(
     split: str,
     grid: dict[str, list[Any]],
     progress: bool = False,
+    eval_split: str | None = None,
 ) -> pd.DataFrame:
-    if split == cam_config["dataset"]["eval_split"]:
+    if split == eval_split:
         raise ValueError(
             f"tuning split {split!r} is the dataset's eval_split: choose a held-out split so the "
             "reported numbers are not tuned on the data they are scored on"
@@ -58,3 +64,46 @@ def tune_refiner(
         .sort_values("miou", ascending=False, kind="stable")
         .reset_index(drop=True)
     )
+
+
+HELP = "score refiner settings on a held-out split (not the scored one)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", nargs="?", default="params.yaml")
+    p.add_argument("--configfile", action="append", default=[])
+    p.add_argument("--dataset", required=True)
+    p.add_argument(
+        "--method", required=True, help="a variant under methods: whose refiner is tuned"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model", help="default: the trained model of the variant's run in results/runs"
+    )
+    p.add_argument("--split", required=True, help="held-out split, e.g. val")
+    p.add_argument(
+        "--grid", required=True, help="JSON {param: [values]}, e.g. '{\"steps\": [1, 2, 4]}'"
+    )
+    p.add_argument("--out", help="write the table as CSV")
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load_params(args.params, *args.configfile)
+    config = cam_config(params, args.dataset, args.method)
+    key = training_key(params, args.method)
+    model = args.model or f"results/runs/{args.dataset}/train/{key}/seed{args.seed}/model.pt"
+    table = tune_refiner(
+        config,
+        params["evaluate"],
+        model,
+        args.split,
+        json.loads(args.grid),
+        not args.no_progress,
+        eval_split=params["datasets"][args.dataset]["eval_split"],
+    )
+    print(table.to_string(index=False))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6f")
+    return 0

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from wsss.cams.extract import _pad_to_multiple, load_trained
 from wsss.data.classification import normalize
 from wsss.data.datasets import batches_by_size, open_dataset
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import scores_from_confusion
+from wsss.io import write_json
+from wsss.methods.cam_inference import load_trained
+from wsss.ops.multiscale import max_softmax_over_scales, padded_logits_at
 from wsss.runtime import progress as tqdm
 from wsss.runtime import resolve_device
-from wsss.segmentation.infer import max_softmax_over_scales
+from wsss.stages import add_common, json_arg
 
 
 @torch.inference_mode()
@@ -28,18 +30,13 @@ def segmentation_probabilities(
     """Normalised B x 3 x H x W -> B x (C+1) x H x W: element-wise max over scales of the
     decoder's softmax, no flip (the official ClusterCAM inference script)."""
 
-    def logits_at(scaled: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        padded = _pad_to_multiple(scaled, model.patch_size)
+    def decoder_logits(padded: torch.Tensor) -> torch.Tensor:
         logits = method.segment(model, padded)
         if logits is None:
             raise ValueError(f"method {method.name!r} has no segmentation decoder to evaluate")
-        logits = F.interpolate(
-            logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
-        )
-        logits = logits[..., : scaled.shape[-2], : scaled.shape[-1]]
-        return F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)
+        return logits
 
-    return max_softmax_over_scales(x, scales, logits_at)
+    return max_softmax_over_scales(x, scales, padded_logits_at(decoder_logits, model.patch_size))
 
 
 def predict_segmentation(
@@ -57,7 +54,7 @@ def evaluate_decoder(
     batch_size: int = 16,
     progress: bool = True,
 ) -> dict[str, Any]:
-    device = resolve_device(config["train"]["device"])
+    device = resolve_device()
     dataset = open_dataset(config["dataset"])
     model, method, _ = load_trained(model_path, device)
     accumulator = ConfusionAccumulator(dataset.num_classes + 1)
@@ -78,3 +75,24 @@ def evaluate_decoder(
         "scales": scales,
         **summarize(scores, dataset.class_names),
     }
+
+
+HELP = "score a single-stage method's segmentation decoder"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=json_arg, required=True, help="{dataset, scales, meta}")
+    p.add_argument("--model", required=True)
+    p.add_argument("--split", help="default: the dataset's seg_split")
+    p.add_argument("--out", required=True)
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = args.config
+    split = args.split or config["dataset"]["seg_split"]
+    result = evaluate_decoder(
+        config, args.model, split, config["scales"], progress=not args.no_progress
+    )
+    write_json(args.out, {"meta": config["meta"], "decoder": result})
+    return 0

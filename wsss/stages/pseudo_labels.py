@@ -2,7 +2,7 @@
 
 The CAMs are those of the dataset's ``train_split`` (what the segmentation
 network trains on: synthetic ``train``, VOC ``train_aug``). Each image's label
-map is made from the uint8 CAMs of its ground-truth classes (wsss.cams.store):
+map is made from the uint8 CAMs of its ground-truth classes (wsss.cam_store):
 
 * **background threshold** ``t``: a number, or ``best``, the threshold the
   evaluate stage found best on the dataset's ``eval_split`` (its
@@ -19,11 +19,11 @@ map is made from the uint8 CAMs of its ground-truth classes (wsss.cams.store):
   labels at ``t + m`` (high) and ``t - m`` (low); the high label where it is
   foreground, background where both are background, 255 (ignored by the
   segmentation loss) where only the low one is foreground.
-* **PAR** (``par.enabled``, wsss.cams.par): the scores ``[t, CAMs]`` are
+* **PAR** (``par.enabled``, wsss.ops.par): the scores ``[t, CAMs]`` are
   softmaxed and refined with pixel-adaptive refinement on the image at
   ``par.scale`` x resolution before the arg-max (AReAM's and ClusterCAM's
   pseudo-label step). Needs torch; the plain rule does not import it.
-* **dense CRF** (``crf.enabled``, wsss.cams.crf, the optional ``pydensecrf2``):
+* **dense CRF** (``crf.enabled``, wsss.ops.crf, the optional ``pydensecrf2``):
   background score ``t`` stacked in front of the CAMs, mean-field inference
   with the settings of ``crf`` (default: the literature's pseudo-label CRF,
   methods.md section 1.3), arg-max. PAR and CRF are alternatives, not a chain.
@@ -37,6 +37,7 @@ and as a prediction of no class (as PSA's ``evaluate.py`` scores PNGs with
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,15 +47,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsss.cams.store import CamReader, CamRecord, dequantize
+from wsss.cam_store import CamReader, CamRecord, dequantize
 from wsss.data.datasets import OpenedDataset, open_dataset
 from wsss.data.palette import IGNORE_INDEX, voc_palette
 from wsss.evaluation.cam_eval import summarize
 from wsss.evaluation.confusion import ConfusionAccumulator
 from wsss.evaluation.metrics import SegmentationScores, scores_from_confusion
 from wsss.evaluation.sweep import Q_VALUES, cam_argmax_and_score
-from wsss.io import atomic_directory, read_json
+from wsss.io import atomic_directory, read_json, write_json
 from wsss.runtime import progress as tqdm
+from wsss.stages import add_common, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -114,7 +116,7 @@ class PseudoLabelSettings:
         return settings
 
     def crf_settings(self):
-        from wsss.cams.crf import CrfSettings
+        from wsss.ops.crf import CrfSettings
 
         values = {k: v for k, v in self.crf.items() if k != "enabled"}
         return CrfSettings.from_dict(values, where="pseudo_labels.crf")
@@ -150,7 +152,7 @@ def resolve_threshold(settings: PseudoLabelSettings, cam_metrics: str | Path | N
 
 
 def fuse_labels(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Two-threshold fusion (numpy twin of wsss.cams.par.fuse_pseudo_labels)."""
+    """Two-threshold fusion (numpy twin of wsss.ops.par.fuse_pseudo_labels)."""
     fused = high.copy()
     fused[(high == 0) & (low != 0)] = IGNORE_INDEX
     return fused
@@ -182,7 +184,7 @@ def plain_labels(record: CamRecord, threshold: float, margin: float) -> np.ndarr
 def crf_labels(
     record: CamRecord, image: np.ndarray, threshold: float, margin: float, settings
 ) -> np.ndarray:
-    from wsss.cams.crf import crf_labels_from_cams
+    from wsss.ops.crf import crf_labels_from_cams
 
     cams = dequantize(record.cams)
     image = np.ascontiguousarray(image)
@@ -206,7 +208,7 @@ def par_labels(
     """PAR-refined labels of a batch of equal-size images (B x H x W uint8)."""
     import torch
 
-    from wsss.cams.par import PAR, refine_cams_to_labels
+    from wsss.ops.par import PAR, refine_cams_to_labels
 
     par = PAR(
         dilations=par_settings["dilations"],
@@ -332,7 +334,7 @@ def make_pseudo_labels(
     margin = float(settings.ignore_margin)
     crf = settings.crf_settings() if settings.crf["enabled"] else None
     if crf is not None:
-        from wsss.cams.crf import require_pydensecrf
+        from wsss.ops.crf import require_pydensecrf
 
         require_pydensecrf()  # fail before any work, with the install hint
     palette = voc_palette()
@@ -401,3 +403,26 @@ def make_pseudo_labels(
         "ignored_fraction": scorer.ignored / max(scorer.pixels, 1),
         **summarize(scores, dataset.class_names),
     }
+
+
+HELP = "CAMs of the train split -> pseudo-label PNGs (threshold, PAR or CRF), scored"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=json_arg, required=True, help="{dataset, pseudo_labels, meta}")
+    p.add_argument("--cams", required=True, help="CAM artifact of the dataset's train_split")
+    p.add_argument("--cam-metrics", help="cam_metrics.json whose best threshold 'best' uses")
+    p.add_argument(
+        "--out-dir", required=True, help="folder of <image id>.png (replaced atomically)"
+    )
+    p.add_argument("--metrics", required=True, help="pseudo_label_metrics.json to write")
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = args.config
+    result = make_pseudo_labels(
+        config, args.cams, args.out_dir, args.cam_metrics, progress=not args.no_progress
+    )
+    write_json(args.metrics, {"meta": config.get("meta", {}), "pseudo_labels": result})
+    return 0

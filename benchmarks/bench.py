@@ -1,4 +1,4 @@
-"""``wsss bench``: the measured cost of every stage, as ratios taken in one run.
+"""The benchmark harness (``python benchmarks/bench.py``): the measured cost of every stage, as ratios taken in one run.
 
 Absolute seconds depend on the machine; ratios measured side by side in the
 same process do not (much). Training and evaluation time their candidates in
@@ -287,9 +287,9 @@ def bench_cams(
     height: int,
     width: int,
 ) -> dict:
-    from wsss.cams.extract import CamSettings, _pad_to_multiple, cams_for_batch
     from wsss.data.classification import normalize
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+    from wsss.methods.cam_inference import CamSettings, _pad_to_multiple, cams_for_batch
 
     torch.manual_seed(0)
     method = TRAINING_METHODS.get("mctformer_v2")()
@@ -447,7 +447,7 @@ def _fake_cams(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
-    from wsss.cams.store import CamReader, CamWriter, quantize
+    from wsss.cam_store import CamReader, CamWriter, quantize
     from wsss.data.palette import load_label_png
     from wsss.evaluation import ThresholdSweep, confusion_matrix, threshold_grid
 
@@ -545,8 +545,8 @@ def aream_decomposition(train_specs: dict[str, dict]) -> dict[str, dict]:
 
 def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
-    from wsss.methods.entropy_weights import uses_baseline_entropy
     from wsss.models import build_model
+    from wsss.methods import TRAINING_METHODS
 
     grid = params["grid"]
     dataset = grid["datasets"][0]
@@ -558,7 +558,7 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
         key = training_key(params, variant)
         if key not in train_specs:
             spec = training_config(params, dataset, key)["method"]
-            if uses_baseline_entropy(spec["params"]):
+            if TRAINING_METHODS.get(spec["name"])(spec["params"]).upstream():
                 # The weights' values do not change the cost of a step: stand-ins in place of
                 # the file the entropy_weights rule would compute from a trained baseline.
                 spec = {**spec, "params": {**spec["params"], "entropy_weights": list(range(depth))}}
@@ -608,7 +608,7 @@ def _bench_dataset(params: dict, dataset: str, scratch: str, quick: bool) -> dic
     from wsss.config import dataset_block, dataset_config
     from wsss.data.datasets import prepare_dataset
 
-    config = dataset_config(params, dataset)
+    config = dataset_config(params, dataset, full=True)
     if config["kind"] != "synthetic":
         return None
     generator = dict(config.get("generator", {}))
@@ -689,5 +689,36 @@ def write_bench(report: dict, out_dir: str | Path) -> None:
     write_text(Path(out_dir) / "bench.md", markdown(report))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/bench.py [params.yaml] [--configfile F] [--out-dir results]``."""
+    import argparse
+
+    from wsss.config import load_params
+    from wsss.runtime import set_threads, setup_logging
+
+    repo = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description="measure every stage as ratios")
+    parser.add_argument("params", nargs="?", default="params.yaml")
+    parser.add_argument("--configfile", action="append", default=[])
+    parser.add_argument(
+        "--shared-data",
+        default=str(repo.parent / "shared" / "data"),
+        help="folder with voc_masks/ (the real VOC masks the evaluation benchmark reads)",
+    )
+    parser.add_argument("--out-dir", default="results")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (a check, not a measurement)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    setup_logging()
+    set_threads(args.threads)
+    params = load_params(args.params, *args.configfile)
+    report = run_bench(params, args.shared_data, quick=args.quick)
+    write_bench(report, args.out_dir)
+    print(markdown(report))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(run_bench({}, ""), indent=2))
+    raise SystemExit(main())

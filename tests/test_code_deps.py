@@ -1,0 +1,198 @@
+"""Each rule's code inputs are the code its job really runs (wsss.code_deps), and each
+job's params are the values it reads: what reruns after an edit is exactly what it must."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import _copy_project, _job_counts, _jobs
+
+from wsss.code_deps import code_inputs, command_modules
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = (
+    "prepare_data",
+    "train",
+    "entropy_weights",
+    "cams",
+    "evaluate_cams",
+    "evaluate_decoder",
+    "pseudo_labels",
+    "segment",
+    "table",
+    "plots",
+    "gallery",
+    "table_html",
+)
+# The smoke DAG plus the methods whose training imports more than the baseline's.
+GRID = {
+    "grid": {
+        "methods": [
+            "mctformer_v2",
+            "mctformer_v2_affinity",
+            "aream",
+            "aream_entropy",
+            "clustercam",
+        ]
+    },
+    # the smoke model has 2 blocks: block 0 refines, block 1 gets AReAM's loss
+    "method_params": {
+        "aream": {"layer_index": 1, "cls_epochs": 1},
+        "clustercam": {"seg_start_epoch": 1, "cluster_cell": 1},
+    },
+}
+
+
+def _run(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(env or os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.setdefault("XDG_CACHE_HOME", str(project / ".cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """The grid above run once, every job's imports logged (PYTHONPROFILEIMPORTTIME), and
+    the dry-run plan of the same DAG (each job's declared inputs)."""
+    project = _copy_project(tmp_path_factory.mktemp("deps") / "project")
+    (project / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    args = ("--configfile", "configs/smoke.yaml", "grid.yaml")
+    plan = _run(project, "-n", "-p", "--forceall", *args).stdout
+    _run(project, *args, env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+    return project, args, plan
+
+
+def _imported(log: Path) -> set[str]:
+    """Files of the wsss modules a job imported, from its log's import-time lines."""
+    modules = set(re.findall(r"^import time:.*\|\s+(wsss[\w.]*)\s*$", log.read_text(), re.M))
+    return {m for m in modules}
+
+
+@pytest.mark.slow
+def test_declared_code_inputs_are_the_modules_each_job_imported(ran):
+    project, _, plan = ran
+    checked = 0
+    for rule in RULES:
+        for job in _jobs(plan, rule):
+            declared = {
+                p.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+                for p in job["input"].split(", ")
+                if p.startswith("wsss/") and p.endswith(".py")
+            }
+            real = _imported(project / job["log"])
+            assert real, f"{job['log']}: no import lines (was PYTHONPROFILEIMPORTTIME passed on?)"
+            assert declared == real, (
+                f"rule {rule} ({job['log']}): declared but not imported "
+                f"{sorted(declared - real)}; imported but not declared {sorted(real - declared)}"
+            )
+            checked += 1
+    assert checked >= 30
+
+
+def test_an_unrelated_module_is_not_an_input():
+    """The COCO converter is no code of a synthetic job; a method's module only of its own."""
+    for command in ("prepare-data", "train", "cams", "evaluate", "pseudo-labels", "segment"):
+        files = code_inputs(command, "synthetic", ["mctformer_v2"], ["none"])
+        assert "wsss/data/coco.py" not in files, command
+        assert "wsss/methods/aream.py" not in files, command
+    assert "wsss/data/coco.py" in code_inputs("train", "coco", ["mctformer_v2"])
+    assert "wsss/methods/aream.py" in code_inputs("train", "synthetic", ["aream"])
+    assert "wsss/ops/par.py" in code_inputs("train", "synthetic", ["aream"])
+    assert "wsss/ops/par.py" not in code_inputs("train", "synthetic", ["mctformer_v2"])
+    assert "wsss/resources/paper_numbers.yaml" in code_inputs("table")
+    assert "wsss.stages.table" not in command_modules("train", "synthetic", ["mctformer_v2"])
+
+
+def _plan(project: Path, args: tuple[str, ...]) -> dict[str, list[dict]]:
+    out = _run(project, "-n", *args).stdout
+    return {rule: _jobs(out, rule) for rule in _job_counts(out)}
+
+
+def _run_name(job: dict) -> str:
+    """The run (training key or grid method) of a planned job, from its first output."""
+    parts = job["output"].split(", ")[0].split("/")
+    return parts[4] if parts[3] == "train" else parts[3]
+
+
+def _edit(path: Path, text: str = "\n# edited\n") -> str:
+    old = path.read_text()
+    path.write_text(old + text)
+    return old
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        # PAR is on AReAM's and ClusterCAM's training path (online pseudo-labels)
+        ("wsss/ops/par.py", {"train": {"aream", "aream_entropy", "clustercam"}}),
+        # the decoder's multi-scale inference: the decoder's evaluation reruns
+        ("wsss/ops/multiscale.py", {"evaluate_decoder": {"clustercam"}}),
+        # the segmenter's inference: stage 2 reruns, the decoder's evaluation does not run it
+        ("wsss/segmentation/infer.py", {"segment": None, "evaluate_decoder": set()}),
+        ("wsss/data/coco.py", {}),
+    ],
+)
+def test_a_code_edit_reruns_exactly_the_jobs_that_run_it(ran, case, expected):
+    project, args, _ = ran
+    old = _edit(project / case)
+    try:
+        plan = _plan(project, args)
+    finally:
+        (project / case).write_text(old)
+    if not expected:
+        assert plan == {}, f"{case}: {sorted(plan)} would rerun"
+    for rule, runs in expected.items():
+        planned = {_run_name(job) for job in plan.get(rule, [])}
+        if runs is None:
+            assert planned, f"{case}: no {rule} job reruns"
+        else:
+            assert planned == runs, f"{case}: {rule} reruns {sorted(planned)}"
+    if case == "wsss/ops/par.py":
+        assert "mctformer_v2" not in {_run_name(j) for j in plan["train"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "override", "expected"),
+    [
+        # a display label reaches only the report jobs
+        (
+            "label",
+            {"methods": {"aream": {"label": "AReAM renamed"}}},
+            {"table", "plots", "gallery", "table_html"},
+        ),
+        # seg_split is read by stage 2 only
+        (
+            "seg_split",
+            {"datasets": {"synthetic": {"seg_split": "train"}}},
+            {"segment", "evaluate_decoder", "table", "table_html"},
+        ),
+        # a default spelled out changes no job's params
+        (
+            "default",
+            {"datasets": {"synthetic": {"label_source": "auto", "mask_dir": "auto"}}},
+            set(),
+        ),
+        # execution knobs are not params
+        ("num_workers", {"train": {"num_workers": 1, "cache_images": False}}, set()),
+    ],
+)
+def test_a_params_edit_reruns_exactly_the_jobs_that_read_it(ran, case, override, expected):
+    project, args, _ = ran
+    extra = project / f"{case}.yaml"
+    extra.write_text(yaml.safe_dump(override))
+    plan = _plan(project, (*args, extra.name))
+    assert set(plan) - {"all"} == expected, case

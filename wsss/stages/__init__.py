@@ -1,0 +1,53 @@
+"""The pipeline's stages, one module per ``wsss`` subcommand (and Snakemake rule).
+
+Each module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
+its command is the module name with ``-`` for ``_``. :mod:`wsss.cli` imports only
+the module of the command it runs, so a job's imports (and the code inputs its
+rule declares, :mod:`wsss.code_deps`) are that stage's import closure.
+
+Rules pass each job its resolved settings as JSON (``--config``), built from
+``params.yaml`` by :mod:`wsss.config`, so a job never reads params.yaml itself
+and Snakemake sees every setting a job depends on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def json_arg(text: str) -> dict[str, Any]:
+    """``--config`` values: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"--config is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--config must be a JSON object")
+    return value
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every stage takes: log file, CPU threads, progress bars."""
+    parser.add_argument("--log", help="also write the log to this file")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # Execution knobs (wsss.runtime.Execution): how a job runs, not what it computes, so the
+    # rules pass them outside the job's params and changing them reruns nothing.
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument(
+        "--cache-images", type=int, choices=[0, 1], default=1, help="keep decoded images in memory"
+    )
+
+
+def key_values(items: list[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` command-line items -> a dict; ValueError naming ``option`` otherwise."""
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{option}: expected NAME=VALUE, got {item!r}")
+        result[key] = value
+    return result
