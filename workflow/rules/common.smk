@@ -58,12 +58,6 @@ def execution_resources(wildcards, block="train"):
     return wsss_config.execution(config, wildcards.dataset, block)
 
 
-EXECUTION = (
-    " --device {resources.device} --workers {resources.workers}"
-    " --cache-images {resources.cache_images}"
-)
-
-
 def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
@@ -115,3 +109,43 @@ def rule_resources(rule_name):
     """Resources of a rule from params.yaml (falling back to resources.default)."""
     spec = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
     return spec
+
+
+def conversion_manifest(wildcards):
+    """A coco dataset is read from its converted layout: convert first."""
+    if config["datasets"][wildcards.dataset]["kind"] == "coco":
+        return f"results/data/{wildcards.dataset}.conversion.json"
+    return []
+
+
+def train_split(dataset):
+    return config["datasets"][dataset]["train_split"]
+
+
+def pseudo_label_threshold_source(wildcards):
+    """cam_metrics.json when the background threshold is the evaluate stage's best one."""
+    block = wsss_config.dataset_block(config, wildcards.dataset, "pseudo_labels")
+    if block["bg_threshold"] != "best":
+        return []
+    return f"results/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
+
+
+def gallery_cams(wildcards):
+    """The CAM file of every method's first-seed run on the dataset's eval split."""
+    split = eval_split(wildcards.dataset)
+    return [
+        f"results/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
+    ]
+
+
+def gallery_config(wildcards):
+    return as_json(
+        {
+            "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
+            "report": config["report"],
+            "methods": [
+                {"name": m, "label": wsss_config.variant_label(config, m)} for m in METHODS
+            ],
+            "seed": SEEDS[0],
+        }
+    )

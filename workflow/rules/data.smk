@@ -1,10 +1,3 @@
-def conversion_manifest(wildcards):
-    """A coco dataset is read from its converted layout: convert first."""
-    if config["datasets"][wildcards.dataset]["kind"] == "coco":
-        return f"results/data/{wildcards.dataset}.conversion.json"
-    return []
-
-
 rule prepare_data:
     input:
         code=code("prepare-data"),

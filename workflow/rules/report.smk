@@ -57,27 +57,6 @@ localrules:
     table_html,
 
 
-def gallery_cams(wildcards):
-    """The CAM file of every method's first-seed run on the dataset's eval split."""
-    split = eval_split(wildcards.dataset)
-    return [
-        f"results/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
-    ]
-
-
-def gallery_config(wildcards):
-    return as_json(
-        {
-            "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
-            "report": config["report"],
-            "methods": [
-                {"name": m, "label": wsss_config.variant_label(config, m)} for m in METHODS
-            ],
-            "seed": SEEDS[0],
-        }
-    )
-
-
 rule table_html:
     input:
         table="results/table.md",

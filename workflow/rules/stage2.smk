@@ -3,18 +3,6 @@
 # wsss/segmentation/).
 
 
-def train_split(dataset):
-    return config["datasets"][dataset]["train_split"]
-
-
-def pseudo_label_threshold_source(wildcards):
-    """cam_metrics.json when the background threshold is the evaluate stage's best one."""
-    block = wsss_config.dataset_block(config, wildcards.dataset, "pseudo_labels")
-    if block["bg_threshold"] != "best":
-        return []
-    return f"results/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
-
-
 rule pseudo_labels:
     input:
         cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
@@ -60,5 +48,5 @@ rule segment:
         "results/logs/segment/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
-        " --model {output.model} --metrics {output.metrics} --threads {threads}" + EXECUTION
-        + " 2> {log}"
+        " --model {output.model} --metrics {output.metrics} --threads {threads} 2> {log}"
+        " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"

@@ -24,7 +24,8 @@ rule train:
         "results/logs/train/{dataset}/{train}/seed{seed}.log",
     shell:
         "wsss train --config {params.cfg:q} --seed {wildcards.seed} --out-dir {params.out_dir}"
-        " {params.upstream} --threads {threads}" + EXECUTION + " 2> {log}"
+        " {params.upstream} --threads {threads} 2> {log}"
+        " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
 
 
 # AReAM's per-block entropy weights (entropy_weights: baseline), from the trained run of the
@@ -50,4 +51,5 @@ rule entropy_weights:
         "results/logs/entropy_weights/{dataset}/{train}/seed{seed}.log",
     shell:
         "wsss entropy-weights --config {params.cfg:q} --model {input.model}"
-        " --out {output.weights} --threads {threads}" + EXECUTION + " 2> {log}"
+        " --out {output.weights} --threads {threads} 2> {log}"
+        " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
