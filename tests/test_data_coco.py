@@ -105,6 +105,9 @@ def test_manifest_records_the_mapping(converted):
     names = (root / "class_names.txt").read_text().splitlines()
     assert names[0] == "background" and names[1:] == manifest["class_names"]
     assert manifest["settings"]["crowd"] == "class"
+    for split in ("train", "val"):  # the genuine records hold no malformed segmentation
+        stats = manifest["splits"][split]
+        assert stats["invalid_segmentations"] == stats["invalid_polygons"] == 0
 
 
 # --------------------------------------------------------------------------- masks
@@ -493,3 +496,194 @@ def test_workflow_converts_once_and_runs_on_the_converted_sample(tmp_path):
     again = _snakemake(project, "-n", "--configfile", smoke, str(override), "--", target)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert "convert_coco" not in _job_counts(again.stdout)
+
+
+# --------------------------------------------------------------------------- malformed input
+
+# A tiny hand-made COCO file: 16x12 images, two categories (COCO ids 1 and 3 -> 1 and 2).
+SQUARE = [2.0, 2.0, 8.0, 2.0, 8.0, 8.0, 2.0, 8.0]  # a 6x6 square, rows and columns 2..7
+OTHER = [10.0, 1.0, 14.0, 1.0, 14.0, 5.0, 10.0, 5.0]  # a 4x4 square at columns 10..13
+
+
+def _ann(ann_id, image_id, segmentation, category=1, area=36.0):
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category,
+        "segmentation": segmentation,
+        "area": area,
+        "bbox": [0, 0, 1, 1],
+        "iscrowd": 0,
+    }
+
+
+def _synthetic_coco(folder: Path, annotations, n_images=2) -> CocoConversion:
+    images = folder / "images"
+    images.mkdir(parents=True)
+    infos = []
+    for image_id in range(1, n_images + 1):
+        name = f"{image_id:012d}.jpg"
+        Image.new("RGB", (16, 12), (90, 120, 30)).save(images / name)
+        infos.append({"id": image_id, "file_name": name, "width": 16, "height": 12})
+    data = {
+        "images": infos,
+        "annotations": annotations,
+        "categories": [
+            {"id": 1, "name": "person", "supercategory": "person"},
+            {"id": 3, "name": "car", "supercategory": "vehicle"},
+        ],
+    }
+    (folder / "instances.json").write_text(json.dumps(data))
+    return CocoConversion.from_source(
+        {
+            "splits": {
+                "train": {"annotations": str(folder / "instances.json"), "images": str(images)}
+            }
+        }
+    )
+
+
+def _polygon_mask(polygons) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, 12, 16))).astype(
+        bool
+    )
+
+
+@pytest.fixture
+def wsss_log(caplog):
+    """The warnings of the "wsss" logger (which may not propagate after a CLI test)."""
+    import logging
+
+    logger = logging.getLogger("wsss")
+    logger.addHandler(caplog.handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize(
+    "segmentation, problem",
+    [
+        ([[3.0, 3.0, 9.0, 9.0]], "polygon 0 has 4 coordinates"),  # 2 points (pycocotools: a box)
+        ([], "empty segmentation list"),
+        (None, "null segmentation"),
+    ],
+    ids=["two_point_polygon", "empty_list", "null"],
+)
+def test_malformed_segmentation_adds_no_pixels_and_is_counted(
+    tmp_path, wsss_log, segmentation, problem
+):
+    conversion = _synthetic_coco(
+        tmp_path, [_ann(11, 1, [SQUARE]), _ann(12, 1, segmentation, category=3, area=4.0)]
+    )
+    manifest = convert_coco(conversion, tmp_path / "out", progress=False)
+    mask = load_label_png(tmp_path / "out" / "SegmentationClass" / "000000000001.png")
+    # The valid instance is kept exactly as pycocotools draws it; the bad one adds nothing
+    # (though smaller, so it would win any pixel it covered).
+    assert np.array_equal(mask == 1, _polygon_mask([SQUARE]))
+    assert (mask == 1).sum() == 36 and not (mask == 2).any()
+    stats = manifest["splits"]["train"]
+    assert stats["invalid_segmentations"] == 1 and stats["annotations_without_pixels"] == 1
+    assert stats["invalid_polygons"] == (1 if segmentation else 0)
+    assert stats["images"] == 1 and stats["images_per_class"] == [1, 0]
+    assert "polygons with fewer than 6 coordinates" in manifest["invalid_segmentation_rule"]
+    (warning,) = _warnings(wsss_log)
+    assert "annotation 12 (image id 1)" in warning and problem in warning
+    assert "instances.json" in warning and "contributes no pixels" in warning
+
+
+def test_invalid_polygons_next_to_valid_ones_keep_the_valid_ones(tmp_path, wsss_log):
+    mixed = [SQUARE, [1.0, 1.0, 4.0, 4.0], OTHER, [1.0, 1.0, 5.0, 1.0, 5.0, 5.0, 1.0]]
+    conversion = _synthetic_coco(tmp_path, [_ann(21, 1, mixed, category=3)])
+    manifest = convert_coco(conversion, tmp_path / "out", progress=False)
+    mask = load_label_png(tmp_path / "out" / "SegmentationClass" / "000000000001.png")
+    assert np.array_equal(mask == 2, _polygon_mask([SQUARE, OTHER]))
+    assert (mask == 2).sum() == 36 + 16 and not (mask == 1).any()
+    stats = manifest["splits"]["train"]
+    assert stats["invalid_segmentations"] == 1 and stats["invalid_polygons"] == 2
+    assert stats["annotations_without_pixels"] == 0
+    (warning,) = _warnings(wsss_log)
+    assert "annotation 21 (image id 1)" in warning
+    assert "polygon 1 has 4 coordinates, polygon 3 has 7 coordinates" in warning
+    assert "its other polygons are kept" in warning
+
+
+def test_an_image_left_without_foreground_follows_the_empty_image_rule(tmp_path, wsss_log):
+    annotations = [
+        _ann(31, 1, [SQUARE]),
+        _ann(32, 2, None),
+        _ann(33, 2, [[1.0, 1.0, 3.0, 3.0]], category=3),
+        _ann(34, 2, []),
+    ]
+    conversion = _synthetic_coco(tmp_path, annotations)
+    manifest = convert_coco(conversion, tmp_path / "out", progress=False)
+    stats = manifest["splits"]["train"]
+    assert (stats["images"], stats["skipped_empty"]) == (1, 1)
+    assert (tmp_path / "out/ImageSets/Segmentation/train.txt").read_text() == "000000000001\n"
+    assert stats["invalid_segmentations"] == stats["annotations_without_pixels"] == 3
+    assert sorted(w.split(" (image id")[0].split()[-1] for w in _warnings(wsss_log)) == [
+        "32",
+        "33",
+        "34",
+    ]
+
+    kept = convert_coco(
+        CocoConversion.from_source({**conversion.to_dict(), "keep_empty": True}),
+        tmp_path / "kept",
+        progress=False,
+    )
+    assert kept["splits"]["train"]["images"] == 2
+    assert not load_label_png(tmp_path / "kept/SegmentationClass/000000000002.png").any()
+
+
+def _set_segmentation(path: Path, ann_id: int, segmentation) -> None:
+    data = json.loads(path.read_text())
+    for annotation in data["annotations"]:
+        if annotation["id"] == ann_id:
+            annotation["segmentation"] = segmentation
+    path.write_text(json.dumps(data))
+
+
+def test_other_rasterisation_failures_name_the_annotation_and_a_rerun_resumes(tmp_path):
+    bad_rle = {"size": [12, 16], "counts": [100]}  # adds up to 100 pixels, not 192
+    annotations = [_ann(41, 1, [SQUARE]), _ann(42, 2, [OTHER]), _ann(43, 2, bad_rle, area=4.0)]
+    conversion = _synthetic_coco(tmp_path, annotations)
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError,
+        match=r"annotation 43 \(image id 2, .*000000000002\.jpg\): cannot rasterise .*counts "
+        r"add up to 100.*rerun",
+    ):
+        convert_coco(conversion, out, progress=False)
+    first = out / "SegmentationClass" / "000000000001.png"
+    assert first.is_file() and (out / IN_PROGRESS).is_file() and not (out / "dataset.json").exists()
+    written = first.stat().st_mtime_ns
+
+    for segmentation, message in [
+        ({"size": [12, 16], "counts": "!!!"}, "Invalid RLE"),  # pycocotools' own error
+        ({"size": [6, 16], "counts": [96]}, "the mask is 6x16, the image 12x16"),
+        ("not a mask", "neither a list of polygons nor an RLE"),
+        ([SQUARE, 5.0], "annotation 43"),  # a number among the polygons
+    ]:
+        _set_segmentation(tmp_path / "instances.json", 43, segmentation)
+        with pytest.raises(ValueError, match=message):
+            convert_coco(conversion, out, progress=False)
+
+    # Fixed in place (same file, same settings): the rerun resumes and keeps the first mask.
+    all_background = {"size": [12, 16], "counts": [16 * 12]}
+    _set_segmentation(tmp_path / "instances.json", 43, all_background)
+    manifest = convert_coco(conversion, out, progress=False)
+    assert first.stat().st_mtime_ns == written
+    assert manifest["splits"]["train"]["images"] == 2
+    assert manifest["splits"]["train"]["invalid_segmentations"] == 0
+    second = load_label_png(out / "SegmentationClass" / "000000000002.png")
+    assert np.array_equal(second == 1, _polygon_mask([OTHER]))
+    assert not (out / IN_PROGRESS).exists()

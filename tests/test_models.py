@@ -1,5 +1,9 @@
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 
 from wsss.models import build_model
@@ -118,3 +122,138 @@ def test_local_weights_file_loads_through_timm(tiny_model_config, tmp_path):
     assert torch.equal(model.class_pos_embed[0, 1], reference.pos_embed[0, 0])
     with pytest.raises(FileNotFoundError, match="model.weights"):
         build_model(dict(tiny_model_config, weights=str(tmp_path / "missing.pth")), num_classes=3)
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def _ramp_embedding(grid: tuple[int, int], dim: int = 3) -> torch.Tensor:
+    """1 x (gh*gw) x dim: channel 0 = row index, channel 1 = column index, channel 2 = a fixed
+    pseudo-random pattern (so the comparison is not only on linear ramps)."""
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    pattern = torch.sin(1.7 * rows + 0.9 * cols**2)
+    return torch.stack([rows, cols, pattern], dim=-1).float().reshape(1, gh * gw, dim)
+
+
+def _keys_cubic(x: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel (IEEE TASSP 1981), as PyTorch's bicubic uses it."""
+    x = abs(x)
+    if x <= 1:
+        return (a + 2) * x**3 - (a + 3) * x**2 + 1
+    if x < 2:
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    return 0.0
+
+
+def test_official_pos_embed_resize_is_plain_bicubic_with_the_dino_scale_factor():
+    from wsss.models.mct_vit import resize_patch_pos_embed
+
+    pos = _ramp_embedding((4, 4))
+    out = resize_patch_pos_embed(pos, (4, 4), (8, 6), mode="official")
+    # The official interpolate_pos_encoding, written out: scale (g + 0.1) / sqrt(N).
+    expected = F.interpolate(
+        pos.reshape(1, 4, 4, 3).permute(0, 3, 1, 2),
+        scale_factor=(8.1 / 4, 6.1 / 4),
+        mode="bicubic",
+        align_corners=False,
+    )
+    assert out.shape == (1, 48, 3)
+    assert torch.equal(out, expected.permute(0, 2, 3, 1).reshape(1, 48, 3))
+    # By hand, on the row ramp (value = row index): output row i samples source row
+    # s = (i + 0.5) * 4 / 8.1 - 0.5 (a size-based resize would use 4 / 8) and sums the four
+    # rows around it with Keys' cubic kernel, a = -0.75 (PyTorch's bicubic).
+    rows = out.reshape(8, 6, 3)[:, 0, 0]
+    for i in (3, 4):  # taps inside the 4-row grid: no border clamping
+        s = (i + 0.5) * 4 / 8.1 - 0.5
+        by_hand = sum(k * _keys_cubic(s - k) for k in range(math.floor(s) - 1, math.floor(s) + 3))
+        assert rows[i].item() == pytest.approx(by_hand, abs=1e-5)
+        size_based = (i + 0.5) * 4 / 8 - 0.5
+        other = sum(
+            k * _keys_cubic(size_based - k)
+            for k in range(math.floor(size_based) - 1, math.floor(size_based) + 3)
+        )
+        assert abs(rows[i].item() - other) > 1e-2
+    # Same grid: untouched. timm's antialiased resize is another result (its cubic uses
+    # a = -0.5 and a size-based grid), kept as the "timm" option.
+    assert resize_patch_pos_embed(pos, (4, 4), (4, 4)) is pos
+    timm_out = resize_patch_pos_embed(pos, (4, 4), (8, 6), mode="timm")
+    assert torch.equal(
+        timm_out, resample_abs_pos_embed(pos, new_size=[8, 6], old_size=[4, 4], num_prefix_tokens=0)
+    )
+    assert (timm_out - out).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="pos_embed_resize"):
+        resize_patch_pos_embed(pos, (4, 4), (8, 6), mode="nearest")
+    with pytest.raises(ValueError, match="do not fit a 5x5 grid"):
+        resize_patch_pos_embed(pos, (5, 5), (8, 6))
+
+
+@pytest.mark.parametrize("mode", ["official", "timm"])
+def test_model_resizes_patch_positions_only(tiny_model_config, mode):
+    from wsss.models.mct_vit import resize_patch_pos_embed
+
+    model = build_model(dict(tiny_model_config, pos_embed_resize=mode), num_classes=3).eval()
+    assert model.base_grid == (4, 4)
+    images = torch.randn(1, 3, 24, 48)  # a 3 x 6 grid
+    with torch.no_grad():
+        tokens, grid = model.embed(images)
+        patches = model.patch_embed(images).reshape(1, 18, -1)
+    expected = resize_patch_pos_embed(model.patch_pos_embed, (4, 4), (3, 6), mode)
+    assert grid == (3, 6)
+    assert torch.allclose(tokens[:, 3:], patches + expected, atol=1e-6)
+    # The class tokens' positions are never resized (as the official code).
+    assert torch.equal(tokens[:, :3], (model.class_tokens + model.class_pos_embed).detach())
+
+
+def test_patch_head_keeps_pytorch_default_conv_init(tiny_model_config):
+    torch.manual_seed(1)
+    model = build_model(tiny_model_config, num_classes=20)  # 20 x 32 x 3 x 3 = 5,760 weights
+    weight, bias = model.patch_head.weight.detach(), model.patch_head.bias.detach()
+    fan_in = 32 * 3 * 3
+    bound = 1 / math.sqrt(fan_in)  # kaiming-uniform, a = sqrt(5): gain sqrt(1/3) * sqrt(3 / fan_in)
+    assert weight.abs().max() <= bound and bias.abs().max() <= bound
+    # Uniform(-b, b) has std b / sqrt(3) = 0.0340 here; sampling error ~1.2% at 5,760 weights.
+    assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert bias.abs().max() > bound / 4  # a drawn bias, not zeros
+
+    named = build_model(dict(tiny_model_config, patch_head_init="trunc_normal"), num_classes=20)
+    assert named.patch_head.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.equal(named.patch_head.bias, torch.zeros(20))
+    with pytest.raises(ValueError, match="model.patch_head_init must be one of"):
+        build_model(dict(tiny_model_config, patch_head_init="xavier"), num_classes=2)
+    with pytest.raises(ValueError, match="model.pos_embed_resize must be one of"):
+        build_model(dict(tiny_model_config, pos_embed_resize="bilinear"), num_classes=2)
+
+
+def test_pretrained_positions_for_another_grid_are_resized_as_the_official_finetune(
+    tiny_model_config, tmp_path
+):
+    """224 px weights at 448 px, shrunk: weights for a 4x4 grid loaded at img_size 64 (8x8)."""
+    import timm
+
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=32, **tiny_model_config["overrides"]
+    )
+    path = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), path)
+    patch_pos = reference.pos_embed.detach()[:, 1:]
+    config = dict(tiny_model_config, img_size=64, weights=str(path))
+
+    official = build_model(config, num_classes=2)
+    # The official --finetune code: plain bicubic to the target size, align_corners False.
+    expected = F.interpolate(
+        patch_pos.reshape(1, 4, 4, -1).permute(0, 3, 1, 2),
+        size=(8, 8),
+        mode="bicubic",
+        align_corners=False,
+    )
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 64, -1)
+    assert official.base_grid == (8, 8)
+    assert torch.allclose(official.patch_pos_embed, expected, atol=1e-6)
+    assert torch.equal(official.class_pos_embed[0, 1], reference.pos_embed[0, 0])
+    assert torch.equal(official.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+
+    timm_model = build_model(dict(config, pos_embed_resize="timm"), num_classes=2)
+    antialiased = resample_abs_pos_embed(patch_pos, new_size=[8, 8], num_prefix_tokens=0)
+    assert torch.allclose(timm_model.patch_pos_embed, antialiased, atol=1e-6)
+    assert (antialiased - expected).abs().max() > 1e-3

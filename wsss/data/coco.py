@@ -40,6 +40,18 @@ tool, as ToCo's README says):
 - **Empty images.** Images with no foreground pixel are left out of the split
   lists (``keep_empty: false``, as the ClusterCAM lists, which hold the images
   with at least one object: 82,081 of 82,783 train and 40,137 of 40,504 val).
+- **Malformed segmentations.** A polygon with fewer than 6 coordinates (under
+  3 points) or an odd number of them, an empty polygon list and a ``null``
+  segmentation contribute no pixels; the other polygons of the same
+  annotation are kept (the filter of Detectron2's COCO loader; pycocotools
+  would crash on them, or read a 4-number polygon as a box). Each is logged
+  with its annotation and image ids and counted per split in the manifest
+  (``invalid_segmentations``, ``invalid_polygons``,
+  ``annotations_without_pixels``). An image left without foreground by them
+  follows the empty-image rule. Any other segmentation pycocotools cannot
+  rasterise (a malformed RLE, a mask of another size) stops the conversion
+  with an error naming the annotation id and the image file; once the file is
+  fixed, a rerun resumes from the masks already written.
 
 Annotation files and image folders are given per split, never guessed from
 names: the shared sample uses 2017 names and a swapped folder pairing.
@@ -73,6 +85,11 @@ MASK_DIR = "SegmentationClass"
 MANIFEST = "dataset.json"
 IN_PROGRESS = ".conversion-in-progress.json"  # settings of an unfinished conversion (resume)
 OVERLAP_RULE = "smaller annotated area wins; equal areas: lower annotation id wins"
+MIN_POLYGON_COORDS = 6  # 3 points: the smallest polygon that encloses an area
+INVALID_SEGMENTATION_RULE = (
+    "polygons with fewer than 6 coordinates or an odd number of them, empty polygon lists "
+    "and null segmentations contribute no pixels; the annotation's other polygons are kept"
+)
 
 
 # --------------------------------------------------------------------------- settings
@@ -264,6 +281,105 @@ def semantic_mask(
     return mask
 
 
+def usable_segmentation(annotation: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """The part of an annotation's ``segmentation`` to rasterise, and what was dropped.
+
+    Returns ``(segmentation, problems)``. ``segmentation`` is None when nothing is
+    left to rasterise: a missing or ``null`` segmentation, an empty polygon list,
+    or a list whose polygons are all invalid. A polygon (a list of x, y
+    coordinates) is invalid with fewer than ``MIN_POLYGON_COORDS`` (6) coordinates
+    or an odd number of them; the valid polygons of the same list are kept. An
+    RLE mask (a dict), or anything else, is passed on unchanged: what cannot be
+    rasterised fails in :func:`rasterise_segmentation`. ``problems``: one phrase
+    per dropped part (empty when nothing was dropped).
+    """
+    segmentation = annotation.get("segmentation")
+    if segmentation is None:
+        return None, ["null segmentation"]
+    if not isinstance(segmentation, list):
+        return segmentation, []
+    if not segmentation:
+        return None, ["empty segmentation list"]
+    kept, problems = [], []
+    for index, polygon in enumerate(segmentation):
+        if isinstance(polygon, list | tuple) and (
+            len(polygon) < MIN_POLYGON_COORDS or len(polygon) % 2
+        ):
+            problems.append(f"polygon {index} has {len(polygon)} coordinates")
+        else:
+            kept.append(polygon)
+    return (kept or None), problems
+
+
+def rasterise_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """An HxW uint8 0/1 mask from polygons (list of coordinate lists) or an RLE dict.
+
+    The arithmetic is pycocotools' (``annToRLE`` then ``decode``); the input is
+    expected to have passed :func:`usable_segmentation`. Raises ValueError for a
+    segmentation that is neither, an uncompressed RLE whose counts do not add up
+    to its size, or a mask whose size is not ``height`` x ``width``; pycocotools'
+    own errors on malformed input pass through (the caller names the annotation).
+    """
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, Mapping) and {"counts", "size"} <= set(segmentation):
+        counts, size = segmentation["counts"], segmentation["size"]
+        if isinstance(counts, list):
+            # pycocotools decodes counts that overrun the mask without complaint
+            if len(size) != 2 or sum(counts) != int(size[0]) * int(size[1]):
+                raise ValueError(
+                    f"uncompressed RLE counts add up to {sum(counts)}, not to its size {size}"
+                )
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = dict(segmentation)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode("ascii")
+    else:
+        raise ValueError(
+            "segmentation is neither a list of polygons nor an RLE dict with counts and size "
+            f"(got {type(segmentation).__name__})"
+        )
+    mask = mask_utils.decode(rle)
+    if mask.shape != (height, width):
+        raise ValueError(f"the mask is {mask.shape[0]}x{mask.shape[1]}, the image {height}x{width}")
+    return mask
+
+
+def invalid_segmentations(coco: Any, annotations_file: Path | str) -> dict[str, int]:
+    """Count and log the annotations :func:`usable_segmentation` trims, for the manifest.
+
+    Returns ``{"invalid_segmentations": annotations with a dropped part,
+    "invalid_polygons": polygons dropped, "annotations_without_pixels": annotations
+    left with nothing to rasterise}``; logs one warning per such annotation with
+    its annotation id and image id.
+    """
+    affected = polygons = without_pixels = 0
+    for ann_id in sorted(coco.anns):
+        annotation = coco.anns[ann_id]
+        segmentation, problems = usable_segmentation(annotation)
+        if not problems:
+            continue
+        affected += 1
+        polygons += sum(p.startswith("polygon") for p in problems)
+        without_pixels += segmentation is None
+        log.warning(
+            "%s: annotation %s (image id %s): %s; %s",
+            annotations_file,
+            ann_id,
+            annotation.get("image_id"),
+            ", ".join(problems),
+            "it contributes no pixels" if segmentation is None else "its other polygons are kept",
+        )
+    return {
+        "invalid_segmentations": affected,
+        "invalid_polygons": polygons,
+        "annotations_without_pixels": without_pixels,
+    }
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -380,6 +496,9 @@ def convert_coco(
     with progress_bar(total=total, desc=f"COCO -> {root}", unit="img", disable=not progress) as bar:
         for split in conversion.splits:
             coco = cocos[split.name]
+            # Counted from the annotations, not while rasterising, so that a resumed
+            # run (which reads the masks already written) reports the same numbers.
+            invalid = invalid_segmentations(coco, split.annotations)
             ids, skipped = [], 0
             images_per_class = np.zeros(num_classes + 1, dtype=np.int64)
             pixels_per_class = np.zeros(256, dtype=np.int64)
@@ -421,6 +540,7 @@ def convert_coco(
                 "skipped_empty": skipped,
                 "annotations": len(coco.anns),
                 "crowd_annotations": sum(1 for a in coco.anns.values() if a.get("iscrowd", 0)),
+                **invalid,
                 "images_per_class": images_per_class[1:].tolist(),
                 "pixels_per_class": pixels_per_class[1 : num_classes + 1].tolist(),
                 "background_pixels": int(pixels_per_class[0]),
@@ -451,6 +571,7 @@ def convert_coco(
         ],
         "settings": settings,
         "overlap_rule": OVERLAP_RULE,
+        "invalid_segmentation_rule": INVALID_SEGMENTATION_RULE,
         "ignore_index": IGNORE_INDEX,
         "splits": stats,
     }
@@ -506,8 +627,21 @@ def _image_mask(
     unknown = {a["category_id"] for a in annotations} - set(class_index)
     if unknown:
         raise ValueError(f"image id {info['id']}: annotations use unknown category ids {unknown}")
-    instance_masks = [coco.annToMask(a) for a in annotations]
-    return semantic_mask(annotations, instance_masks, height, width, class_index, crowd)
+    kept, instance_masks = [], []
+    for annotation in annotations:
+        segmentation, _ = usable_segmentation(annotation)  # counted and logged per split
+        if segmentation is None:
+            continue
+        try:
+            instance_masks.append(rasterise_segmentation(segmentation, height, width))
+        except Exception as err:  # pycocotools raises bare Exception, TypeError, IndexError, ...
+            raise ValueError(
+                f"annotation {annotation.get('id')} (image id {info['id']}, {source}): cannot "
+                f"rasterise its segmentation: {type(err).__name__}: {err}. Fix or remove it in "
+                "the annotation file and rerun: the conversion resumes from the masks written"
+            ) from err
+        kept.append(annotation)
+    return semantic_mask(kept, instance_masks, height, width, class_index, crowd)
 
 
 # --------------------------------------------------------------------------- reading

@@ -296,8 +296,9 @@ class ClusterCAMViT(MultiClassTokenViT):
         cam_kernel: int = 3,
         decoder_channels: int = 512,
         decoder_dilation: int = 5,
+        pos_embed_resize: str = "official",
     ) -> None:
-        super().__init__(backbone, num_classes)
+        super().__init__(backbone, num_classes, pos_embed_resize=pos_embed_resize)
         if cam_kernel not in (1, 3):
             raise ValueError(
                 f"method_params.clustercam.cam_kernel must be 1 or 3, got {cam_kernel}"
@@ -513,6 +514,7 @@ class ClusterCAM(TrainingMethod):
             cam_kernel=p["cam_kernel"],
             decoder_channels=p["decoder_channels"],
             decoder_dilation=p["decoder_dilation"],
+            pos_embed_resize=config.pos_embed_resize,
         )
 
     def on_train_start(self, model: MultiClassTokenViT, data: Any, device: torch.device) -> None:

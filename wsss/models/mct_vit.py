@@ -12,7 +12,16 @@ Following the official MCTformer code (methods.md section 2):
 - the final LayerNorm is not applied; class score = channel mean of the class
   token's output;
 - PatchCAM (V2): a 3x3 conv (D -> C, with bias) on the patch-token map, scored
-  by global average pooling.
+  by global average pooling, with PyTorch's default conv initialisation (the
+  official ``_init_weights`` touches only Linear and LayerNorm layers);
+- patch position embeddings are resized to a new grid with plain bicubic
+  interpolation at ``scale_factor = (g + 0.1) / sqrt(N)`` (the DINO-style
+  ``interpolate_pos_encoding`` of MCTformer, AReAM and ClusterCAM), and a
+  pretrained checkpoint is resized to the training grid with plain bicubic at
+  the target size (their ``--finetune`` loading).
+
+timm's antialiased resize and a trunc-normal head remain as named options
+(``model.pos_embed_resize: timm``, ``model.patch_head_init: trunc_normal``).
 """
 
 from __future__ import annotations
@@ -20,16 +29,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models import load_pretrained
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from wsss.models.pretrained import timm_weights
+
+# How patch position embeddings are resized to another grid (``model.pos_embed_resize``):
+# "official": plain bicubic as the official MCTformer/AReAM/ClusterCAM code; "timm":
+# timm's antialiased bicubic to the target size (``resample_abs_pos_embed``).
+POS_EMBED_RESIZES: tuple[str, ...] = ("official", "timm")
+# PatchCAM head initialisation (``model.patch_head_init``): "default": PyTorch's
+# Conv2d init, as the official MCTformer-V2 and AReAM; "trunc_normal": weights
+# trunc-normal(std 0.02), zero bias (timm's ViT init for linear layers).
+PATCH_HEAD_INITS: tuple[str, ...] = ("default", "trunc_normal")
 
 
 @dataclass
@@ -42,6 +62,20 @@ class ModelConfig:
     weights: str | None = None  # local .pth/.safetensors for offline clusters
     drop_path_rate: float = 0.1
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. depth/embed_dim for tiny models
+    pos_embed_resize: str = "official"  # one of POS_EMBED_RESIZES
+    patch_head_init: str = "default"  # one of PATCH_HEAD_INITS
+
+    def __post_init__(self) -> None:
+        if self.pos_embed_resize not in POS_EMBED_RESIZES:
+            raise ValueError(
+                f"model.pos_embed_resize must be one of {', '.join(POS_EMBED_RESIZES)}; "
+                f"got {self.pos_embed_resize!r}"
+            )
+        if self.patch_head_init not in PATCH_HEAD_INITS:
+            raise ValueError(
+                f"model.patch_head_init must be one of {', '.join(PATCH_HEAD_INITS)}; "
+                f"got {self.patch_head_init!r}"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -141,8 +175,13 @@ def create_backbone(config: ModelConfig) -> VisionTransformer:
     )
     pretrained, extra = timm_weights(config.pretrained, config.weights, "model", name)
     kwargs.update(extra)
+    # "official": the weights are loaded after creation, so that a checkpoint made for
+    # another grid (224 px weights at img_size 448) is resized as the official --finetune
+    # code does it: plain bicubic to the target size (align_corners False, no antialias).
+    # timm's own loading resizes with antialiased bicubic.
+    load_after = pretrained and config.pos_embed_resize == "official"
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained and not load_after, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.backbone: {name!r} is not a timm ViT/DeiT ({err})") from err
     if not isinstance(model, VisionTransformer):
@@ -152,14 +191,89 @@ def create_backbone(config: ModelConfig) -> VisionTransformer:
             f"model.backbone: {name!r} has {model.num_prefix_tokens} prefix tokens; "
             "a multi-class-token model needs a ViT with exactly one CLS token"
         )
+    if load_after:
+        # timm's ViT/DeiT checkpoint filter with antialiasing off; adapt_layer_scale
+        # renames DeiT-3 ``gamma_`` keys and leaves other checkpoints as they are.
+        load_pretrained(
+            model,
+            num_classes=0,
+            in_chans=model.patch_embed.proj.in_channels,
+            filter_fn=partial(checkpoint_filter_fn, adapt_layer_scale=True, antialias=False),
+        )
     return model
+
+
+def resize_patch_pos_embed(
+    pos_embed: torch.Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    mode: str = "official",
+) -> torch.Tensor:
+    """Resize patch position embeddings from one patch grid to another.
+
+    ``pos_embed``: 1 x (gh*gw) x D, row-major over the ``old_grid`` (gh, gw), no
+    class-token entries (those are never resized). Returns 1 x (h*w) x D for
+    ``new_grid`` (h, w), in ``pos_embed``'s dtype; the same tensor when the grids match.
+
+    - ``"official"``: ``F.interpolate(..., scale_factor=((h + 0.1) / gh, (w + 0.1) / gw),
+      mode="bicubic")`` with align_corners False, as ``interpolate_pos_encoding`` in the
+      official MCTformer, AReAM and ClusterCAM code (from DINO; the 0.1 keeps the output
+      size at h x w despite float rounding). PyTorch samples the source at
+      ``(i + 0.5) / scale - 0.5``, so the grid is stretched by (h + 0.1) / gh, not h / gh.
+    - ``"timm"``: timm's ``resample_abs_pos_embed`` (antialiased bicubic to size (h, w);
+      its kernel uses a = -0.5 where plain bicubic uses a = -0.75).
+
+    Raises ValueError for an unknown ``mode`` or a ``pos_embed`` that does not hold
+    gh*gw entries.
+    """
+    if mode not in POS_EMBED_RESIZES:
+        raise ValueError(f"pos_embed_resize must be one of {POS_EMBED_RESIZES}; got {mode!r}")
+    gh, gw = old_grid
+    h, w = new_grid
+    if pos_embed.ndim != 3 or pos_embed.shape[:2] != (1, gh * gw):
+        raise ValueError(
+            f"patch position embeddings of shape {tuple(pos_embed.shape)} do not fit a "
+            f"{gh}x{gw} grid (expected 1 x {gh * gw} x D)"
+        )
+    if (h, w) == (gh, gw):
+        return pos_embed
+    if mode == "timm":
+        return resample_abs_pos_embed(
+            pos_embed, new_size=[h, w], old_size=[gh, gw], num_prefix_tokens=0
+        )
+    dim = pos_embed.shape[-1]
+    grid = pos_embed.float().reshape(1, gh, gw, dim).permute(0, 3, 1, 2)
+    resized = F.interpolate(
+        grid, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic", align_corners=False
+    )
+    if tuple(resized.shape[-2:]) != (h, w):  # the official code asserts the same
+        raise ValueError(f"position-embedding resize gave {tuple(resized.shape[-2:])}, not {h}x{w}")
+    return resized.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos_embed.dtype)
 
 
 class MultiClassTokenViT(nn.Module):
     """MCTformer-V2 on a timm ViT: C class tokens + patch tokens + PatchCAM head."""
 
-    def __init__(self, backbone: VisionTransformer, num_classes: int) -> None:
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_classes: int,
+        pos_embed_resize: str = "official",
+        patch_head_init: str = "default",
+    ) -> None:
+        """``pos_embed_resize``: one of :data:`POS_EMBED_RESIZES` (see
+        :func:`resize_patch_pos_embed`); ``patch_head_init``: one of
+        :data:`PATCH_HEAD_INITS`. Raises ValueError for any other value."""
         super().__init__()
+        if pos_embed_resize not in POS_EMBED_RESIZES:
+            raise ValueError(
+                f"pos_embed_resize must be one of {POS_EMBED_RESIZES}; got {pos_embed_resize!r}"
+            )
+        if patch_head_init not in PATCH_HEAD_INITS:
+            raise ValueError(
+                f"patch_head_init must be one of {PATCH_HEAD_INITS}; got {patch_head_init!r}"
+            )
+        self.pos_embed_resize = pos_embed_resize
         self.num_classes = num_classes
         self.embed_dim = backbone.embed_dim
         self.patch_embed = backbone.patch_embed
@@ -173,9 +287,12 @@ class MultiClassTokenViT(nn.Module):
         self.class_pos_embed = nn.Parameter(cls_pos.repeat(1, num_classes, 1))
         self.patch_pos_embed = nn.Parameter(backbone.pos_embed.detach()[:, 1:].clone())
         self.base_grid = tuple(self.patch_embed.grid_size)
+        # "default": PyTorch's Conv2d init (kaiming-uniform a = sqrt(5): weights and bias
+        # uniform in +-1/sqrt(fan_in)), which the official head keeps.
         self.patch_head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, padding=1)
-        nn.init.trunc_normal_(self.patch_head.weight, std=0.02)
-        nn.init.zeros_(self.patch_head.bias)
+        if patch_head_init == "trunc_normal":
+            nn.init.trunc_normal_(self.patch_head.weight, std=0.02)
+            nn.init.zeros_(self.patch_head.bias)
         self.block_hooks: list[BlockHook] = []
 
     @property
@@ -183,13 +300,8 @@ class MultiClassTokenViT(nn.Module):
         return len(self.blocks)
 
     def _patch_positions(self, grid: tuple[int, int]) -> torch.Tensor:
-        if grid == self.base_grid:
-            return self.patch_pos_embed
-        return resample_abs_pos_embed(
-            self.patch_pos_embed,
-            new_size=list(grid),
-            old_size=list(self.base_grid),
-            num_prefix_tokens=0,
+        return resize_patch_pos_embed(
+            self.patch_pos_embed, self.base_grid, grid, self.pos_embed_resize
         )
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -263,7 +375,12 @@ def build_model(config: ModelConfig | dict[str, Any], num_classes: int) -> Multi
         config = ModelConfig.from_dict(config)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MultiClassTokenViT(create_backbone(config), num_classes)
+    return MultiClassTokenViT(
+        create_backbone(config),
+        num_classes,
+        pos_embed_resize=config.pos_embed_resize,
+        patch_head_init=config.patch_head_init,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
