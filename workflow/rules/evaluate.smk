@@ -9,7 +9,8 @@ rule evaluate_cams:
             {
                 "dataset": wsss_config.dataset_config(config, wc.dataset),
                 "evaluate": config["evaluate"],
-                "meta": run_meta(wc),
+                # the table compares each row with this variant (params methods.<v>.baseline)
+                "meta": {**run_meta(wc), "baseline": config["methods"][wc.method].get("baseline")},
             }
         ),
     threads: rule_resources("evaluate_cams")["threads"]
