@@ -56,19 +56,18 @@ class Interval:
 
 
 def _resample_weights(indices: np.ndarray, n: int) -> np.ndarray:
-    """How often each of n images is drawn: (..., n) indices -> (..., n) float64 counts."""
+    """How often each of n images is drawn: (..., n) indices -> (..., n) int64 counts."""
     indices = np.asarray(indices, np.intp)
     flat = indices.reshape(-1, n)
     offsets = (np.arange(flat.shape[0]) * n)[:, None]
     weights = np.bincount((flat + offsets).ravel(), minlength=flat.size)
-    return weights.reshape(indices.shape).astype(np.float64)
+    return weights.reshape(indices.shape).astype(np.int64)
 
 
 def _miou(weights: np.ndarray, counts: PerImageCounts) -> np.ndarray:
-    # Integer counts below 2**53 stay exact in float64 matrix products.
-    inter = weights @ counts.intersection.astype(np.float64)
-    union = weights @ counts.union.astype(np.float64)
-    return miou_from_sums(inter, union)
+    # Integer matrix products: exact, and numpy runs them without BLAS, whose thread
+    # pool spin-waits when the pipeline's other jobs hold the cores (10x slower here).
+    return miou_from_sums(weights @ counts.intersection, weights @ counts.union)
 
 
 def _check_strata(strata: Sequence[PerImageCounts], what: str) -> None:
