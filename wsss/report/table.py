@@ -325,8 +325,9 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "the same images and seeds, with the interval of that paired difference; **better** "
         "or **worse** only where the interval excludes 0. Baselines (params.yaml "
         f"`methods.<variant>.baseline`): {_baseline_names(summary)}. The intervals hold each "
-        "run's threshold fixed and cover image sampling given these seeds; the seed spread "
-        "is the std.",
+        "run's threshold fixed and cover image sampling given these seeds and trained "
+        "models; the seed spread is the std. Neither covers training noise from the "
+        "platform (CPU kernels, thread count; README), which can move a run by points.",
         "",
         "Best threshold: (edge n/N) marks a row whose best background threshold is the "
         "first or last value of the sweep (`evaluate.thresholds`) in n of its N seeds: the "
