@@ -24,7 +24,6 @@ Each section runs in a fresh process so its peak resident memory is its own.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import resource
 import tempfile
@@ -545,8 +544,8 @@ def aream_decomposition(train_specs: dict[str, dict]) -> dict[str, dict]:
 
 def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
-    from wsss.models import build_model
     from wsss.methods import TRAINING_METHODS
+    from wsss.models import build_model
 
     grid = params["grid"]
     dataset = grid["datasets"][0]

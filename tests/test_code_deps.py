@@ -39,10 +39,11 @@ GRID = {
             "clustercam",
         ]
     },
+    "methods": {"clustercam": {"cam": {"class_layers": 2}}},
     # the smoke model has 2 blocks: block 0 refines, block 1 gets AReAM's loss
     "method_params": {
         "aream": {"layer_index": 1, "cls_epochs": 1},
-        "clustercam": {"seg_start_epoch": 1, "cluster_cell": 1},
+        "clustercam": {"seg_start_epoch": 1, "cluster_cell": 1, "pseudo_class_layers": 2},
     },
 }
 

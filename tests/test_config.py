@@ -257,3 +257,10 @@ def test_entropy_baseline_is_a_method_param(params):
     assert upstream_inputs(params, "aream_entropy") == [
         ("entropy_weights", "entropy_weights", "mctformer_v2")  # same recipe: the run is shared
     ]
+
+
+@pytest.mark.parametrize("baseline", ["aream", "no_such_variant"])
+def test_a_baseline_names_another_defined_variant(params, baseline):
+    params["methods"]["aream"]["baseline"] = baseline
+    with pytest.raises(ParamsError, match=rf"methods.aream.baseline: '{baseline}' must name"):
+        validate_params(params)

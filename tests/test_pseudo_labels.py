@@ -23,6 +23,7 @@ from wsss.stages.pseudo_labels import (
     fuse_labels,
     make_pseudo_labels,
     resolve_threshold,
+    threshold_edge_flag,
     threshold_labels,
 )
 
@@ -116,6 +117,17 @@ def test_best_threshold_comes_from_cam_metrics(tmp_path):
         resolve_threshold(settings, None)
 
 
+def test_edge_flag_comes_from_cam_metrics(tmp_path):
+    best = PseudoLabelSettings.from_dict({"bg_threshold": "best"})
+    path = tmp_path / "cam_metrics.json"
+    path.write_text(json.dumps({"cam": {"threshold": 0.79, "threshold_at_edge": True}}))
+    assert threshold_edge_flag(best, path) is True
+    assert threshold_edge_flag(PseudoLabelSettings.from_dict({"bg_threshold": 0.1}), None) is None
+    path.write_text(json.dumps({"cam": {"threshold": 0.79}}))
+    with pytest.raises(ValueError, match="no cam.threshold_at_edge"):
+        threshold_edge_flag(best, path)
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -145,7 +157,7 @@ def test_perfect_cams_give_perfect_pseudo_labels_written_atomically(dataset_conf
     out.mkdir()
     (out / "stale.png").write_bytes(b"old run")
     metrics = tmp_path / "cam_metrics.json"
-    metrics.write_text(json.dumps({"cam": {"threshold": 0.5}}))
+    metrics.write_text(json.dumps({"cam": {"threshold": 0.5, "threshold_at_edge": False}}))
     config = {"dataset": dataset_config, "pseudo_labels": {"bg_threshold": "best"}}
     result = make_pseudo_labels(config, cams, out, metrics, progress=False)
 
@@ -192,6 +204,7 @@ def test_pseudo_label_miou_equals_cam_miou_at_that_threshold(dataset_config, tmp
         progress=False,
     )
     assert result["threshold"] == cam["threshold"]
+    assert result["threshold_at_edge"] is cam["threshold_at_edge"] is False
     assert result["miou"] == pytest.approx(cam["miou"], abs=1e-12)
     assert 0.0 < result["miou"] < 1.0
 

@@ -17,18 +17,33 @@ def _write(path, obj):
     return path
 
 
-def _meta(method, seed, label=None):
-    return {"dataset": "synthetic", "method": method, "seed": seed, "label": label or method}
+def _meta(method, seed):
+    return {"dataset": "synthetic", "method": method, "seed": seed}
 
 
-def _cam(tmp_path, method, seed, miou):
+def _per_image(miou, images=4):
+    """One label, images of IoU miou - 0.1 and miou + 0.1 (unions of 1000): mIoU = miou."""
+    low, high = round(miou * 1000) - 100, round(miou * 1000) + 100
+    return {
+        "threshold": 0.2,
+        "num_labels": 1,
+        "images": {
+            f"img{i}": {"labels": [0], "intersection": [low if i % 2 else high], "union": [1000]}
+            for i in range(images)
+        },
+    }
+
+
+def _cam(tmp_path, method, seed, miou, threshold=0.2, at_edge=False):
     return _write(
         tmp_path / method / f"seed{seed}" / "cam_metrics.json",
         {
             "meta": _meta(method, seed),
             "cam": {
                 "miou": miou,
-                "threshold": 0.2,
+                "threshold": threshold,
+                "threshold_at_edge": at_edge,
+                "per_image": _per_image(miou),
                 "precision": 0.5,
                 "recall": 0.4,
                 "reference": {"all_background": 0.124, "uniform_gt_classes": 0.06},
@@ -47,13 +62,17 @@ def _stage(tmp_path, name, key, method, seed, miou, split):
     )
 
 
+RUN_BASELINES = {"a": "clustercam"}  # what the table rule passes from methods.<v>.baseline
+
+
 @pytest.fixture
 def runs(tmp_path):
     methods = {"a": (0.30, 0.32), "clustercam": (0.20, 0.24)}
-    files = {"cam": [], "decoder": [], "pseudo": [], "seg": []}
+    files = {"cam": [], "decoder": [], "pseudo": [], "seg": []}  # baselines: RUN_BASELINES
     for method, (cam0, cam1) in methods.items():
         for seed, cam in ((0, cam0), (1, cam1)):
-            files["cam"].append(_cam(tmp_path, method, seed, cam))
+            at_edge = method == "clustercam" and seed == 1
+            files["cam"].append(_cam(tmp_path, method, seed, cam, at_edge=at_edge))
             files["pseudo"].append(
                 _stage(
                     tmp_path, "pseudo_label_metrics", "pseudo_labels", method, seed, cam, "train"
@@ -76,6 +95,7 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     summary = write_report(
         runs["cam"],
         out,
+        baselines=RUN_BASELINES,
         method_order=["clustercam", "a"],
         decoder_files=runs["decoder"],
         pseudo_label_files=runs["pseudo"],
@@ -96,11 +116,11 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     assert "decoder mIoU" in header  # ClusterCAM keeps its decoder column
     row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[6] == "" and cells[7] == "31.0 ± 1.4" and cells[8] == "38.5 ± 4.9"
+    assert cells[8] == "" and cells[9] == "31.0 ± 1.4" and cells[10] == "38.5 ± 4.9"
     cluster = next(
         line for line in table.splitlines() if line.startswith("| synthetic | clustercam |")
     )
-    assert [c.strip() for c in cluster.split("|")[1:-1]][6] == "11.0 ± 1.4"
+    assert [c.strip() for c in cluster.split("|")[1:-1]][8] == "11.0 ± 1.4"
     per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
     assert per_run.split("|")[-3].strip() == "32.0" and per_run.split("|")[-2].strip() == "42.0"
 
@@ -128,7 +148,7 @@ def test_stage2_columns_are_empty_without_their_files(runs, tmp_path):
     table = (out / "table.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[7] == "" and cells[8] == ""
+    assert cells[9] == "" and cells[10] == ""
     metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
     assert "seg_miou" not in metrics["a"] and "pseudo_label_miou" not in metrics["a"]
 
@@ -161,3 +181,88 @@ def test_paper_columns_only_for_real_benchmarks(runs, tmp_path):
     with open(voc / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert float(rows["clustercam"]["paper_seg_miou_val"]) == pytest.approx(0.703)
+
+
+def _row(table: str, start: str) -> list[str]:
+    line = next(line for line in table.splitlines() if line.startswith(start))
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def test_intervals_paired_difference_and_edge_marks(runs, tmp_path):
+    out = tmp_path / "results"
+    summary = write_report(
+        runs["cam"], out, method_order=["clustercam", "a"], baselines=RUN_BASELINES
+    ).set_index("method")
+    a = summary.loc["a"]
+    # Every image of "a" has IoU 0.1 above the same image of its baseline, with equal unions:
+    # every resample's paired difference is exactly mean(0.30 - 0.20, 0.32 - 0.24) = 0.09.
+    assert (a["diff_vs_baseline"], a["diff_ci_low"], a["diff_ci_high"]) == pytest.approx(
+        (0.09, 0.09, 0.09)
+    )
+    assert a["vs_baseline"] == "better" and a["baseline"] == "clustercam"
+    # The interval of "a" itself: resamples range from all-low to all-high images,
+    # (0.20 + 0.22) / 2 .. (0.40 + 0.42) / 2.
+    assert 0.21 <= a["cam_miou_ci_low"] < 0.31 < a["cam_miou_ci_high"] <= 0.41
+    assert summary.loc["clustercam", "vs_baseline"] == "baseline"
+    assert math.isnan(summary.loc["clustercam", "diff_vs_baseline"])
+    assert list(summary["edge_runs"]) == [1, 0]
+
+    table = (out / "table.md").read_text()
+    row = _row(table, "| synthetic | a |")
+    assert row[3] == f"[{a['cam_miou_ci_low'] * 100:.1f}, {a['cam_miou_ci_high'] * 100:.1f}]"
+    assert row[4] == "+9.0 [+9.0, +9.0] **better**"
+    assert row[5] == "0.20 ± 0.00"
+    cluster = _row(table, "| synthetic | clustercam |")
+    assert cluster[4] == "baseline" and cluster[5] == "0.20 ± 0.00 (edge 1/2)"
+    assert _row(table, "| synthetic | clustercam | 1 |")[4] == "0.20 (edge)"
+    assert _row(table, "| synthetic | clustercam | 0 |")[4] == "0.20"
+    assert "clustercam for every row that has one" in table
+
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
+    assert metrics["a"]["vs_baseline"]["verdict"] == "better"
+    assert metrics["a"]["vs_baseline"]["ci"] == pytest.approx([0.09, 0.09])
+    assert metrics["clustercam"]["threshold_at_edge_runs"] == 1
+    with open(out / "table.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(rows["a"]["diff_ci_low"]) == pytest.approx(0.09)
+
+
+def test_no_difference_and_missing_baseline(tmp_path):
+    files = []
+    for seed in (0, 1):
+        files.append(_cam(tmp_path, "base", seed, 0.30))
+        files.append(_cam(tmp_path, "same", seed, 0.30))
+        files.append(_cam(tmp_path, "orphan", seed, 0.25))
+    baselines = {"same": "base", "orphan": "not_run"}
+    summary = write_report(files, tmp_path / "out", baselines=baselines).set_index("method")
+    assert summary.loc["same", "vs_baseline"] == "no difference"
+    assert summary.loc["orphan", "vs_baseline"] == "baseline not in grid"
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert _row(table, "| synthetic | same |")[4] == "+0.0 [+0.0, +0.0]"  # not marked
+    assert _row(table, "| synthetic | orphan |")[4] == "baseline not in grid"
+
+
+def test_inconsistent_or_old_metrics_are_refused(tmp_path):
+    old = _cam(tmp_path, "old", 0, 0.3)
+    run = json.loads(old.read_text())
+    del run["cam"]["per_image"]
+    old.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=r"old/seed0/cam_metrics.json: no cam.per_image"):
+        write_report([old], tmp_path / "out")
+
+    wrong = _cam(tmp_path, "wrong", 0, 0.3)
+    run = json.loads(wrong.read_text())
+    run["cam"]["miou"] = 0.35
+    wrong.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="inconsistent"):
+        write_report([wrong], tmp_path / "out")
+
+    files = [
+        _cam(tmp_path, "b", 0, 0.3),
+        _cam(tmp_path, "b", 1, 0.3),
+        _cam(tmp_path, "c", 0, 0.3),
+    ]
+    with pytest.raises(ValueError, match="needs the same seeds"):
+        write_report(files, tmp_path / "out", baselines={"c": "b"})
+    with pytest.raises(ValueError, match="names itself"):
+        write_report([_cam(tmp_path, "d", 0, 0.3)], tmp_path / "out", baselines={"d": "d"})

@@ -113,6 +113,12 @@ def _check_names(params: dict[str, Any], source: str) -> None:
                 f"{', '.join(sorted(params['methods']))})"
             )
     for variant, spec in params["methods"].items():
+        baseline = spec.get("baseline")
+        if baseline is not None and (baseline == variant or baseline not in params["methods"]):
+            problems.append(
+                f"methods.{variant}.baseline: {baseline!r} must name another variant under "
+                f"methods (defined: {', '.join(sorted(params['methods']))})"
+            )
         if spec["train"] not in TRAINING_METHODS:
             problems.append(
                 f"methods.{variant}.train: unknown training method {spec['train']!r} "

@@ -106,3 +106,100 @@ def progress(iterable=None, **kwargs):
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 10.0)
     return tqdm(iterable, **kwargs)
+
+
+# CPU flags that decide which SIMD kernels oneDNN, MKL, OpenBLAS and ATen run: float
+# reductions are summed in a different order (and round differently) per kernel.
+KERNEL_ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "sve",
+)
+
+
+def _cpuinfo() -> tuple[str | None, list[str]]:
+    """CPU model name and flags from /proc/cpuinfo (Linux); (None, []) where it is absent."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, []
+    model, flags = None, []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if model is None and key in ("model name", "Model", "cpu model"):
+            model = value.strip()
+        elif not flags and key in ("flags", "Features"):
+            flags = value.split()
+        if model is not None and flags:
+            break
+    return model, flags
+
+
+def _version(package: str) -> str | None:
+    """Installed version of a distribution without importing it (torch alone takes ~4 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def platform_info(device: str | None = None) -> dict[str, Any]:
+    """Where a run's numbers were computed: CPU, the ISA features that select kernels,
+    library versions, device and threads (a JSON-ready dict for the metrics files).
+
+    Float results of training and CAM extraction depend on these: the same seed and
+    params give bitwise-equal outputs only on the same platform. Keys:
+
+    - ``cpu``: the model name (/proc/cpuinfo, else ``platform.processor()``);
+      ``machine``: the architecture; ``os``: ``platform.platform()``;
+    - ``isa``: the flags of :data:`KERNEL_ISA_FLAGS` that the CPU reports;
+    - ``torch_cpu_capability``: ``torch.backends.cpu.get_cpu_capability()`` (the ATen
+      kernel set, e.g. ``AVX512``), ``torch_threads``: ``torch.get_num_threads()``;
+      both ``None`` in a job that never imported torch (evaluation runs on numpy; importing
+      torch only to report them would cost seconds a job);
+    - ``thread_env``: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` as the job saw them;
+      ``cpus_available``: the CPUs this process may run on;
+    - ``versions``: python, numpy, torch, timm (installed distributions; ``None`` if absent);
+    - ``device``: the device string given by the caller (e.g. ``cpu``, ``cuda:0``).
+    """
+    import platform
+
+    model, flags = _cpuinfo()
+    torch = sys.modules.get("torch")
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count()
+    return {
+        "cpu": model or platform.processor() or None,
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "isa": [flag for flag in KERNEL_ISA_FLAGS if flag in set(flags)],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
+        "torch_threads": torch.get_num_threads() if torch else None,
+        "thread_env": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "cpus_available": cpus,
+        "versions": {
+            "python": platform.python_version(),
+            **{name: _version(name) for name in ("numpy", "torch", "timm")},
+        },
+        "device": device,
+    }

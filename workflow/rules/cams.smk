@@ -19,5 +19,6 @@ rule cams:
         "results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
     shell:
         "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
-        " --out {output.cams} --timing {output.timing} --threads {threads} 2> {log}"
+        " --out {output.cams} --timing {output.timing} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+        " 2> {log}"

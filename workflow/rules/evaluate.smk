@@ -38,5 +38,6 @@ rule evaluate_decoder:
         "results/logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss evaluate-decoder --config {params.cfg:q} --model {input.model} --out {output.metrics}"
-        " --threads {threads} 2> {log}"
+        " --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+        " 2> {log}"

@@ -39,13 +39,18 @@ rule table:
         order=" ".join(METHODS),
         kinds=" ".join(f"{d}={config['datasets'][d]['kind']}" for d in DATASETS),
         labels=method_labels(),
+        baselines=" ".join(
+            f"{m}={config['methods'][m]['baseline']}"
+            for m in METHODS
+            if config["methods"][m].get("baseline")
+        ),
     log:
         "results/logs/table.log",
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
         " --out-dir results --method-order {params.order} --dataset-kinds {params.kinds}"
-        " --labels {params.labels}"
+        " --labels {params.labels} --baselines {params.baselines}"
         " > {log} 2>&1"
 
 

@@ -48,5 +48,6 @@ rule segment:
         "results/logs/segment/{dataset}/{method}/seed{seed}.log",
     shell:
         "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
-        " --model {output.model} --metrics {output.metrics} --threads {threads} 2> {log}"
+        " --model {output.model} --metrics {output.metrics} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+        " 2> {log}"

@@ -24,8 +24,9 @@ rule train:
         "results/logs/train/{dataset}/{train}/seed{seed}.log",
     shell:
         "wsss train --config {params.cfg:q} --seed {wildcards.seed} --out-dir {params.out_dir}"
-        " {params.upstream} --threads {threads} 2> {log}"
+        " {params.upstream} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+        " 2> {log}"
 
 
 # AReAM's per-block entropy weights (entropy_weights: baseline), from the trained run of the
@@ -51,5 +52,6 @@ rule entropy_weights:
         "results/logs/entropy_weights/{dataset}/{train}/seed{seed}.log",
     shell:
         "wsss entropy-weights --config {params.cfg:q} --model {input.model}"
-        " --out {output.weights} --threads {threads} 2> {log}"
+        " --out {output.weights} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+        " 2> {log}"

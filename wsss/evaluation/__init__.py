@@ -6,6 +6,7 @@ from wsss.evaluation.sweep import (
     SWEEP_STYLES,
     ThresholdSweep,
     cam_argmax_and_score,
+    threshold_at_edge,
     threshold_grid,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "cam_argmax_and_score",
     "confusion_matrix",
     "scores_from_confusion",
+    "threshold_at_edge",
     "threshold_grid",
 ]

@@ -3,7 +3,10 @@
 One pass over the CAMs fills a threshold histogram (wsss.evaluation.sweep);
 every background threshold of the sweep, both sweep styles of the literature
 and the reference predictions (all background; a uniform CAM over the GT
-classes) are then read off it without touching the CAMs again.
+classes) are then read off it without touching the CAMs again. A second pass
+keeps each image's intersection and union at the chosen threshold
+(wsss.evaluation.per_image), which the results table resamples for its
+confidence intervals.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import numpy as np
 from wsss.cam_store import CamReader
 from wsss.data.datasets import open_dataset
 from wsss.evaluation.metrics import SegmentationScores
-from wsss.evaluation.sweep import ThresholdSweep, threshold_grid
+from wsss.evaluation.per_image import PerImageCounts, image_counts
+from wsss.evaluation.sweep import ThresholdSweep, threshold_at_edge, threshold_grid
+from wsss.runtime import platform_info
 from wsss.runtime import progress as tqdm
 
 log = logging.getLogger("wsss")
@@ -35,12 +40,50 @@ def summarize(scores: SegmentationScores, class_names: list[str]) -> dict[str, A
     }
 
 
+def per_image_counts(
+    dataset, reader: CamReader, threshold: float, sweep: ThresholdSweep, progress: bool = True
+) -> PerImageCounts:
+    """Every image's intersection and union at ``threshold``; their sums must equal the
+    sweep's confusion there (checked: both paths implement one labelling rule)."""
+    num_labels = sweep.num_labels
+    inter = np.zeros((len(reader), num_labels), np.int64)
+    union = np.zeros((len(reader), num_labels), np.int64)
+    for row, record in enumerate(
+        tqdm(reader, total=len(reader), desc="per-image counts", disable=not progress)
+    ):
+        gt = dataset.layout.load_mask(record.image_id)
+        inter[row], union[row] = image_counts(
+            gt, record.cams, record.classes, threshold, num_labels, sweep.ignore_index
+        )
+    conf = sweep.confusion_at(threshold)
+    tp = np.diag(conf)
+    if not (
+        np.array_equal(inter.sum(axis=0), tp)
+        and np.array_equal(union.sum(axis=0), conf.sum(axis=0) + conf.sum(axis=1) - tp)
+    ):
+        raise RuntimeError(
+            f"{reader.path}: per-image counts at threshold {threshold} do not add up to the "
+            "threshold sweep's confusion matrix (a bug in one of the two paths)"
+        )
+    return PerImageCounts(tuple(reader.ids), inter, union, float(threshold))
+
+
 def evaluate_cams(
     dataset_config: dict[str, Any],
     evaluate_config: dict[str, Any],
     cams_path: str,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Score one CAM file on its split: the ``cam`` entry of ``cam_metrics.json``.
+
+    Besides the headline scores at the selected threshold: ``threshold_at_edge``
+    (the threshold is the first or last of the sweep, so the best one may lie
+    outside it; also logged as a warning), ``threshold_range`` (the swept
+    [first, last]), ``sweep`` (both selection styles and the mIoU curve),
+    ``reference`` (no-model predictions), ``per_image`` (intersection and union per
+    image at the selected threshold, format in wsss.evaluation.per_image) and
+    ``platform`` (wsss.runtime.platform_info of this job).
+    """
     dataset = open_dataset(dataset_config)
     reader = CamReader(cams_path)
     if reader.num_classes != dataset.num_classes:
@@ -68,12 +111,25 @@ def evaluate_cams(
     headline_t, headline = (
         (best_t, best_scores) if chosen == "exhaustive" else (greedy_t, greedy_scores)
     )
+    at_edge = threshold_at_edge(headline_t, thresholds)
+    if at_edge:
+        log.warning(
+            "%s: best background threshold %.2f is at the edge of the sweep [%.2f, %.2f]; "
+            "the best one may lie outside it: widen evaluate.thresholds",
+            cams_path,
+            headline_t,
+            min(thresholds),
+            max(thresholds),
+        )
+    per_image = per_image_counts(dataset, reader, headline_t, sweep, progress)
     names = dataset.class_names
     return {
         "split": dataset_config["eval_split"],
         "images": len(reader),
         "threshold": headline_t,
         "threshold_select": chosen,
+        "threshold_at_edge": at_edge,
+        "threshold_range": [min(thresholds), max(thresholds)],
         **summarize(headline, names),
         "sweep": {
             "exhaustive": {"threshold": best_t, "miou": float(best_scores.miou)},
@@ -90,4 +146,6 @@ def evaluate_cams(
             "all_background": float(sweep.sweep([1.0])[0].miou),
             "uniform_gt_classes": float(uniform.sweep([0.0])[0].miou),
         },
+        "per_image": per_image.to_json(),
+        "platform": platform_info(device="cpu"),  # evaluation is numpy on the CPU
     }

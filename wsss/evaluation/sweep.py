@@ -92,6 +92,20 @@ def threshold_grid(start: float, stop: float, step: float) -> list[float]:
     return [round(start + i * step, 10) for i in range(count)]
 
 
+def threshold_at_edge(threshold: float, thresholds: Sequence[float]) -> bool:
+    """Whether ``threshold`` is the lowest or the highest value of the swept ``thresholds``.
+
+    A best threshold at an end of the sweep says the best one may lie outside the
+    range (a rising curve clipped at the last value, e.g. CAMs flattened by a refinement
+    whose mIoU keeps rising towards all background): widen the sweep. A one-value grid
+    is always at its edge. Raises ValueError for an empty grid.
+    """
+    if len(thresholds) == 0:
+        raise ValueError("no thresholds were swept")
+    values = [float(t) for t in thresholds]
+    return float(threshold) in (min(values), max(values))
+
+
 class ThresholdSweep:
     """Histogram ``counts[gt, fg_class, q]`` over images; confusion matrices for any threshold."""
 

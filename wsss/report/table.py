@@ -1,4 +1,14 @@
-"""The results table, DVC metrics and plot data, from the per-run metrics files."""
+"""The results table, DVC metrics and plot data, from the per-run metrics files.
+
+Each row (a method on a dataset) gets, besides mean ± std over seeds, a 95%
+stratified-bootstrap interval of its CAM mIoU and the paired difference to its
+baseline with that difference's interval (wsss.evaluation.bootstrap). A row's
+baseline is the variant named by ``methods.<variant>.baseline`` in params.yaml
+(the table rule passes it with ``--baselines``); the default grid names
+``mctformer_v2``, the model every other method modifies. A row is marked better
+or worse than its baseline only when the difference's interval excludes 0. A best
+threshold at an end of the swept range (``cam.threshold_at_edge``) is marked too.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +18,13 @@ from typing import Any
 
 import pandas as pd
 
+from wsss.evaluation.bootstrap import (
+    N_RESAMPLES,
+    Interval,
+    miou_interval,
+    paired_miou_difference,
+)
+from wsss.evaluation.per_image import PerImageCounts
 from wsss.io import atomic_path, read_json, write_json, write_text
 
 # Columns of the per-run table: (name in the table, key in a run's cam metrics).
@@ -41,17 +58,44 @@ def _scores_by_run(files: list[str | Path], key: str) -> tuple[dict, dict[str, s
     return scores, splits
 
 
+def _required(run: dict, keys: tuple[str, ...], path: str | Path) -> Any:
+    value = run
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(
+                f"{path}: no {'.'.join(keys)}; the file was written by an older evaluate "
+                "stage, rerun it (snakemake reruns it when the evaluation code changed)"
+            )
+        value = value[key]
+    return value
+
+
+def collect_counts(metric_files: list[str | Path]) -> dict[tuple[str, str, int], PerImageCounts]:
+    """{(dataset, method, seed): per-image intersection/union counts} of the runs' CAM metrics."""
+    counts = {}
+    for path in metric_files:
+        run = read_json(path)
+        meta = run["meta"]
+        entry = _required(run, ("cam", "per_image"), path)
+        counts[(meta["dataset"], meta["method"], int(meta["seed"]))] = PerImageCounts.from_json(
+            entry, f"{path}: cam.per_image"
+        )
+    return counts
+
+
 def collect_runs(
     metric_files: list[str | Path],
     decoder_files: list[str | Path] = (),
     pseudo_label_files: list[str | Path] = (),
     seg_files: list[str | Path] = (),
     labels: dict[str, str] | None = None,
+    baselines: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}.
 
-    ``labels``: display label per grid method (the report rules pass them; metrics files
-    carry no labels, so renaming a method reruns only the report)."""
+    ``labels`` and ``baselines``: display label and baseline variant
+    (``methods.<v>.baseline``) per grid method. The report rules pass them; metrics files
+    carry neither, so renaming a method or changing its baseline reruns only the report."""
     stage_files = {
         "decoder_miou": decoder_files,
         "pseudo_label_miou": pseudo_label_files,
@@ -70,6 +114,8 @@ def collect_runs(
             "seed": int(run["meta"]["seed"]),
         }
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
+        row["threshold_at_edge"] = _required(run, ("cam", "threshold_at_edge"), path)
+        row["baseline"] = (baselines or {}).get(row["method"])
         row["all_background_miou"] = run["cam"]["reference"]["all_background"]
         row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
         run_key = (row["dataset"], row["method"], row["seed"])
@@ -113,11 +159,100 @@ def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) ->
     grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary["seeds"] = grouped.size()
+    summary["edge_runs"] = runs.groupby(["dataset", "method", "label"], sort=False)[
+        "threshold_at_edge"
+    ].sum()
+    baselines = runs.groupby(["dataset", "method", "label"], sort=False)["baseline"]
+    for (dataset, method, _), values in baselines:
+        if values.map(repr).nunique() > 1:
+            raise ValueError(
+                f"{dataset}/{method}: its runs name different baselines "
+                f"({sorted(set(map(str, values)))}); rerun the evaluate stage of every seed"
+            )
+    summary["baseline"] = baselines.first()
     summary = summary.reset_index()
     if method_order:
         summary["_order"] = summary["method"].map({m: i for i, m in enumerate(method_order)})
         summary = summary.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order")
     return summary.reset_index(drop=True)
+
+
+# Columns added by add_intervals (fractions, like the mIoU columns).
+INTERVAL_COLUMNS = (
+    "cam_miou_ci_low",
+    "cam_miou_ci_high",
+    "diff_vs_baseline",
+    "diff_ci_low",
+    "diff_ci_high",
+)
+
+
+def add_intervals(
+    summary: pd.DataFrame,
+    counts: dict[tuple[str, str, int], PerImageCounts],
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each row's 95% CAM mIoU interval and paired difference to its baseline row.
+
+    ``counts``: :func:`collect_counts`. Columns added: :data:`INTERVAL_COLUMNS` (NaN where
+    a row has no baseline in the table) and ``vs_baseline``: ``better``, ``worse``,
+    ``no difference`` (the difference's interval contains 0), ``baseline`` (a row that
+    other rows are compared with and that has no baseline itself), ``baseline not in
+    grid`` or empty. The pairs are the seeds both rows ran (they must be the same
+    seeds) and, within a seed, the same images. ``seed`` seeds the resampling.
+    Raises ValueError for a row without counts, a baseline naming its own row, seed sets
+    that differ, or counts whose mIoU is not the run's reported one.
+    """
+    summary = summary.copy()
+    seeds_of: dict[tuple[str, str], list[int]] = {}
+    for dataset, method, run_seed in sorted(counts):
+        seeds_of.setdefault((dataset, method), []).append(run_seed)
+    referenced = {
+        (row.dataset, row.baseline) for row in summary.itertuples() if isinstance(row.baseline, str)
+    }
+    values: dict[str, list] = {column: [] for column in (*INTERVAL_COLUMNS, "vs_baseline")}
+    for row in summary.itertuples():
+        name = f"{row.dataset}/{row.method}"
+        seeds = seeds_of.get((row.dataset, row.method))
+        if not seeds:
+            raise ValueError(f"{name}: no per-image counts among the CAM metrics files")
+        runs = [counts[(row.dataset, row.method, s)] for s in seeds]
+        ci = miou_interval(runs, n_resamples=n_resamples, seed=seed)
+        if not math.isclose(ci.estimate, row.cam_miou_mean, abs_tol=1e-9):
+            raise ValueError(
+                f"{name}: mIoU from the per-image counts ({ci.estimate:.6f}) is not the runs' "
+                f"mean CAM mIoU ({row.cam_miou_mean:.6f}); the metrics files are inconsistent"
+            )
+        diff, verdict = Interval(math.nan, math.nan, math.nan), ""
+        baseline = row.baseline if isinstance(row.baseline, str) else None
+        if baseline == row.method:
+            raise ValueError(f"{name}: names itself as its baseline (methods.{baseline}.baseline)")
+        if baseline is None:
+            verdict = "baseline" if (row.dataset, row.method) in referenced else ""
+        elif (row.dataset, baseline) not in seeds_of:
+            verdict = "baseline not in grid"
+        else:
+            base_seeds = seeds_of[(row.dataset, baseline)]
+            if base_seeds != seeds:
+                raise ValueError(
+                    f"{name}: seeds {seeds}, its baseline {baseline} has seeds {base_seeds}; "
+                    "a paired difference needs the same seeds"
+                )
+            pairs = [
+                (run, counts[(row.dataset, baseline, s)])
+                for run, s in zip(runs, seeds, strict=True)
+            ]
+            diff = paired_miou_difference(pairs, n_resamples=n_resamples, seed=seed)
+            verdict = diff.verdict()
+        for column, value in zip(
+            INTERVAL_COLUMNS, (ci.low, ci.high, diff.estimate, diff.low, diff.high), strict=True
+        ):
+            values[column].append(value)
+        values["vs_baseline"].append(verdict)
+    for column, column_values in values.items():
+        summary[column] = column_values
+    return summary
 
 
 def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
@@ -128,6 +263,44 @@ def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
 
 def _pm_or_empty(mean: float, std: float) -> str:
     return "" if math.isnan(mean) else _pm(mean, std)
+
+
+def _signed(value: float) -> str:
+    return f"{value * 100:+.1f}".replace("-", "\u2212")
+
+
+def _ci_cell(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f"[{low * 100:.1f}, {high * 100:.1f}]"
+
+
+def _diff_cell(row: Any) -> str:
+    """``+1.2 [+0.3, +2.1] **better**``, a note (baseline, not in grid), or empty."""
+    if math.isnan(row.diff_vs_baseline):
+        return row.vs_baseline
+    text = (
+        f"{_signed(row.diff_vs_baseline)} [{_signed(row.diff_ci_low)}, {_signed(row.diff_ci_high)}]"
+    )
+    return f"{text} **{row.vs_baseline}**" if row.vs_baseline != "no difference" else text
+
+
+def _threshold_cell(row: Any) -> str:
+    cell = _pm(row.threshold_mean, row.threshold_std, 1, 2)
+    return f"{cell} (edge {row.edge_runs}/{row.seeds})" if row.edge_runs else cell
+
+
+def _baseline_names(summary: pd.DataFrame) -> str:
+    """Which rows are compared with which baseline, in words."""
+    labels = {(r.dataset, r.method): r.label for r in summary.itertuples()}
+    groups: dict[str, list[str]] = {}
+    for row in summary.itertuples():
+        if isinstance(row.baseline, str):
+            name = labels.get((row.dataset, row.baseline), f"{row.baseline} (not in the grid)")
+            groups.setdefault(name, []).append(row.label)
+    if not groups:
+        return "no row names a baseline"
+    if len(groups) == 1:
+        return f"{next(iter(groups))} for every row that has one"
+    return "; ".join(f"{name} for {', '.join(rows)}" for name, rows in groups.items())
 
 
 def _split_suffix(runs: pd.DataFrame, column: str, generic: str) -> str:
@@ -150,6 +323,21 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "CAM mIoU (%) on each dataset's evaluation split at the best background threshold, "
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
+        "",
+        "95% CI: a stratified bootstrap interval of the CAM mIoU over images and seeds "
+        "(each seed's images resampled with replacement, mIoU recomputed from the summed "
+        f"per-image intersections and unions; percentile interval, {N_RESAMPLES} resamples). "
+        "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's on "
+        "the same images and seeds, with the interval of that paired difference; **better** "
+        "or **worse** only where the interval excludes 0. Baselines (params.yaml "
+        f"`methods.<variant>.baseline`): {_baseline_names(summary)}. The intervals hold each "
+        "run's threshold fixed and cover image sampling given these seeds and trained "
+        "models; the seed spread is the std. Neither covers training noise from the "
+        "platform (CPU kernels, thread count; README), which can move a run by points.",
+        "",
+        "Best threshold: (edge n/N) marks a row whose best background threshold is the "
+        "first or last value of the sweep (`evaluate.thresholds`) in n of its N seeds: the "
+        "best threshold may lie outside the swept range, and its mIoU is a lower bound.",
         "",
         "Decoder mIoU: a single-stage method's own segmentation decoder on the seg split "
         "(multi-scale, no CRF); empty for two-stage methods.",
@@ -177,8 +365,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         ]
     paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
     lines += [
-        f"| dataset | method | CAM mIoU | best threshold | precision | recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_paper else ""),
+        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_paper else ""),
     ]
     for row in summary.itertuples():
         paper_cells = (
@@ -191,7 +379,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         )
         lines.append(
             f"| {row.dataset} | {row.label} | {_pm(row.cam_miou_mean, row.cam_miou_std)} "
-            f"| {_pm(row.threshold_mean, row.threshold_std, 1, 2)} "
+            f"| {_ci_cell(row.cam_miou_ci_low, row.cam_miou_ci_high)} | {_diff_cell(row)} "
+            f"| {_threshold_cell(row)} "
             f"| {_pm(row.precision_mean, row.precision_std)} | {_pm(row.recall_mean, row.recall_std)} "
             f"| {_pm_or_empty(row.decoder_miou_mean, row.decoder_miou_std)} "
             f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
@@ -214,7 +403,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     lines += ["|---|---|---|---|---|---|---|---|---|"]
     for row in runs.itertuples():
         lines.append(
-            f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} | {row.threshold:.2f} "
+            f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} "
+            f"| {row.threshold:.2f}{' (edge)' if row.threshold_at_edge else ''} "
             f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} "
             f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} |"
         )
@@ -230,11 +420,23 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
             "cam_miou_std": None
             if math.isnan(row.cam_miou_std)
             else round(float(row.cam_miou_std), 6),
+            "cam_miou_ci": [
+                round(float(row.cam_miou_ci_low), 6),
+                round(float(row.cam_miou_ci_high), 6),
+            ],
             "threshold": round(float(row.threshold_mean), 4),
+            "threshold_at_edge_runs": int(row.edge_runs),
             "precision": round(float(row.precision_mean), 6),
             "recall": round(float(row.recall_mean), 6),
             "seeds": int(row.seeds),
         }
+        if not math.isnan(row.diff_vs_baseline):
+            entry["vs_baseline"] = {
+                "baseline": row.baseline,
+                "diff": round(float(row.diff_vs_baseline), 6),
+                "ci": [round(float(row.diff_ci_low), 6), round(float(row.diff_ci_high), 6)],
+                "verdict": row.vs_baseline,
+            }
         if not math.isnan(row.decoder_miou_mean):
             entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
         for column in ("pseudo_label_miou", "seg_miou"):
@@ -275,10 +477,14 @@ def write_report(
     seg_files: list[str | Path] = (),
     dataset_kinds: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    baselines: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     out_dir = Path(out_dir)
-    runs = collect_runs(metric_files, decoder_files, pseudo_label_files, seg_files, labels)
-    summary = add_paper_numbers(summarize_runs(runs, method_order), dataset_kinds or {})
+    runs = collect_runs(
+        metric_files, decoder_files, pseudo_label_files, seg_files, labels, baselines
+    )
+    summary = add_intervals(summarize_runs(runs, method_order), collect_counts(metric_files))
+    summary = add_paper_numbers(summary, dataset_kinds or {})
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:
         summary.to_csv(tmp, index=False, float_format="%.6f")

@@ -148,6 +148,23 @@ def resolve_threshold(settings: PseudoLabelSettings, cam_metrics: str | Path | N
     return float(threshold)
 
 
+def threshold_edge_flag(
+    settings: PseudoLabelSettings, cam_metrics: str | Path | None
+) -> bool | None:
+    """``cam.threshold_at_edge`` of the evaluate stage when the threshold is its best one
+    (the labels then inherit a threshold that may be clipped by the sweep); None for a
+    fixed threshold. Call after :func:`resolve_threshold`, which checks the file."""
+    if settings.bg_threshold != "best":
+        return None
+    try:
+        return bool(read_json(cam_metrics)["cam"]["threshold_at_edge"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"{cam_metrics}: no cam.threshold_at_edge (written by an older evaluate stage; "
+            "rerun it)"
+        ) from err
+
+
 # ---------------------------------------------------------------- label rules
 
 
@@ -331,6 +348,14 @@ def make_pseudo_labels(
         )
     scored_ids = set(_check_splits(dataset, reader, cams_path))
     threshold = resolve_threshold(settings, cam_metrics)
+    at_edge = threshold_edge_flag(settings, cam_metrics)
+    if at_edge:
+        log.warning(
+            "%s: background threshold %.2f is at the edge of the evaluate stage's sweep; "
+            "these pseudo-labels may be made at a clipped threshold",
+            cam_metrics,
+            threshold,
+        )
     margin = float(settings.ignore_margin)
     crf = settings.crf_settings() if settings.crf["enabled"] else None
     if crf is not None:
@@ -395,6 +420,7 @@ def make_pseudo_labels(
         "labelled_split": config["dataset"]["train_split"],
         "labelled_images": len(reader),
         "threshold": threshold,
+        "threshold_at_edge": at_edge,
         "threshold_source": "best CAM threshold on the eval split"
         if settings.bg_threshold == "best"
         else "fixed",

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="DATASET=KIND (voc, coco, synthetic): picks the papers' numbers shown beside ours",
     )
     p.add_argument("--labels", nargs="*", default=[], help="METHOD=LABEL, the display labels")
+    p.add_argument(
+        "--baselines", nargs="*", default=[], help="METHOD=BASELINE: the row each is compared with"
+    )
     p.add_argument("--out-dir", default="results")
     p.add_argument("--method-order", nargs="*", default=None)
     add_common(p)
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         seg_files=args.seg_metrics,
         dataset_kinds=key_values(args.dataset_kinds, "--dataset-kinds"),
         labels=key_values(args.labels, "--labels"),
+        baselines=key_values(args.baselines, "--baselines"),
     )
     print(summary.to_string(index=False))
     return 0
