@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 from conftest import tiny_synthetic_dataset
-from wsss.cam_store import CamWriter
 
+from wsss.cam_store import CamWriter
 from wsss.data.datasets import open_dataset
 from wsss.evaluation.cam_eval import evaluate_cams
 from wsss.evaluation.per_image import PerImageCounts
