@@ -54,9 +54,10 @@ def ensure_packages(accounting: bool) -> str | None:
     Returns None when every command is there (installed now or before), else the
     reason it cannot be (not root, no apt-get, apt-get failed) for a test to skip on.
     The cluster itself needs root too: slurmd starts each job as its user.
-    Services the packages would start are not started when the system's
-    policy-rc.d or init forbids it; either way the cluster runs its own daemons
-    on its own ports and files.
+    In a container (a policy-rc.d that says no, or no init) the packages start no
+    services; on a host whose init starts them on installation, they keep running
+    on the default ports and files, and the test neither uses nor stops them: the
+    cluster runs its own daemons on its own ports and files.
     """
     if os.geteuid() != 0:
         return "a local SLURM cluster needs root (to install its packages, and for slurmd)"
