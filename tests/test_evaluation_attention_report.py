@@ -52,8 +52,8 @@ def test_uniform_model_gives_ones_and_pads_to_the_patch_grid(dataset):
     layout = VOCLayout.locate(dataset)
     ids = layout.split_ids("train")
     model = UniformAttention(num_classes=6, patch_size=12)
-    result = diagnose_model(model, layout, ids, num_classes=6, patch_size=12)
-    assert model.shapes == [(1, 3, 36, 36)] * len(ids)  # 32 px padded to 3 x 12
+    result = diagnose_model(model, layout, ids, num_classes=6, patch_size=12, batch_size=4)
+    assert model.shapes == [(4, 3, 36, 36), (2, 3, 36, 36)]  # 32 px padded to 3 x 12
     assert result["images"] == len(ids) and len(result["blocks"]) == 3
     for entry in [*result["blocks"], result["affinity"]]:
         assert entry["own_object_lift"] == pytest.approx(1.0)
@@ -74,10 +74,10 @@ def test_checkpoint_round_trip(dataset, tmp_path):
     for entry in [*result["blocks"], result["affinity"]]:
         assert 0.0 < entry["entropy"] <= math.log(16) + 1e-9
         assert math.isfinite(entry["own_object_lift"]) and entry["own_object_lift"] > 0
-    # The same numbers from the in-memory model.
-    again = diagnose_model(
-        model, VOCLayout.locate(dataset), ["val_00000", "val_00001"], num_classes=6, patch_size=8
-    )
+    # The same numbers from the in-memory model, one image per batch.
+    ids = ["val_00000", "val_00001"]
+    layout = VOCLayout.locate(dataset)
+    again = diagnose_model(model, layout, ids, num_classes=6, patch_size=8, batch_size=1)
     assert again["blocks"][1]["entropy"] == pytest.approx(result["blocks"][1]["entropy"])
 
 

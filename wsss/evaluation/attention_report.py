@@ -86,22 +86,38 @@ def diagnose_model(
     affinity_blocks: Sequence[int] | None = None,
     min_fraction: float = 0.5,
     device: torch.device | str = "cpu",
+    batch_size: int = 32,
 ) -> dict[str, Any]:
     """Pooled diagnostics of ``model`` over the images ``ids`` of ``layout``.
 
     ``model(images)`` takes B x 3 x H x W normalised images and returns an
     object with ``attentions`` (see :func:`patch_attention`); ``num_classes``
-    is its number of class tokens. Images are run one at a time at their
-    stored size, zero-padded (the mean colour) to a multiple of
-    ``patch_size``; the instance map is padded with 255, so padded patches are
-    never queries but do count in N, as in the padded CAM pass.
-    Returns :meth:`AttentionDiagnostics.result` plus ``seconds``.
+    is its number of class tokens. Images run at their stored size, batched
+    with others of the same size (``batch_size`` at most), zero-padded (the
+    mean colour) to a multiple of ``patch_size``; the instance map is padded
+    with 255, so padded patches are never queries but do count in N, as in the
+    padded CAM pass. Returns :meth:`AttentionDiagnostics.result` plus ``seconds``.
     """
     if not ids:
         raise ValueError(f"no image ids to diagnose under {layout.root}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     diagnostics = AttentionDiagnostics(affinity_blocks)
     started = time.perf_counter()
+    pending: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        height, width = batch[0][0].shape[:2]
+        pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
+        images = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2)
+        x = F.pad(normalize(images).to(device), (0, pad_w, 0, pad_h))
+        attention = patch_attention(model(x).attentions, num_classes).float().cpu().numpy()
+        for (_, instances), per_image in zip(batch, attention, strict=True):
+            padded = np.pad(instances, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_VALUE)
+            labels = patch_instance_labels(padded, patch_size, min_fraction)
+            diagnostics.add(per_image, labels)  # L x H x N x N
+
     for image_id in ids:
         image = layout.load_image(image_id)
         instances = load_instance_map(layout, image_id)
@@ -110,14 +126,14 @@ def diagnose_model(
                 f"{instance_path(layout, image_id)}: shape {instances.shape} differs from its "
                 f"image's {image.shape[:2]}"
             )
-        height, width = instances.shape
-        pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
-        instances = np.pad(instances, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_VALUE)
-        x = normalize(torch.from_numpy(image.copy()).permute(2, 0, 1)[None]).to(device)
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-        attention = patch_attention(model(x).attentions, num_classes)[0]  # L x H x N x N
-        labels = patch_instance_labels(instances, patch_size, min_fraction)
-        diagnostics.add(attention.float().cpu().numpy(), labels)
+        bucket = pending.setdefault(image.shape, [])
+        bucket.append((image, instances))
+        if len(bucket) == batch_size:
+            run(bucket)
+            bucket.clear()
+    for bucket in pending.values():
+        if bucket:
+            run(bucket)
     result = diagnostics.result()
     result["seconds"] = time.perf_counter() - started
     return result
