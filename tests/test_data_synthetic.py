@@ -91,6 +91,26 @@ def test_voc_layout(written):
     )
 
 
+def test_instance_maps_follow_voc_segmentation_object(written):
+    """SegmentationObject/<id>.png: 0 background, k = k-th object in paint order, 255 where
+    the class mask ignores; each object carries exactly its class in the class mask."""
+    for split, count in (("train", SMALL.num_train), ("val", SMALL.num_val)):
+        for index in range(count):
+            image_id = f"{split}_{index:05d}"
+            path = written / "SegmentationObject" / f"{image_id}.png"
+            instances = load_label_png(path)
+            mask = load_label_png(written / "SegmentationClass" / f"{image_id}.png")
+            _, _, info = generate_sample(SMALL, sample_rng(SMALL, split, index), debug=True)
+            np.testing.assert_array_equal(instances == IGNORE_INDEX, mask == IGNORE_INDEX)
+            np.testing.assert_array_equal(instances == 0, mask == 0)
+            for k, obj in enumerate(info.objects, start=1):
+                own = instances == k
+                assert np.count_nonzero(own) == obj.labelled
+                assert set(np.unique(mask[own])) == {obj.class_index + 1}
+            labelled = mask != IGNORE_INDEX
+            np.testing.assert_array_equal(instances[labelled], info.instance_map[labelled])
+
+
 def test_class_names_are_unique_and_readable():
     assert class_names(6) == ["disc", "square", "triangle", "ring", "cross", "diamond"]
     assert len(set(class_names(25))) == 25

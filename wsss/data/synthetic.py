@@ -45,6 +45,7 @@ from wsss.data.palette import IGNORE_INDEX, save_label_png
 from wsss.io import read_json, write_json, write_text
 
 FORMAT_VERSION = 1
+INSTANCE_DIR = "SegmentationObject"  # per-object maps, VOC's folder name and convention
 SPLITS = ("train", "val")  # the index of a split here is part of every image's seed
 
 # Fixed rendering constants. They are not knobs because changing them changes
@@ -565,6 +566,24 @@ def generate_sample(
     return image, mask, info
 
 
+def instance_label_map(info: SampleDebug, mask: np.ndarray) -> np.ndarray:
+    """The VOC ``SegmentationObject`` map of a sample: H x W uint8.
+
+    0 background (contexts included), k for the k-th object in paint order
+    (``info.objects[k - 1]``, class ``mask`` value), 255 wherever the class mask
+    is 255 (the ignore band), as VOC marks object outlines in both maps.
+    Raises ValueError past 254 objects (the value 255 is reserved).
+    """
+    if len(info.objects) >= IGNORE_INDEX:
+        raise ValueError(
+            f"{len(info.objects)} objects in one image; a SegmentationObject PNG holds at most "
+            f"{IGNORE_INDEX - 1} (lower max_objects)"
+        )
+    out = info.instance_map.astype(np.uint8)
+    out[mask == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
 def sample_rng(config: SyntheticConfig, split: str, index: int) -> np.random.Generator:
     """The generator of image ``index`` of ``split``: independent of every other image."""
     return np.random.default_rng([config.seed, SPLITS.index(split), index])
@@ -610,7 +629,9 @@ def write_dataset(config: SyntheticConfig, root: str | os.PathLike, progress: bo
 
     Layout: ``JPEGImages/<id>.png`` (lossless PNG; the folder keeps its VOC
     name), ``SegmentationClass/<id>.png`` (palette PNG),
-    ``ImageSets/Segmentation/{train,val}.txt`` and ``dataset.json``.
+    ``SegmentationObject/<id>.png`` (palette PNG of object indices, see
+    :func:`instance_label_map`), ``ImageSets/Segmentation/{train,val}.txt`` and
+    ``dataset.json``.
 
     Atomic: everything goes into a temporary sibling directory that is renamed
     onto ``root`` at the end, so an interrupted run leaves no partial dataset
@@ -646,8 +667,9 @@ def _write_into(config: SyntheticConfig, out: Path, root: Path, progress: bool) 
     from tqdm import tqdm
 
     images, masks = out / "JPEGImages", out / "SegmentationClass"
+    instances = out / INSTANCE_DIR
     sets = out / "ImageSets" / "Segmentation"
-    for folder in (images, masks, sets):
+    for folder in (images, masks, instances, sets):
         folder.mkdir(parents=True)
     counts = {"train": config.num_train, "val": config.num_val}
     class_counts = {split: [0] * config.num_classes for split in SPLITS}
@@ -665,9 +687,14 @@ def _write_into(config: SyntheticConfig, out: Path, root: Path, progress: bool) 
             ids = []
             for index in range(counts[split]):
                 image_id = f"{split}_{index:05d}"
-                image, mask = generate_sample(config, sample_rng(config, split, index))
+                # debug=True draws exactly what the plain call draws (same image and mask);
+                # it only also returns the instance map.
+                image, mask, info = generate_sample(
+                    config, sample_rng(config, split, index), debug=True
+                )
                 Image.fromarray(image).save(images / f"{image_id}.png", format="PNG")
                 save_label_png(masks / f"{image_id}.png", mask)
+                save_label_png(instances / f"{image_id}.png", instance_label_map(info, mask))
                 for value in np.unique(mask):
                     if 0 < value < IGNORE_INDEX:
                         class_counts[split][int(value) - 1] += 1

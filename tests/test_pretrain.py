@@ -1,0 +1,115 @@
+"""Pretraining objectives (hand-computed losses) and a tiny pretraining run that loads through timm."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from wsss.models import build_model
+from wsss.models.mct_vit import ModelConfig, create_backbone
+from wsss.pretrain import PRETRAIN_OBJECTIVES, pretrain
+from wsss.pretrain.objectives import grouping_loss, own_region
+from wsss.registry import UnknownNameError
+
+LABELS = torch.tensor([[0, 0, 1, -1]])  # two background patches, one object patch, one mixed
+PATCH_ROWS = torch.tensor(
+    [
+        [0.5, 0.25, 0.25, 0.0],
+        [0.25, 0.25, 0.25, 0.25],
+        [0.0, 0.0, 1.0, 0.0],
+        [0.25, 0.25, 0.25, 0.25],
+    ]
+)
+
+
+def _attention() -> torch.Tensor:
+    """1 x 1 x 5 x 5: a class token first; each patch row gives it 0.2 and the rest x 0.8."""
+    full = torch.zeros(1, 1, 5, 5)
+    full[0, 0, :, 0] = 0.2
+    full[0, 0, 1:, 1:] = 0.8 * PATCH_ROWS
+    full[0, 0, 0, 1:] = 0.2
+    return full
+
+
+def test_own_region():
+    region, valid = own_region(LABELS)
+    assert valid.tolist() == [[True, True, True, False]]
+    assert region[0].int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_hard_grouping_loss():
+    # Own-region mass: 0.75, 0.5, 1.0 (the mixed query is skipped); class column dropped.
+    expected = (-math.log(0.75) - math.log(0.5) - math.log(1.0)) / 3
+    loss = grouping_loss([_attention(), _attention()], LABELS, soft=False)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_grouping_loss():
+    # Targets: 1/2 on patches {0, 1} for the background queries, 1 on patch 2 for the object.
+    q0 = -(0.5 * math.log(0.5) + 0.5 * math.log(0.25))
+    q1 = math.log(4)
+    expected = (q0 + q1 + 0.0) / 3
+    assert grouping_loss([_attention()], LABELS, soft=True).item() == pytest.approx(expected)
+
+
+def test_grouping_needs_a_query():
+    with pytest.raises(ValueError, match="mixed"):
+        grouping_loss([_attention()], torch.full((1, 4), -1), soft=False)
+
+
+def test_registry():
+    assert {"classification", "grouping", "grouping_soft"} <= set(PRETRAIN_OBJECTIVES.names())
+    assert PRETRAIN_OBJECTIVES.get("grouping").uses_masks
+    assert not PRETRAIN_OBJECTIVES.get("classification").uses_masks
+    with pytest.raises(UnknownNameError, match="known: classification"):
+        PRETRAIN_OBJECTIVES.get("mim")
+    with pytest.raises(ValueError, match="unknown param"):
+        PRETRAIN_OBJECTIVES.get("grouping")({"block": 1}, 48, 32, 2)
+
+
+TINY = {
+    "backbone": "vit_tiny_patch16_224",
+    "img_size": 32,
+    "drop_path_rate": 0.0,
+    "overrides": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+}
+
+
+@pytest.mark.parametrize("objective", ["grouping", "classification"])
+def test_tiny_pretraining_loads_through_the_pretrained_path(tmp_path, objective):
+    out = tmp_path / "proxy.pth"
+    config = {
+        "corpus": {"num_images": 48, "image_size": 32, "min_object_frac": 0.4},
+        "model": TINY,
+        "objective": objective,
+        "objective_params": {"classification_weight": 0.5} if objective == "grouping" else {},
+        "batch_size": 16,
+        "epochs": 2,
+    }
+    summary = pretrain(config, out, progress=False)
+    assert summary["steps"] == 6 and len(summary["history"]) == 2
+    assert math.isfinite(summary["history"][-1]["loss"])
+    assert json.loads(out.with_suffix(".json").read_text())["uses_masks"] == (
+        objective == "grouping"
+    )
+    saved = torch.load(out, weights_only=True)
+    assert not any(k.startswith("head") for k in saved)
+    # model.pretrained + model.weights load it bit-exactly, as an ImageNet file would be.
+    loaded = create_backbone(ModelConfig.from_dict({**TINY, "pretrained": True, "weights": out}))
+    state = loaded.state_dict()
+    assert set(state) == set(saved)
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    # ... and the multi-class-token model starts from it (class tokens = the CLS token).
+    model = build_model({**TINY, "pretrained": True, "weights": str(out)}, num_classes=3)
+    assert torch.equal(model.blocks[1].attn.qkv.weight, saved["blocks.1.attn.qkv.weight"])
+    assert torch.equal(model.class_tokens[0, 2], saved["cls_token"][0, 0])
+
+
+def test_pretrain_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown key"):
+        pretrain({"corpus": {}, "steps": 3}, tmp_path / "x.pth")
+    with pytest.raises(ValueError, match="from scratch"):
+        pretrain({"model": {**TINY, "pretrained": True}}, tmp_path / "x.pth")

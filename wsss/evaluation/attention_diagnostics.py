@@ -1,0 +1,289 @@
+"""Attention diagnostics: does a ViT's patch-to-patch attention group patches into objects?
+
+The refinements built on ViT attention (MCTformer's patch affinity, AD-CAM's
+diffusion, AReAM's re-activation) assume that a patch attends mostly to its own
+object. These functions measure that assumption on one image at a time, from
+numbers in (attention tensors, an instance map) to numbers out, so they can be
+tested on hand-built cases and used on any dataset with per-object masks.
+
+Definitions (all lifts and ratios are 1.0 for uniform attention):
+
+- The instance map is reduced to the patch grid by :func:`patch_instance_labels`:
+  a patch belongs to object k when at least ``min_fraction`` (default half) of its
+  pixels do, to the background when at least that share of its pixels is
+  background (0), and is *mixed* (-1) otherwise. Mixed patches are never queries
+  and belong to no key set, but they count in N.
+- Each attention row is taken over the N patches only (class-token columns
+  dropped) and renormalised to sum to 1, so a value is a share of the row's mass.
+- **own-object lift**, object queries: mass on the query's own object /
+  (that object's patches / N).
+- **other-object lift**, object queries of images with at least two objects on
+  the grid: mass on the other objects' patches / (their patches / N).
+- **background-to-object ratio**, background queries of images with at least
+  one object on the grid: mass on all object patches / (object patches / N).
+- **neighbourhood lift**, every patch as query: mass on its 3x3 patch
+  neighbourhood (itself included, cut at the border) / (neighbourhood size / N).
+- **entropy**, every patch as query: ``-sum_j a_j log a_j`` in nats over the
+  renormalised row (``0 log 0 = 0``); ``log N`` for uniform attention. Also
+  reported divided by ``log N`` (1.0 = uniform, 0 = one-hot).
+
+Each statistic is a mean over queries, pooled over images (every query counts
+once). The lifts and the ratio follow the attention-locality probe of the
+embedded benchmark; entropy and the normalised entropy are the standard Shannon
+quantities. An attention useful for propagating CAMs has own-object lift well
+above 1, other-object lift near or below 1 and background-to-object ratio below 1.
+
+This module deliberately depends on numpy only (torch tensors are accepted and
+converted), so it sits below the models and methods that produce the attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MIXED = -1  # patch label: neither an object nor the background (see patch_instance_labels)
+IGNORE_VALUE = 255  # instance-map value of unlabelled pixels (VOC's SegmentationObject border)
+
+STATISTICS = (
+    "own_object_lift",
+    "other_object_lift",
+    "background_to_object_ratio",
+    "neighbourhood_lift",
+    "entropy",
+    "entropy_normalised",
+)
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    """A float64 numpy copy of a numpy array or a (possibly GPU, grad-tracking) torch tensor."""
+    if hasattr(array, "detach"):  # torch tensor; no torch import needed here
+        array = array.detach().float().cpu().numpy()
+    return np.asarray(array, dtype=np.float64)
+
+
+def patch_instance_labels(
+    instance_map: np.ndarray, patch_size: int, min_fraction: float = 0.5
+) -> np.ndarray:
+    """Reduce an H x W instance map to its (H/p) x (W/p) patch grid.
+
+    ``instance_map``: integers, 0 background, 1..K objects, 255 unlabelled (the
+    VOC ``SegmentationObject`` convention); H and W must be multiples of
+    ``patch_size`` (pad with 255 first). Returns an int64 grid: k when object k
+    covers at least ``min_fraction`` of the patch's pixels, 0 when the background
+    does (an object wins an exact tie), :data:`MIXED` (-1) otherwise.
+    Raises ValueError for a non-2-D map, a size that is not a multiple of the
+    patch size, or ``min_fraction`` outside (0, 1].
+    """
+    labels = np.asarray(instance_map)
+    if labels.ndim != 2:
+        raise ValueError(f"instance map must be 2-D (H x W), got shape {labels.shape}")
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    if not 0.0 < min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    height, width = labels.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"instance map {height}x{width} is not a multiple of the patch size {patch_size}; "
+            f"pad it with {IGNORE_VALUE} first"
+        )
+    gh, gw = height // patch_size, width // patch_size
+    # patches[i, j] holds the p*p pixel labels of patch (i, j).
+    patches = (
+        labels.astype(np.int64)
+        .reshape(gh, patch_size, gw, patch_size)
+        .transpose(0, 2, 1, 3)
+        .reshape(gh, gw, patch_size * patch_size)
+    )
+    needed = min_fraction * patch_size * patch_size
+    out = np.full((gh, gw), MIXED, dtype=np.int64)
+    out[(patches == 0).sum(axis=-1) >= needed] = 0
+    objects = [int(k) for k in np.unique(labels) if 0 < k < IGNORE_VALUE]
+    for k in objects:  # ascending; at most one object can reach a share above one half
+        out[(patches == k).sum(axis=-1) >= needed] = k
+    return out
+
+
+def head_mean(attention: Any) -> np.ndarray:
+    """[L, H, N, N] -> [L, N, N] mean over heads; an [L, N, N] input is returned as is (float64)."""
+    array = _as_numpy(attention)
+    if array.ndim == 4:
+        return array.mean(axis=1)
+    if array.ndim == 3:
+        return array
+    raise ValueError(
+        f"attention must be [blocks, heads, N, N] or [blocks, N, N], got shape {array.shape}"
+    )
+
+
+def summed_affinity(attention: Any, blocks: Sequence[int] | None = None) -> np.ndarray:
+    """The patch affinity MCTformer's refinement propagates CAMs with: N x N.
+
+    The head-mean patch -> patch attention summed over ``blocks`` (None: all),
+    never renormalised, as the official MCTformer code builds it (and
+    ``wsss.cams.attention.patch_affinity`` with ``layers="all", reduce="sum"``).
+    """
+    stack = head_mean(attention)
+    chosen = range(stack.shape[0]) if blocks is None else list(blocks)
+    return stack[list(chosen)].sum(axis=0)
+
+
+def _neighbourhoods(grid: tuple[int, int]) -> np.ndarray:
+    """N x N boolean: j in the 3x3 neighbourhood of i (i included), row-major patch order."""
+    gh, gw = grid
+    rows, cols = np.divmod(np.arange(gh * gw), gw)
+    return (np.abs(rows[:, None] - rows[None, :]) <= 1) & (
+        np.abs(cols[:, None] - cols[None, :]) <= 1
+    )
+
+
+@dataclass
+class LocalitySums:
+    """Per-statistic sums over queries and query counts, for pooling over images.
+
+    ``sums[name]`` and ``counts[name]`` are float64 arrays of one entry per
+    attention matrix (a block, or the summed affinity).
+    """
+
+    sums: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+
+    def __add__(self, other: LocalitySums) -> LocalitySums:
+        return LocalitySums(
+            {k: self.sums[k] + other.sums[k] for k in STATISTICS},
+            {k: self.counts[k] + other.counts[k] for k in STATISTICS},
+        )
+
+    def means(self) -> list[dict[str, float]]:
+        """One dict per matrix: statistic -> mean over its queries (NaN when it had none),
+        plus ``<statistic>_queries`` with the number of queries behind it."""
+        size = len(next(iter(self.counts.values())))
+        out: list[dict[str, float]] = [{} for _ in range(size)]
+        for name in STATISTICS:
+            for i in range(size):
+                n = float(self.counts[name][i])
+                out[i][name] = float(self.sums[name][i] / n) if n else float("nan")
+                out[i][f"{name}_queries"] = int(n)
+        return out
+
+
+def locality_sums(attention: Any, patch_labels: np.ndarray) -> LocalitySums:
+    """Locality statistics of one image, as sums over its queries (see the module docstring).
+
+    ``attention``: [M, N, N] or [M, H, N, N] (heads averaged first) non-negative
+    patch -> patch attention, rows = queries, for M matrices (blocks, or one
+    summed affinity); class-token rows and columns already removed, rows need
+    not sum to 1 (they are renormalised). ``patch_labels``: the h x w output of
+    :func:`patch_instance_labels` with h * w = N, in row-major patch order.
+    Raises ValueError on a shape mismatch, negative or non-finite values, or a
+    row with no mass.
+    """
+    stack = head_mean(attention)
+    labels = np.asarray(patch_labels, dtype=np.int64)
+    if labels.ndim != 2:
+        raise ValueError(f"patch_labels must be an h x w grid, got shape {labels.shape}")
+    n = labels.size
+    if stack.shape[1:] != (n, n):
+        raise ValueError(
+            f"attention {tuple(stack.shape)} does not match the {labels.shape[0]}x"
+            f"{labels.shape[1]} patch grid ({n} patches): expected [M, {n}, {n}]"
+        )
+    if not np.isfinite(stack).all() or (stack < 0).any():
+        raise ValueError("attention must be finite and non-negative")
+    totals = stack.sum(axis=-1, keepdims=True)
+    if (totals <= 0).any():
+        raise ValueError("attention has a row with no mass on the patches; cannot renormalise")
+    rows = stack / totals
+    flat = labels.reshape(-1)
+    blocks = stack.shape[0]
+
+    sums = {k: np.zeros(blocks) for k in STATISTICS}
+    counts = {k: np.zeros(blocks) for k in STATISTICS}
+
+    # Entropy and neighbourhood lift: every patch is a query.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(rows > 0, rows * np.log(rows), 0.0)
+    entropy = -plogp.sum(axis=-1)  # M x N
+    sums["entropy"] += entropy.sum(axis=-1)
+    counts["entropy"] += n
+    if n > 1:
+        sums["entropy_normalised"] += entropy.sum(axis=-1) / math.log(n)
+        counts["entropy_normalised"] += n
+    near = _neighbourhoods(labels.shape)
+    near_mass = (rows * near).sum(axis=-1)  # M x N
+    sums["neighbourhood_lift"] += (near_mass / (near.sum(axis=-1) / n)).sum(axis=-1)
+    counts["neighbourhood_lift"] += n
+
+    objects = [int(k) for k in np.unique(flat) if k > 0]
+    if objects:
+        member = np.stack([flat == k for k in objects], axis=1).astype(np.float64)  # N x K
+        sizes = member.sum(axis=0)  # patches per object
+        mass = rows @ member  # M x N x K: each query's mass on each object
+        object_mass = mass.sum(axis=-1)  # M x N
+        all_objects = sizes.sum()
+        for index, k in enumerate(objects):
+            queries = flat == k
+            q = int(queries.sum())
+            own = mass[:, queries, index]  # M x q
+            sums["own_object_lift"] += (own / (sizes[index] / n)).sum(axis=-1)
+            counts["own_object_lift"] += q
+            others = all_objects - sizes[index]
+            if others > 0:
+                other = object_mass[:, queries] - own
+                sums["other_object_lift"] += (other / (others / n)).sum(axis=-1)
+                counts["other_object_lift"] += q
+        background = flat == 0
+        if background.any():
+            sums["background_to_object_ratio"] += (
+                object_mass[:, background] / (all_objects / n)
+            ).sum(axis=-1)
+            counts["background_to_object_ratio"] += int(background.sum())
+    return LocalitySums(sums, counts)
+
+
+@dataclass
+class AttentionDiagnostics:
+    """Pooled diagnostics over images: per block, and for the summed patch affinity.
+
+    Feed it one image at a time with :meth:`add`; :meth:`result` gives the means.
+    ``affinity_blocks``: the blocks the refinement's affinity sums (None: all).
+    """
+
+    affinity_blocks: Sequence[int] | None = None
+    images: int = 0
+    _blocks: LocalitySums | None = field(default=None, repr=False)
+    _affinity: LocalitySums | None = field(default=None, repr=False)
+
+    def add(self, attention: Any, patch_labels: np.ndarray) -> None:
+        """One image: ``attention`` [L, H, N, N] or [L, N, N] patch -> patch, ``patch_labels`` h x w."""
+        stack = head_mean(attention)
+        blocks = locality_sums(stack, patch_labels)
+        affinity = locality_sums(summed_affinity(stack, self.affinity_blocks)[None], patch_labels)
+        if self._blocks is not None and len(blocks.sums["entropy"]) != len(
+            self._blocks.sums["entropy"]
+        ):
+            raise ValueError(
+                f"image {self.images}: {stack.shape[0]} blocks, earlier images had "
+                f"{len(self._blocks.sums['entropy'])}"
+            )
+        self._blocks = blocks if self._blocks is None else self._blocks + blocks
+        self._affinity = affinity if self._affinity is None else self._affinity + affinity
+        self.images += 1
+
+    def result(self) -> dict[str, Any]:
+        """``{"images": n, "blocks": [per-block dict], "affinity": dict}`` (see :meth:`LocalitySums.means`)."""
+        if self._blocks is None or self._affinity is None:
+            raise ValueError("no image was added; nothing to summarise")
+        return {
+            "images": self.images,
+            "affinity_blocks": (
+                "all" if self.affinity_blocks is None else [int(b) for b in self.affinity_blocks]
+            ),
+            "blocks": self._blocks.means(),
+            "affinity": self._affinity.means()[0],
+        }
