@@ -35,44 +35,13 @@ from typing import Any
 import torch
 
 from wsss.methods.base import CamRefiner, register_refiner
-from wsss.models.attention import select_blocks
+from wsss.models.attention import blocks_for, check_layers
 
 REFINES = ("product", "cooccurrence", "cosine", "none")
 MODES = ("scatter", "gather")
 
 
 # ----------------------------------------------------------------- validation
-
-
-def check_layers(value: Any, key: str) -> int | str | list[int]:
-    """Validate a block spec (``"all"``, k >= 1 = the last k, or a non-empty list of indices).
-
-    The depth is only known at call time, where :func:`select_blocks` checks
-    the range; here only the form is checked. Errors name ``key``.
-    """
-    if value == "all":
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ValueError(f"{key}: a block count must be >= 1, got {value}")
-        return value
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
-    ):
-        return list(value)
-    raise ValueError(
-        f'{key}: expected "all", a block count k >= 1 or a list of block indices, got {value!r}'
-    )
-
-
-def blocks_for(depth: int, layers: int | str | Sequence[int], key: str) -> list[int]:
-    """:func:`select_blocks`, with its error re-raised under the parameter's name."""
-    try:
-        return select_blocks(depth, layers)
-    except ValueError as err:
-        raise ValueError(f"{key}: {err}") from err
 
 
 def _number(value: Any, key: str) -> float:

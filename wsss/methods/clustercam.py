@@ -58,7 +58,7 @@ from torch import nn
 from wsss.data.palette import IGNORE_INDEX
 from wsss.methods.base import CamRecipe, TrainingMethod, register_training_method
 from wsss.models import ModelConfig, ModelOutput, MultiClassTokenViT
-from wsss.models.attention import patch_affinity, propagate, select_blocks
+from wsss.models.attention import check_layers, patch_affinity, propagate, select_blocks
 from wsss.models.mct_vit import block_forward, create_backbone
 from wsss.ops.multiscale import pad_to_multiple, scaled_size, to_image
 from wsss.ops.normalize import minmax_per_class
@@ -403,22 +403,6 @@ class ClusterCAMViT(MultiClassTokenViT):
 # ----------------------------------------------------------------- the method
 
 
-def _check_layers(value: Any, key: str) -> None:
-    if value == "all":
-        return
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
-    ):
-        return
-    raise ValueError(
-        f'{key}: expected "all", a block count k >= 1 or a list of block indices, got {value!r}'
-    )
-
-
 def _check_int(params: dict[str, Any], key: str, low: int) -> None:
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -456,8 +440,8 @@ class ClusterCAM(TrainingMethod):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         p = self.params
-        _check_layers(p["cluster_blocks"], "method_params.clustercam.cluster_blocks")
-        _check_layers(p["pseudo_class_layers"], "method_params.clustercam.pseudo_class_layers")
+        check_layers(p["cluster_blocks"], "method_params.clustercam.cluster_blocks")
+        check_layers(p["pseudo_class_layers"], "method_params.clustercam.pseudo_class_layers")
         for key in ("cluster_cell", "cluster_iters", "decoder_channels", "decoder_dilation"):
             _check_int(p, key, 1)
         _check_int(p, "seg_start_epoch", 0)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from wsss.methods.adcam import blocks_for, check_layers
 from wsss.methods.base import CamRefiner, register_refiner
+from wsss.models.attention import blocks_for, check_layers
 
 
 def normalized_class_attention(

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from wsss.methods.aream import AReAM
 from wsss.methods.base import TrainingMethod, register_training_method
 from wsss.models import MultiClassTokenViT
-from wsss.models.attention import select_blocks
+from wsss.models.attention import check_layers, select_blocks
 from wsss.ops.par import denormalize
 
 COMPONENTS = ("hfa", "cpdo", "ppdo")
@@ -109,20 +109,7 @@ class DOEIConfig:
         def fail(key: str, why: str) -> None:
             raise ValueError(f"{where}.{key}: {why}, got {getattr(self, key)!r}")
 
-        blocks = self.blocks
-        if isinstance(blocks, bool) or not (
-            blocks == "all"
-            or (isinstance(blocks, int) and blocks >= 1)
-            or (
-                isinstance(blocks, (list, tuple))
-                and blocks
-                and all(isinstance(i, int) for i in blocks)
-            )
-        ):
-            fail(
-                "blocks",
-                '"all", a positive count (the last k blocks) or a non-empty list of indices',
-            )
+        check_layers(self.blocks, f"{where}.blocks")
         if isinstance(self.components, str) or not set(self.components) <= set(COMPONENTS):
             fail("components", f"a list, subset of {list(COMPONENTS)}")
         self.components = [c for c in COMPONENTS if c in self.components]

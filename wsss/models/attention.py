@@ -9,6 +9,7 @@ arguments so each recipe is a named configuration rather than new code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +27,37 @@ def select_blocks(depth: int, layers: int | str | Sequence[int]) -> list[int]:
     if bad or not indices:
         raise ValueError(f"block indices {list(layers)} invalid for a {depth}-block model")
     return [i % depth for i in indices]
+
+
+def check_layers(value: Any, key: str) -> int | str | list[int]:
+    """Check the form of a block spec (``"all"``, k >= 1 = the last k, or a non-empty list of indices).
+
+    The depth is only known at call time, where :func:`select_blocks` checks
+    the range; here only the form is checked. Errors name ``key``.
+    """
+    if value == "all":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"{key}: a block count must be >= 1, got {value}")
+        return value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        return list(value)
+    raise ValueError(
+        f'{key}: expected "all", a block count k >= 1 or a list of block indices, got {value!r}'
+    )
+
+
+def blocks_for(depth: int, layers: int | str | Sequence[int], key: str) -> list[int]:
+    """:func:`select_blocks`, with its error re-raised under the parameter's name."""
+    try:
+        return select_blocks(depth, layers)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from err
 
 
 def _reduce(stack: torch.Tensor, reduce: str) -> torch.Tensor:
