@@ -4,7 +4,6 @@ rule cams:
         code=code("cams", variant_methods),
     output:
         cams="results/cams/{dataset}/{method}/seed{seed}/{split}.npz",
-        timing="results/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
     params:
         cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
     threads: rule_resources("cams")["threads"]
@@ -15,9 +14,12 @@ rule cams:
         device=lambda wc: execution_resources(wc)["device"],
         workers=lambda wc: execution_resources(wc)["workers"],
         cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+    # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
+    # output in results/cams, which DVC caches and pushes.
     log:
-        "results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
+        log="results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
+        timing="results/logs/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
     shell:
         "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
-        " --out {output.cams} --timing {output.timing} --threads {threads} 2> {log}"
+        " --out {output.cams} --timing {log.timing} --threads {threads} 2> {log.log}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
