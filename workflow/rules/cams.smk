@@ -3,7 +3,7 @@ rule cams:
         model=model_path,
         code=code("cams", variant_methods),
     output:
-        cams="results/cams/{dataset}/{method}/seed{seed}/{split}.npz",
+        cams=results("cams/{dataset}/{method}/seed{seed}/{split}.npz"),
     params:
         cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
     threads: rule_resources("cams")["threads"]
@@ -17,8 +17,8 @@ rule cams:
     # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
     # output in results/cams, which DVC caches and pushes.
     log:
-        log="results/logs/cams/{dataset}/{method}/seed{seed}/{split}.log",
-        timing="results/logs/cams/{dataset}/{method}/seed{seed}/{split}_timing.json",
+        log=results("logs/cams/{dataset}/{method}/seed{seed}/{split}.log"),
+        timing=results("logs/cams/{dataset}/{method}/seed{seed}/{split}_timing.json"),
     shell:
         "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
         " --out {output.cams} --timing {log.timing} --threads {threads} 2> {log.log}"
