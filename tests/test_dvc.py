@@ -1,5 +1,5 @@
 """DVC wraps the Snakemake grid: `dvc repro` regenerates the table, `dvc metrics diff` compares
-commits, a fresh clone pulls instead of retraining."""
+commits, a fresh clone pulls instead of retraining, `dvc plots diff` draws every method."""
 
 import hashlib
 import json
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from wsss.config import deep_merge
+from wsss.report.table import threshold_curves
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -185,3 +186,62 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
     assert "rule cams:" in log and "rule evaluate_cams:" in log
     assert "rule train:" not in log and "rule prepare_data:" not in log
     assert {p: _sha(p) for p in models} == before
+
+
+def _cam_metrics(path: Path, dataset: str, method: str, seed: int, curve: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    points = [{"threshold": t, "miou": m} for t, m in curve]
+    run = {"meta": {"dataset": dataset, "method": method, "seed": seed}}
+    run["cam"] = {"sweep": {"curve": points}}
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_plots_diff_draws_every_method_and_seed(tmp_path):
+    """threshold_curves.csv in long format and dvc.yaml's template: the Vega-Lite spec of
+    `dvc plots diff` has one line per (revision, method, seed)."""
+    project = _make_project(tmp_path / "project", params={})
+    csv = project / "results" / "plots" / "threshold_curves.csv"
+    csv.parent.mkdir(parents=True)
+
+    def write(offset: float) -> None:
+        files = [
+            _cam_metrics(tmp_path / f"m/{method}{seed}.json", "synthetic", method, seed, curve)
+            for method, seed, curve in [
+                ("mctformer_v2", 0, [(0.0, 0.1), (0.5, 0.4), (0.7, 0.3)]),
+                ("mctformer_v2", 1, [(0.0, 0.2), (0.5, 0.5), (0.7, 0.2)]),
+                ("mctformer_v2_adcam", 0, [(0.0, 0.1 + offset), (0.5, 0.6), (0.7, 0.5)]),
+            ]
+        ]
+        threshold_curves(files).to_csv(csv, index=False, float_format="%.6f")
+
+    write(0.0)
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "dataset,method,seed,threshold,miou"
+    assert lines[1] == "synthetic,mctformer_v2,0,0.000000,0.100000"
+    assert lines[8] == "synthetic,mctformer_v2_adcam,0,0.500000,0.600000" and len(lines) == 10
+    _run(["git", "add", "-A"], project)
+    _run(["git", "commit", "-qm", "curves 1"], project)
+    write(0.25)
+    _run(["git", "commit", "-qam", "curves 2"], project)
+
+    out = _run(
+        [*DVC, "plots", "diff", "HEAD~1", "HEAD", "--show-vega", "--targets", str(csv)], project
+    )
+    spec = json.loads(out.stdout)
+    layer = spec["spec"]
+    assert spec["facet"]["column"]["field"] == "dataset"
+    assert layer["mark"]["type"] == "line"
+    encoding = layer["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("threshold", "miou")
+    assert encoding["color"]["field"] == "method"
+    assert encoding["detail"]["field"] == "seed" and encoding["strokeDash"]["field"] == "rev"
+    lines: dict[tuple, dict[float, float]] = {}
+    for row in spec["data"]["values"]:
+        key = (row["rev"], row["method"], int(row["seed"]))
+        lines.setdefault(key, {})[float(row["threshold"])] = float(row["miou"])
+    runs = [("mctformer_v2", 0), ("mctformer_v2", 1), ("mctformer_v2_adcam", 0)]
+    assert sorted(lines) == sorted((rev, *run) for rev in ("HEAD", "HEAD~1") for run in runs)
+    assert all(sorted(curve) == [0.0, 0.5, 0.7] for curve in lines.values())
+    assert lines["HEAD~1", "mctformer_v2_adcam", 0][0.0] == pytest.approx(0.1)
+    assert lines["HEAD", "mctformer_v2_adcam", 0][0.0] == pytest.approx(0.35)
