@@ -197,6 +197,8 @@ def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
         (project / ignore).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / ignore, project / ignore)
     _git(project, "init", "-q")
+    # .cache/ is this test's XDG_CACHE_HOME (_snakemake), not something the pipeline writes
+    (project / ".git" / "info" / "exclude").write_text(".cache/\n")
     _git(project, "add", "-A")
     _git(project, "commit", "-qm", "project")
     _snakemake(project, "--configfile", smoke)
