@@ -486,11 +486,11 @@ def test_workflow_converts_once_and_runs_on_the_converted_sample(tmp_path):
         )
     )
     smoke = str(project / "configs" / "smoke.yaml")
-    target = "results/runs/coco/mctformer_v2/seed0/cam_metrics.json"
+    target = "results-smoke/runs/coco/mctformer_v2/seed0/cam_metrics.json"
     _snakemake(project, "--configfile", smoke, str(override), "--", target)
     metrics = json.loads((project / target).read_text())["cam"]
     assert 0.0 <= metrics["miou"] <= 1.0
-    converted = json.loads((project / "results/data/coco.conversion.json").read_text())
+    converted = json.loads((project / "results-smoke/data/coco.conversion.json").read_text())
     assert converted["num_classes"] == 80 and converted["splits"]["train"]["images"] == 30
     assert (project / "data/coco/SegmentationClass").is_dir()
     again = _snakemake(project, "-n", "--configfile", smoke, str(override), "--", target)

@@ -296,7 +296,7 @@ def test_smoke_run_through_the_slurm_executor_asks_for_params_resources(project,
     elapsed = time.monotonic() - start
 
     # The jobs really ran: the table the local rule writes is there.
-    assert "MCTformer-V2" in (project / "results" / "table.md").read_text()
+    assert "MCTformer-V2" in (project / "results-smoke" / "table.md").read_text()
     jobs = _records(state, "jobs.jsonl")
     assert jobs and all(job["state"] == "COMPLETED" for job in jobs), jobs
 

@@ -239,7 +239,7 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
     project = _copy_project(tmp_path / "project")
     smoke = str(project / "configs" / "smoke.yaml")
     _snakemake(project, "--configfile", smoke)
-    results = project / "results"
+    results = project / "results-smoke"  # configs/smoke.yaml: results_dir
     params = yaml.safe_load((project / "params.yaml").read_text())
     methods = yaml.safe_load((project / "configs" / "smoke.yaml").read_text())["grid"]["methods"]
     report = params["report"]
@@ -252,7 +252,7 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
     assert (results / "plots" / "per_class_iou" / "synthetic.csv").is_file()
     assert "<table>" in (results / "table.html").read_text()
 
-    _snakemake(project, "--configfile", smoke, "--report", "results/report.html")
+    _snakemake(project, "--configfile", smoke, "--report", "results-smoke/report.html")
     page = (results / "report.html").read_text()
     assert "CAM gallery" in page and "synthetic.png" in page
     assert "cam_miou.png" in page and "table.html" in page

@@ -161,24 +161,66 @@ def test_bad_params_fail_before_any_job(project, override, message):
     assert not (project / "results").exists()
 
 
+def _git(workdir: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t")
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    result = subprocess.run(
+        ["git", *args], cwd=workdir, env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+def test_every_output_and_log_is_under_results_dir(project):
+    """One prefix (results_dir) moves every file a job writes; the smoke preset uses it."""
+    smoke = yaml.safe_load((project / "configs" / "smoke.yaml").read_text())
+    assert smoke["results_dir"] == "results-smoke"
+    smoke_file = str(project / "configs" / "smoke.yaml")
+    result = _snakemake(project, "-n", "-p", "--configfile", smoke_file)
+    paths = [
+        path.strip()
+        for line in result.stdout.splitlines()
+        if line.startswith(("    output: ", "    log: "))
+        for path in line.split(": ", 1)[1].split(",")
+    ]
+    assert len(paths) > 20
+    assert [p for p in paths if not p.startswith("results-smoke/")] == []
+    table = _jobs(result.stdout, "table")
+    assert "--out-dir results-smoke " in table[0]["shell"]
+
+
 @pytest.mark.slow
 def test_smoke_run_then_nothing_to_do_then_code_edit_reruns_dependents(project):
     smoke = str(project / "configs" / "smoke.yaml")
+    # A git repo with the project's ignore files: the smoke run must leave it clean
+    # (its results and data folders are git-ignored, the committed results untouched).
+    for ignore in (".gitignore", "results/.gitignore", "data/.gitignore"):
+        (project / ignore).parent.mkdir(exist_ok=True)
+        shutil.copy(REPO / ignore, project / ignore)
+    _git(project, "init", "-q")
+    # .cache/ is this test's XDG_CACHE_HOME (_snakemake), not something the pipeline writes
+    (project / ".git" / "info" / "exclude").write_text(".cache/\n")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "project")
     _snakemake(project, "--configfile", smoke)
-    table = (project / "results" / "table.md").read_text()
+    assert _git(project, "status", "--porcelain", "--untracked-files=all") == ""
+    assert not (project / "results").exists() or {
+        p.name for p in (project / "results").iterdir()
+    } <= {".gitignore"}
+    results = project / "results-smoke"
+    table = (results / "table.md").read_text()
     assert "MCTformer-V2" in table and "patch affinity" in table
-    metrics = json.loads((project / "results" / "metrics.json").read_text())
+    metrics = json.loads((results / "metrics.json").read_text())
     run = metrics["synthetic"]["mctformer_v2"]
     assert 0.0 <= run["cam_miou"] <= 1.0 and run["seeds"] == 1
     assert (
-        project / "results" / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log"
+        results / "logs" / "train" / "synthetic" / "mctformer_v2" / "seed0.log"
     ).stat().st_size > 0
     # Stage 2: one pseudo-label PNG per training image, a segmenter scored on val.
     smoke_params = yaml.safe_load(Path(smoke).read_text())
     num_train = smoke_params["datasets"]["synthetic"]["generator"]["num_train"]
-    labels = project / "results" / "pseudo_labels" / "synthetic" / "mctformer_v2" / "seed0"
+    labels = results / "pseudo_labels" / "synthetic" / "mctformer_v2" / "seed0"
     assert len(list(labels.glob("*.png"))) == num_train
-    run_dir = project / "results" / "runs" / "synthetic" / "mctformer_v2" / "seed0"
+    run_dir = results / "runs" / "synthetic" / "mctformer_v2" / "seed0"
     seg = json.loads((run_dir / "seg_metrics.json").read_text())["seg"]
     assert seg["split"] == "val" and (run_dir / "segmenter.pt").is_file()
     assert run["seg_miou"] == pytest.approx(seg["miou"], abs=1e-6)
@@ -224,15 +266,16 @@ def test_smoke_run_with_entropy_weights_from_the_baseline(project):
     )
     args = ("--configfile", str(project / "configs" / "smoke.yaml"), str(override))
     _snakemake(project, *args)
-    weights_file = project / "results/runs/synthetic/train/mctformer_v2/seed0/entropy_weights.json"
+    results = project / "results-smoke"
+    weights_file = results / "runs/synthetic/train/mctformer_v2/seed0/entropy_weights.json"
     weights = json.loads(weights_file.read_text())
     assert weights["method"] == "mctformer_v2" and len(weights["weights"]) == weights["blocks"] == 2
-    log = (project / "results/logs/entropy_weights/synthetic/mctformer_v2/seed0.log").read_text()
+    log = (results / "logs/entropy_weights/synthetic/mctformer_v2/seed0.log").read_text()
     assert "per-block entropy (bits)" in log and "per-block weights e_l" in log
     model = torch.load(
-        project / "results/runs/synthetic/train/aream_entropy/seed0/model.pt", weights_only=True
+        results / "runs/synthetic/train/aream_entropy/seed0/model.pt", weights_only=True
     )
     assert model["config"]["method"]["params"]["entropy_weights"] == weights["weights"]
-    assert "AReAM, entropy layer weights" in (project / "results" / "table.md").read_text()
+    assert "AReAM, entropy layer weights" in (results / "table.md").read_text()
     again = _snakemake(project, "-n", *args)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -59,6 +59,11 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
     return params
 
 
+def results_dir(params: dict[str, Any]) -> str:
+    """The folder every job writes under: ``results_dir``, else the schema default (``results``)."""
+    return params.get("results_dir", _schema()["properties"]["results_dir"]["default"])
+
+
 @cache
 def _schema() -> dict[str, Any]:
     package, name = SCHEMA_RESOURCE

@@ -13,6 +13,16 @@ from wsss import config as wsss_config  # noqa: E402
 # Fails before any job starts, naming the key (schema + method registry).
 wsss_config.validate_params(config, source="params.yaml (with any --configfile overrides)")
 
+# Every path a rule reads or writes lives under this one prefix (params.yaml `results_dir`,
+# default `results`; configs/smoke.yaml moves the smoke run out of the committed results).
+RESULTS = wsss_config.results_dir(config)
+
+
+def results(path):
+    """``path`` (wildcards kept as they are) below the results folder."""
+    return f"{RESULTS}/{path}"
+
+
 GRID = config["grid"]
 DATASETS = GRID["datasets"]
 METHODS = GRID["methods"]
@@ -75,7 +85,7 @@ def upstream_files(wildcards):
     (declared by its method, e.g. AReAM's entropy_weights: baseline), each made by the rule
     of the declared stage beside that run's model.pt."""
     return {
-        param: f"results/runs/{wildcards.dataset}/train/{run}/seed{wildcards.seed}/{stage}.json"
+        param: f"{RESULTS}/runs/{wildcards.dataset}/train/{run}/seed{wildcards.seed}/{stage}.json"
         for param, stage, run in wsss_config.upstream_inputs(config, wildcards.train)
     }
 
@@ -85,7 +95,7 @@ def eval_split(dataset):
 
 
 def model_path(wildcards):
-    return f"results/runs/{wildcards.dataset}/train/{train_key(wildcards)}/seed{wildcards.seed}/model.pt"
+    return f"{RESULTS}/runs/{wildcards.dataset}/train/{train_key(wildcards)}/seed{wildcards.seed}/model.pt"
 
 
 def decoder_methods():
@@ -114,7 +124,7 @@ def rule_resources(rule_name):
 def conversion_manifest(wildcards):
     """A coco dataset is read from its converted layout: convert first."""
     if config["datasets"][wildcards.dataset]["kind"] == "coco":
-        return f"results/data/{wildcards.dataset}.conversion.json"
+        return f"{RESULTS}/data/{wildcards.dataset}.conversion.json"
     return []
 
 
@@ -127,14 +137,14 @@ def pseudo_label_threshold_source(wildcards):
     block = wsss_config.dataset_block(config, wildcards.dataset, "pseudo_labels")
     if block["bg_threshold"] != "best":
         return []
-    return f"results/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
+    return f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
 
 
 def gallery_cams(wildcards):
     """The CAM file of every method's first-seed run on the dataset's eval split."""
     split = eval_split(wildcards.dataset)
     return [
-        f"results/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
+        f"{RESULTS}/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
     ]
 
 

@@ -3,7 +3,7 @@ rule prepare_data:
         code=code("prepare-data"),
         conversion=conversion_manifest,
     output:
-        manifest="results/data/{dataset}.json",
+        manifest=results("data/{dataset}.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.prepare_config(config, wc.dataset)),
     resources:
@@ -11,7 +11,7 @@ rule prepare_data:
         mem_mb=rule_resources("prepare_data")["mem_mb"],
         runtime=rule_resources("prepare_data")["runtime"],
     log:
-        "results/logs/prepare_data/{dataset}.log",
+        results("logs/prepare_data/{dataset}.log"),
     shell:
         "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
 
@@ -23,7 +23,7 @@ rule prepare_data:
 # delete the root to convert again.
 rule convert_coco:
     output:
-        manifest="results/data/{dataset}.conversion.json",
+        manifest=results("data/{dataset}.conversion.json"),
     params:
         cfg=lambda wc: as_json({**config["datasets"][wc.dataset], "name": wc.dataset}),
     threads: 1
@@ -31,6 +31,6 @@ rule convert_coco:
         mem_mb=rule_resources("convert_coco")["mem_mb"],
         runtime=rule_resources("convert_coco")["runtime"],
     log:
-        "results/logs/convert_coco/{dataset}.log",
+        results("logs/convert_coco/{dataset}.log"),
     shell:
         "wsss convert-coco --config {params.cfg:q} --out {output.manifest} 2> {log}"

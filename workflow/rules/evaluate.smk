@@ -1,9 +1,9 @@
 rule evaluate_cams:
     input:
-        cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{eval_split(wc.dataset)}.npz",
+        cams=lambda wc: f"{RESULTS}/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{eval_split(wc.dataset)}.npz",
         code=code("evaluate"),
     output:
-        metrics="results/runs/{dataset}/{method}/seed{seed}/cam_metrics.json",
+        metrics=results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.evaluate_config(config, wc.dataset, run_meta(wc))),
     threads: rule_resources("evaluate_cams")["threads"]
@@ -12,7 +12,7 @@ rule evaluate_cams:
         mem_mb=rule_resources("evaluate_cams")["mem_mb"],
         runtime=rule_resources("evaluate_cams")["runtime"],
     log:
-        "results/logs/evaluate/{dataset}/{method}/seed{seed}.log",
+        results("logs/evaluate/{dataset}/{method}/seed{seed}.log"),
     shell:
         "wsss evaluate --config {params.cfg:q} --cams {input.cams} --out {output.metrics}"
         " --threads {threads} 2> {log}"
@@ -23,7 +23,7 @@ rule evaluate_decoder:
         model=model_path,
         code=code("evaluate-decoder", variant_methods),
     output:
-        metrics="results/runs/{dataset}/{method}/seed{seed}/decoder_metrics.json",
+        metrics=results("runs/{dataset}/{method}/seed{seed}/decoder_metrics.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.decoder_config(config, wc.dataset, run_meta(wc))),
     threads: rule_resources("evaluate_decoder")["threads"]
@@ -35,7 +35,7 @@ rule evaluate_decoder:
         workers=lambda wc: execution_resources(wc)["workers"],
         cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
-        "results/logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log",
+        results("logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log"),
     shell:
         "wsss evaluate-decoder --config {params.cfg:q} --model {input.model} --out {output.metrics}"
         " --threads {threads}"

@@ -5,37 +5,38 @@ localrules:
 rule table:
     input:
         metrics=expand(
-            "results/runs/{dataset}/{method}/seed{seed}/cam_metrics.json",
+            results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),
             dataset=DATASETS,
             method=METHODS,
             seed=SEEDS,
         ),
         decoder=expand(
-            "results/runs/{dataset}/{method}/seed{seed}/decoder_metrics.json",
+            results("runs/{dataset}/{method}/seed{seed}/decoder_metrics.json"),
             dataset=DATASETS,
             method=decoder_methods(),
             seed=SEEDS,
         ),
         pseudo=expand(
-            "results/runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json",
+            results("runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json"),
             dataset=DATASETS,
             method=METHODS,
             seed=SEEDS,
         ),
         seg=expand(
-            "results/runs/{dataset}/{method}/seed{seed}/seg_metrics.json",
+            results("runs/{dataset}/{method}/seed{seed}/seg_metrics.json"),
             dataset=DATASETS,
             method=METHODS,
             seed=SEEDS,
         ),
         code=code("table"),
     output:
-        table=report("results/table.md", caption="../report/table_files.rst", category="Results"),
-        csv=report("results/table.csv", caption="../report/table_files.rst", category="Results"),
-        runs=report("results/runs.csv", caption="../report/table_files.rst", category="Results"),
-        metrics="results/metrics.json",
-        plots=["results/plots/cam_miou.csv", "results/plots/threshold_curves.csv"],
+        table=report(results("table.md"), caption="../report/table_files.rst", category="Results"),
+        csv=report(results("table.csv"), caption="../report/table_files.rst", category="Results"),
+        runs=report(results("runs.csv"), caption="../report/table_files.rst", category="Results"),
+        metrics=results("metrics.json"),
+        plots=[results("plots/cam_miou.csv"), results("plots/threshold_curves.csv")],
     params:
+        out_dir=RESULTS,
         order=" ".join(METHODS),
         kinds=" ".join(f"{d}={config['datasets'][d]['kind']}" for d in DATASETS),
         labels=method_labels(),
@@ -45,11 +46,11 @@ rule table:
             if config["methods"][m].get("baseline")
         ),
     log:
-        "results/logs/table.log",
+        results("logs/table.log"),
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
-        " --out-dir results --method-order {params.order} --dataset-kinds {params.kinds}"
+        " --out-dir {params.out_dir} --method-order {params.order} --dataset-kinds {params.kinds}"
         " --labels {params.labels} --baselines {params.baselines}"
         " > {log} 2>&1"
 
@@ -64,12 +65,12 @@ localrules:
 
 rule table_html:
     input:
-        table="results/table.md",
+        table=results("table.md"),
         code=code("table-html"),
     output:
-        html=report("results/table.html", caption="../report/table.rst", category="Results"),
+        html=report(results("table.html"), caption="../report/table.rst", category="Results"),
     log:
-        "results/logs/table_html.log",
+        results("logs/table_html.log"),
     shell:
         "wsss table-html --table {input.table} --out {output.html} 2> {log}"
 
@@ -77,41 +78,41 @@ rule table_html:
 rule plots:
     input:
         metrics=expand(
-            "results/runs/{{dataset}}/{method}/seed{seed}/cam_metrics.json",
+            results("runs/{{dataset}}/{method}/seed{seed}/cam_metrics.json"),
             method=METHODS,
             seed=SEEDS,
         ),
-        manifest="results/data/{dataset}.json",
+        manifest=results("data/{dataset}.json"),
         code=code("plots"),
     output:
         miou=report(
-            "results/figures/{dataset}/cam_miou.png",
+            results("figures/{dataset}/cam_miou.png"),
             caption="../report/cam_miou.rst",
             category="Figures",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "CAM mIoU per method"},
         ),
         curves=report(
-            "results/figures/{dataset}/threshold_curves.png",
+            results("figures/{dataset}/threshold_curves.png"),
             caption="../report/threshold_curves.rst",
             category="Figures",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "mIoU vs background threshold"},
         ),
         per_class=report(
-            "results/figures/{dataset}/per_class_iou.png",
+            results("figures/{dataset}/per_class_iou.png"),
             caption="../report/per_class_iou.rst",
             category="Figures",
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "per-class IoU"},
         ),
-        csv="results/plots/per_class_iou/{dataset}.csv",
+        csv=results("plots/per_class_iou/{dataset}.csv"),
     params:
         order=" ".join(METHODS),
         out_dir=lambda wc, output: str(Path(output.miou).parent),
         labels=method_labels(),
     log:
-        "results/logs/plots/{dataset}.log",
+        results("logs/plots/{dataset}.log"),
     shell:
         "wsss plots --metrics {input.metrics} --manifest {input.manifest} --out-dir {params.out_dir}"
         " --csv {output.csv} --method-order {params.order} --labels {params.labels} > {log} 2>&1"
@@ -122,13 +123,13 @@ rule gallery:
         cams=gallery_cams,
         # the same runs' pseudo-labels (directory outputs of the pseudo_labels rule)
         pseudo=expand(
-            "results/pseudo_labels/{{dataset}}/{method}/seed{seed}", method=METHODS, seed=SEEDS[0]
+            results("pseudo_labels/{{dataset}}/{method}/seed{seed}"), method=METHODS, seed=SEEDS[0]
         ),
-        manifest="results/data/{dataset}.json",
+        manifest=results("data/{dataset}.json"),
         code=code("gallery"),
     output:
         gallery=report(
-            "results/gallery/{dataset}.png",
+            results("gallery/{dataset}.png"),
             caption="../report/gallery.rst",
             category="CAM gallery",
             labels={"dataset": "{dataset}"},
@@ -140,7 +141,7 @@ rule gallery:
         mem_mb=rule_resources("gallery")["mem_mb"],
         runtime=rule_resources("gallery")["runtime"],
     log:
-        "results/logs/gallery/{dataset}.log",
+        results("logs/gallery/{dataset}.log"),
     shell:
         "wsss gallery --config {params.cfg:q} --cams {input.cams} --pseudo-labels {input.pseudo}"
         " --out {output.gallery} > {log} 2>&1"

@@ -5,12 +5,12 @@
 
 rule pseudo_labels:
     input:
-        cams=lambda wc: f"results/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
+        cams=lambda wc: f"{RESULTS}/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
         cam_metrics=pseudo_label_threshold_source,
         code=code("pseudo-labels"),
     output:
-        labels=directory("results/pseudo_labels/{dataset}/{method}/seed{seed}"),
-        metrics="results/runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json",
+        labels=directory(results("pseudo_labels/{dataset}/{method}/seed{seed}")),
+        metrics=results("runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.pseudo_label_config(config, wc.dataset, run_meta(wc))),
         cam_metrics=lambda wc, input: f"--cam-metrics {input.cam_metrics}" if input.cam_metrics else "",
@@ -20,7 +20,7 @@ rule pseudo_labels:
         mem_mb=rule_resources("pseudo_labels")["mem_mb"],
         runtime=rule_resources("pseudo_labels")["runtime"],
     log:
-        "results/logs/pseudo_labels/{dataset}/{method}/seed{seed}.log",
+        results("logs/pseudo_labels/{dataset}/{method}/seed{seed}.log"),
     shell:
         "wsss pseudo-labels --config {params.cfg:q} --cams {input.cams} {params.cam_metrics}"
         " --out-dir {output.labels} --metrics {output.metrics} --threads {threads} 2> {log}"
@@ -28,12 +28,12 @@ rule pseudo_labels:
 
 rule segment:
     input:
-        labels="results/pseudo_labels/{dataset}/{method}/seed{seed}",
-        manifest="results/data/{dataset}.json",
+        labels=results("pseudo_labels/{dataset}/{method}/seed{seed}"),
+        manifest=results("data/{dataset}.json"),
         code=code("segment"),
     output:
-        model="results/runs/{dataset}/{method}/seed{seed}/segmenter.pt",
-        metrics="results/runs/{dataset}/{method}/seed{seed}/seg_metrics.json",
+        model=results("runs/{dataset}/{method}/seed{seed}/segmenter.pt"),
+        metrics=results("runs/{dataset}/{method}/seed{seed}/seg_metrics.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.segmentation_config(config, wc.dataset, run_meta(wc))),
     threads: rule_resources("segment")["threads"]
@@ -45,7 +45,7 @@ rule segment:
         workers=lambda wc: execution_resources(wc, "segmentation")["workers"],
         cache_images=lambda wc: int(execution_resources(wc, "segmentation")["cache_images"]),
     log:
-        "results/logs/segment/{dataset}/{method}/seed{seed}.log",
+        results("logs/segment/{dataset}/{method}/seed{seed}.log"),
     shell:
         "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
         " --model {output.model} --metrics {output.metrics} --threads {threads}"

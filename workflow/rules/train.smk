@@ -1,11 +1,11 @@
 rule train:
     input:
         unpack(upstream_files),
-        manifest="results/data/{dataset}.json",
+        manifest=results("data/{dataset}.json"),
         code=code("train", training_method),
     output:
-        model="results/runs/{dataset}/train/{train}/seed{seed}/model.pt",
-        metrics="results/runs/{dataset}/train/{train}/seed{seed}/train_metrics.json",
+        model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),
+        metrics=results("runs/{dataset}/train/{train}/seed{seed}/train_metrics.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.training_config(config, wc.dataset, wc.train)),
         out_dir=subpath(output.model, parent=True),
@@ -21,7 +21,7 @@ rule train:
         workers=lambda wc: execution_resources(wc)["workers"],
         cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
-        "results/logs/train/{dataset}/{train}/seed{seed}.log",
+        results("logs/train/{dataset}/{train}/seed{seed}.log"),
     shell:
         "wsss train --config {params.cfg:q} --seed {wildcards.seed} --out-dir {params.out_dir}"
         " {params.upstream} --threads {threads}"
@@ -33,11 +33,11 @@ rule train:
 # baseline it declares (wsss.methods.Upstream), written beside that run's model.pt.
 rule entropy_weights:
     input:
-        model="results/runs/{dataset}/train/{train}/seed{seed}/model.pt",
-        manifest="results/data/{dataset}.json",
+        model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),
+        manifest=results("data/{dataset}.json"),
         code=code("entropy-weights", training_method),
     output:
-        weights="results/runs/{dataset}/train/{train}/seed{seed}/entropy_weights.json",
+        weights=results("runs/{dataset}/train/{train}/seed{seed}/entropy_weights.json"),
     params:
         cfg=lambda wc: as_json(wsss_config.entropy_config(config, wc.dataset, wc.train)),
     threads: rule_resources("entropy_weights")["threads"]
@@ -49,7 +49,7 @@ rule entropy_weights:
         workers=lambda wc: execution_resources(wc)["workers"],
         cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
-        "results/logs/entropy_weights/{dataset}/{train}/seed{seed}.log",
+        results("logs/entropy_weights/{dataset}/{train}/seed{seed}.log"),
     shell:
         "wsss entropy-weights --config {params.cfg:q} --model {input.model}"
         " --out {output.weights} --threads {threads}"

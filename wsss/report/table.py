@@ -454,18 +454,29 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
 
 
 def threshold_curves(metric_files: list[str | Path]) -> pd.DataFrame:
-    """One wide table: threshold, then one mIoU column per run (DVC plots can't group by a column)."""
-    columns = {}
+    """Every run's CAM mIoU against the background threshold, in long format.
+
+    One row per run and threshold, columns ``dataset, method, seed, threshold, miou``
+    (threshold rounded to 4 decimals, mIoU in [0, 1]) from ``cam.sweep.curve`` of each
+    ``cam_metrics.json``, in the order of ``metric_files``. Long format lets
+    ``dvc plots`` draw one line per method and seed (dvc.yaml declares ``x``, ``y`` and
+    a template that colours by ``method``).
+    """
+    rows = []
     for path in metric_files:
         run = read_json(path)
         meta = run["meta"]
-        curve = run["cam"]["sweep"]["curve"]
-        columns[f"{meta['dataset']}/{meta['method']}/seed{meta['seed']}"] = pd.Series(
-            [p["miou"] for p in curve], index=[round(p["threshold"], 4) for p in curve]
+        rows.extend(
+            {
+                "dataset": meta["dataset"],
+                "method": meta["method"],
+                "seed": int(meta["seed"]),
+                "threshold": round(point["threshold"], 4),
+                "miou": point["miou"],
+            }
+            for point in run["cam"]["sweep"]["curve"]
         )
-    frame = pd.DataFrame(columns)
-    frame.index.name = "threshold"
-    return frame.reset_index()
+    return pd.DataFrame(rows, columns=["dataset", "method", "seed", "threshold", "miou"])
 
 
 def write_report(
