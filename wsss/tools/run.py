@@ -47,6 +47,7 @@ from wsss.config import load_params, prepare_config
 
 HELP = "run the DAG; recover from an interrupted run (locks, temporary files, lost data)"
 
+PARAMS = "params.yaml"  # the Snakefile's configfile
 LOCK_FILE = Path(".snakemake") / "wsss-run.lock"
 SNAKEMAKE_LOCKS = Path(".snakemake") / "locks"
 
@@ -63,7 +64,6 @@ class RunRefused(RuntimeError):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cores", default="all", help="snakemake --cores (default: all)")
-    p.add_argument("--params", default="params.yaml", help="the params file (Snakemake's configfile)")
     p.add_argument(
         "--configfile", action="append", default=[], help="override file merged on top (repeatable)"
     )
@@ -229,7 +229,10 @@ def recover(root: Path, params: dict, config_args: list[str]) -> None:
     if leftovers:
         _say(f"removing {len(leftovers)} temporary file(s) of an interrupted run:")
         for path in leftovers:
-            print(f"  {path.relative_to(root) if path.is_relative_to(root) else path}", file=sys.stderr)
+            print(
+                f"  {path.relative_to(root) if path.is_relative_to(root) else path}",
+                file=sys.stderr,
+            )
         remove_paths(leftovers)
     if snakemake_locked(root):
         _say("clearing the Snakemake lock of an interrupted run (no run is alive here)")
@@ -255,10 +258,10 @@ def run(args: argparse.Namespace) -> int:
     root = Path.cwd()
     if not (root / "workflow" / "Snakefile").is_file():
         raise FileNotFoundError(f"{root} holds no workflow/Snakefile; run from the project root")
-    params = load_params(root / args.params, *args.configfile)
+    params = load_params(root / PARAMS, *args.configfile)
     grid = params["grid"]
     _say(
-        f"{args.params}{''.join(' + ' + c for c in args.configfile)}: valid "
+        f"{PARAMS}{''.join(' + ' + c for c in args.configfile)}: valid "
         f"({len(grid['datasets'])} datasets x {len(grid['methods'])} methods x "
         f"{len(grid['seeds'])} seeds)"
     )
