@@ -18,11 +18,15 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# `wsss run` (wsss/tools/run.py) validates the params, refuses to start beside a live run,
+# clears what a killed run left (stale Snakemake lock, temporary files, lost dataset
+# files) and runs `snakemake --rerun-incomplete`. ARGS: e.g. ARGS="--configfile configs/smoke.yaml".
 run: install
-	$(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	$(BIN)/wsss run --cores $(CORES) $(ARGS)
 	@echo "table: results/table.md"
 
 dry-run: install
+	$(BIN)/wsss check-params
 	$(BIN)/snakemake -n --cores $(CORES)
 
 test: install
@@ -31,5 +35,7 @@ test: install
 lint: install
 	$(BIN)/ruff check wsss tests
 
+# Every per-run artifact, the dataset manifests, logs and the default synthetic dataset; the
+# files tracked in git (table, figures) stay. The next `make run` rebuilds all of it.
 clean:
 	rm -rf results/runs results/cams results/pseudo_labels results/logs results/data data/synthetic .snakemake

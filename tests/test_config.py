@@ -81,7 +81,7 @@ def test_load_params_merges_override_files(tmp_path):
         load_params(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
-    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ParamsError, match=r"bad.yaml:2:1: not valid YAML"):
         load_params(bad)
 
 
@@ -264,3 +264,121 @@ def test_a_baseline_names_another_defined_variant(params, baseline):
     params["methods"]["aream"]["baseline"] = baseline
     with pytest.raises(ParamsError, match=rf"methods.aream.baseline: '{baseline}' must name"):
         validate_params(params)
+
+
+# ------------------------------------------------------------- checks across keys (issue: params gaps)
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    override = tmp_path / "override.yaml"
+    # the third line is indented one space too far: a mapping where none may start
+    override.write_text("grid:\n  seeds: [0]\n   methods: [mctformer_v2]\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    assert str(err.value).startswith(f"{override}:3:")
+    assert "not valid YAML" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        # block indices against the model depth
+        (
+            lambda p: p["cam"].update(class_layers=5),
+            r"cam.class_layers: 5 does not fit a 4-block model \(layer count 5 outside 1..4\) "
+            r"\(runs: mctformer_v2 on synthetic, ",
+        ),
+        (
+            lambda p: p["cam"].update(affinity_layers=[0, 4]),
+            r"cam.affinity_layers: \[0, 4\] does not fit a 4-block model",
+        ),
+        (
+            lambda p: p["methods"]["clustercam"]["cam"].update(class_layers=[7]),
+            r"methods.clustercam.cam.class_layers: \[7\] does not fit a 4-block model "
+            r".*\(runs: clustercam on synthetic\)",
+        ),
+        (
+            lambda p: p["model"]["overrides"].update(depth=2),
+            r"cam.class_layers: 3 does not fit a 2-block model",
+        ),
+        (
+            lambda p: p["model"]["overrides"].update(depth=0),
+            r"model.overrides.depth: 0 is less than the minimum of 1",
+        ),
+        (
+            lambda p: p["method_params"]["adcam"].update(layers=[9]),
+            r"method_params.adcam.layers: \[9\] does not fit a 4-block model",
+        ),
+        (
+            lambda p: p["method_params"]["doei"].update(blocks=[4]),
+            r"method_params.doei.blocks: \[4\] does not fit a 4-block model",
+        ),
+        (
+            lambda p: p["method_params"]["clustercam"].update(cluster_blocks=6),
+            r"method_params.clustercam.cluster_blocks: 6 does not fit a 4-block model",
+        ),
+        (
+            lambda p: p["method_params"]["aream"].update(layer_index=4),
+            r"method_params.aream.layer_index 4 must be in 1..3 for a 4-block model",
+        ),
+        (
+            lambda p: (
+                p["methods"].update(
+                    aream_loss5={"train": "aream", "train_params": {"loss_layers": [5]}}
+                ),
+                p["grid"]["methods"].append("aream_loss5"),
+            ),
+            r"methods.aream_loss5.train_params.loss_layers: \[5\] does not fit a 4-block model",
+        ),
+        # ordered ranges
+        (
+            lambda p: p["train"].update(crop_scale=[1.0, 0.2]),
+            r"train.crop_scale: \[1.0, 0.2\] is not an ordered range; expected \[low, high\] "
+            r"with low <= high, e.g. \[0.2, 1.0\]",
+        ),
+        (
+            lambda p: p["segmentation"].update(scale_range=[1.5, 0.5]),
+            r"segmentation.scale_range: \[1.5, 0.5\] is not an ordered range",
+        ),
+        (
+            lambda p: p["datasets"]["synthetic"].update(
+                overrides={"segmentation": {"scale_range": [2.0, 1.0]}}
+            ),
+            r"datasets.synthetic.overrides.segmentation.scale_range: \[2.0, 1.0\] is not an "
+            r"ordered range",
+        ),
+        # thresholds: a number in [0, 1] or best, both offered
+        (
+            lambda p: p["pseudo_labels"].update(bg_threshold=1.5),
+            r"pseudo_labels.bg_threshold: 1.5 is not valid; expected a number in \[0, 1\] "
+            r"\(the background score\), or best",
+        ),
+        (
+            lambda p: p["pseudo_labels"].update(bg_threshold="bset"),
+            r"pseudo_labels.bg_threshold: 'bset' is not valid; expected a number in \[0, 1\]",
+        ),
+        # generator keys
+        (
+            lambda p: p["datasets"]["synthetic"]["generator"].update(num_trian=5),
+            r"datasets.synthetic.generator: unknown key\(s\) \['num_trian'\]; known keys: seed, "
+            r"image_size, num_train, ",
+        ),
+        (
+            lambda p: p["datasets"]["synthetic"]["generator"].update(num_classes=0),
+            r"datasets.synthetic.generator: .*num_classes",
+        ),
+    ],
+)
+def test_params_checked_across_keys_before_any_job(params, mutate, message):
+    with pytest.raises(ParamsError, match=message):
+        validate_params(_broken(params, mutate))
+
+
+def test_block_indices_are_checked_only_for_the_runs_of_the_grid(params):
+    """The smoke preset's 2-block model with only its two grid methods is valid, although
+    other variants' recipes (ClusterCAM's 3 class layers) would not fit it."""
+    smoke = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    validate_params(deep_merge(params, smoke))
+    smoke["grid"]["methods"].append("clustercam")
+    with pytest.raises(ParamsError, match=r"methods.clustercam.cam.class_layers: 3 does not fit"):
+        validate_params(deep_merge(params, smoke))

@@ -49,7 +49,7 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ParamsError(f"{file}: not valid YAML: {err}") from err
+            raise ParamsError(_yaml_error(file, err)) from err
         if not isinstance(data, dict):
             raise ParamsError(
                 f"{file}: expected a mapping at the top level, got {type(data).__name__}"
@@ -62,6 +62,16 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
 def results_dir(params: dict[str, Any]) -> str:
     """The folder every job writes under: ``results_dir``, else the schema default (``results``)."""
     return params.get("results_dir", _schema()["properties"]["results_dir"]["default"])
+
+def _yaml_error(file: Path, err: Exception) -> str:
+    """``<file>:<line>:<column>: not valid YAML: <problem>`` (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    if mark is None:
+        return f"{file}: not valid YAML: {problem}"
+    context = getattr(err, "context", None)
+    where = f" ({context})" if context else ""
+    return f"{file}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}{where}"
 
 
 @cache
@@ -83,6 +93,10 @@ def _format_schema_error(error: Any) -> str:
         key = ".".join(filter(None, [path, extra[0] if extra else ""]))
         known = sorted(error.schema.get("properties", {}))
         return f"{key}: unknown key (known here: {', '.join(known)})"
+    if error.validator == "oneOf" and "description" in error.schema:
+        # Each alternative fails on its own terms ("'best' was expected" for 1.5); the
+        # description says what is accepted, every alternative together.
+        return f"{path}: {error.instance!r} is not valid; expected {error.schema['description']}"
     if error.context:  # oneOf/allOf: report the most specific sub-error
         best = jsonschema.exceptions.best_match(error.context)
         return _format_schema_error(best) if best.absolute_path else f"{path}: {best.message}"
@@ -153,6 +167,8 @@ def _check_names(params: dict[str, Any], source: str) -> None:
     thresholds = params["evaluate"]["thresholds"]
     if thresholds["start"] > thresholds["stop"]:
         problems.append("evaluate.thresholds: start must not exceed stop")
+    problems.extend(_check_ranges(params))
+    problems.extend(_check_generators(params))
     if problems:
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(problems))
     for dataset in params["grid"]["datasets"]:
@@ -174,6 +190,10 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             build_variant_methods(params, variant)
         except ValueError as err:
             raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
+    # Block indices against the depth of the model each run builds.
+    depth_problems = _check_blocks(params)
+    if depth_problems:
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(depth_problems))
     # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
     from wsss.stages.pseudo_labels import PseudoLabelSettings
 
@@ -211,6 +231,159 @@ def _check_upstream(params: dict[str, Any]) -> list[str]:
             if problem not in problems:
                 problems.append(problem)
     return problems
+
+
+# [low, high] pairs, as (block, key): checked in the global block and in every override.
+ORDERED_RANGES = (("train", "crop_scale"), ("segmentation", "scale_range"))
+
+
+def _check_ranges(params: dict[str, Any]) -> list[str]:
+    """Every ``[low, high]`` pair (:data:`ORDERED_RANGES`) has ``low <= high``, wherever it is
+    set: the global block, a dataset's ``overrides`` or a variant's ``overrides``."""
+    places: list[tuple[str, dict[str, Any]]] = [("", params)]
+    for name, spec in params["datasets"].items():
+        places.append((f"datasets.{name}.overrides.", spec.get("overrides") or {}))
+    for name, spec in params["methods"].items():
+        places.append((f"methods.{name}.overrides.", spec.get("overrides") or {}))
+    problems = []
+    for prefix, blocks in places:
+        for block, key in ORDERED_RANGES:
+            value = (blocks.get(block) or {}).get(key)
+            if isinstance(value, list) and len(value) == 2 and value[0] > value[1]:
+                problems.append(
+                    f"{prefix}{block}.{key}: {value} is not an ordered range; expected "
+                    f"[low, high] with low <= high, e.g. {sorted(value)}"
+                )
+    return problems
+
+
+def _check_generators(params: dict[str, Any]) -> list[str]:
+    """A synthetic dataset's ``generator`` block builds its generator config (unknown keys and
+    bad values are named); other kinds have no generator."""
+    problems = []
+    for name, spec in params["datasets"].items():
+        if "generator" not in spec:
+            continue
+        if spec["kind"] != "synthetic":
+            problems.append(
+                f"datasets.{name}.generator: only a synthetic dataset has a generator "
+                f"(this one is kind {spec['kind']!r}); remove the block"
+            )
+            continue
+        from wsss.data.synthetic import SyntheticConfig
+
+        try:
+            SyntheticConfig.from_dict(spec["generator"])
+        except (ValueError, TypeError) as err:
+            message = str(err).removeprefix("synthetic generator: ")
+            problems.append(f"datasets.{name}.generator: {message}")
+    return problems
+
+
+# Method parameters that name blocks ("all", the last k, or a list of indices), by the
+# convention every registered method follows; keywords such as AReAM's "deep" are the
+# method's own and are checked by its ``blocks(depth)`` when it has one.
+BLOCK_PARAMS = (
+    "layers",
+    "blocks",
+    "cluster_blocks",
+    "pseudo_class_layers",
+    "loss_layers",
+    "refine_layers",
+)
+
+
+@cache
+def _backbone_depth(backbone: str, overrides_json: str) -> int | None:
+    """Blocks of the timm ViT ``backbone`` built with ``overrides`` (built on the meta
+    device: no memory, no weights); None when timm cannot build it (reported elsewhere)."""
+    import json
+
+    import timm
+    import torch
+
+    overrides = json.loads(overrides_json)
+    if "depth" in overrides:
+        return overrides["depth"]
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone, pretrained=False, num_classes=0, **overrides)
+    except Exception:  # an unknown name or a bad kwarg: the model stage names it
+        return None
+    blocks = getattr(model, "blocks", None)
+    return len(blocks) if blocks is not None else None
+
+
+def model_depth(model: dict[str, Any]) -> int | None:
+    """Transformer blocks of the model a ``model`` block builds (``overrides.depth``, else
+    the timm backbone's own depth); None when it cannot be told."""
+    import json
+
+    overrides = model.get("overrides") or {}
+    if isinstance(overrides.get("depth"), int):
+        return overrides["depth"]
+    return _backbone_depth(model["backbone"], json.dumps(overrides, sort_keys=True, default=str))
+
+
+def _check_blocks(params: dict[str, Any]) -> list[str]:
+    """Every block selection a grid run makes fits its model's depth: ``cam.class_layers``
+    and ``cam.affinity_layers`` (global, dataset and variant CAM recipes) and the method
+    parameters that name blocks (:data:`BLOCK_PARAMS`, and AReAM-style ``blocks(depth)``).
+    One line per offending key, naming the runs it breaks."""
+    from wsss.models.attention import select_blocks
+
+    found: dict[str, list[str]] = {}  # problem -> the runs ("variant on dataset") it breaks
+
+    def check(key: str, spec: Any, depth: int, run: str) -> None:
+        if isinstance(spec, str) and spec != "all":
+            return  # a method keyword ("deep", "shallow"): the method's own check below
+        try:
+            select_blocks(depth, spec)
+        except (ValueError, TypeError) as err:
+            found.setdefault(f"{key}: {spec!r} does not fit a {depth}-block model ({err})", [])
+            found[f"{key}: {spec!r} does not fit a {depth}-block model ({err})"].append(run)
+
+    for dataset in params["grid"]["datasets"]:
+        cam_block = dataset_block(params, dataset, "cam")
+        cam_overrides = (params["datasets"][dataset].get("overrides") or {}).get("cam") or {}
+        for variant in params["grid"]["methods"]:
+            if variant not in params["methods"]:
+                continue  # reported by _check_names
+            depth = model_depth(variant_block(params, dataset, variant, "model"))
+            if depth is None or depth < 1:
+                continue  # an unbuildable backbone or depth 0: reported elsewhere
+            run = f"{variant} on {dataset}"
+            spec = variant_spec(params, variant)
+            raw = params["methods"][variant]
+            for key in ("class_layers", "affinity_layers"):
+                if key in spec["cam"]:
+                    check(f"methods.{variant}.cam.{key}", spec["cam"][key], depth, run)
+                elif key in cam_overrides:
+                    check(f"datasets.{dataset}.overrides.cam.{key}", cam_block[key], depth, run)
+                else:
+                    check(f"cam.{key}", cam_block[key], depth, run)
+            try:
+                method, refiner = build_variant_methods(params, variant)
+            except (ValueError, KeyError):
+                continue  # reported with its key elsewhere
+            for built, name, own in (
+                (method, spec["train"], "train_params"),
+                (refiner, spec["refine"], "refine_params"),
+            ):
+                for key in BLOCK_PARAMS:
+                    if key in built.params:
+                        where = (
+                            f"methods.{variant}.{own}.{key}"
+                            if key in (raw.get(own) or {})
+                            else f"method_params.{name}.{key}"
+                        )
+                        check(where, built.params[key], depth, run)
+                if callable(getattr(type(built), "blocks", None)):
+                    try:
+                        built.blocks(depth)
+                    except ValueError as err:
+                        found.setdefault(str(err), []).append(run)
+    return [f"{problem} (runs: {', '.join(runs)})" for problem, runs in found.items()]
 
 
 def _check_coco_source(name: str, spec: dict[str, Any], source: str) -> None:
