@@ -114,15 +114,18 @@ def kill_after_checkpoint(args, checkpoint, log, epoch_line, seed):
     """Run ``wsss ARGS`` in a child process and SIGKILL it at a seeded random point after its
     first checkpoint: once epoch k (random, 1..EPOCHS-2) is logged and a checkpoint exists,
     after a random fraction of an epoch. The line is logged just before checkpoint k is
-    written, so the kill lands while it is written or in epoch k + 1, and the rerun resumes
-    from epoch k - 1 (>= 1), k or k + 1. Returns k."""
+    written, so the kill lands while it is written or later, and the rerun resumes from
+    epoch k - 1 (>= 1) or later. Returns k, or None when the child finished first (this
+    process was not scheduled in time on a loaded machine)."""
     rng = random.Random(seed)
     epoch = rng.randint(1, EPOCHS - 2)
     fraction = rng.random()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), *sys.path]))
     command = [sys.executable, "-m", "wsss.cli", *args, "--device", "cpu", "--no-progress"]
     command += ["--threads", "1", "--log", str(log)]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = log.with_suffix(".stderr")
+    with open(stderr, "w") as sink:  # a file, not a pipe nobody drains while it runs
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sink)
     try:
         deadline = time.monotonic() + STARTUP_LIMIT_S
         seconds = None
@@ -132,21 +135,39 @@ def kill_after_checkpoint(args, checkpoint, log, epoch_line, seed):
             if lines and checkpoint.exists():
                 seconds = epoch_seconds(lines[0])
             elif child.poll() is not None:
-                pytest.fail(f"the child ended ({child.returncode}) before the kill: {text}")
+                pytest.fail(
+                    f"the child ended ({child.returncode}) before the kill: {stderr.read_text()}"
+                )
             elif time.monotonic() > deadline:
                 pytest.fail(f"no checkpoint after epoch {epoch} within {STARTUP_LIMIT_S} s")
             else:
                 time.sleep(0.002)
         time.sleep(fraction * seconds)
-        os.kill(child.pid, signal.SIGKILL)
+        os.kill(child.pid, signal.SIGKILL)  # a child that already exited is a zombie until wait
         child.wait()
     finally:
         if child.poll() is None:  # the test failed before the kill
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
-        child.stderr.close()
+    if child.returncode == 0:
+        return None
     assert child.returncode == -signal.SIGKILL
     return epoch
+
+
+def interrupt(args_for, final, checkpoint_name, tmp_path, epoch_line, seed):
+    """Kill a run (:func:`kill_after_checkpoint`) in a fresh folder, up to 3 times until a
+    kill lands before the end; (run folder, k)."""
+    for attempt in range(3):
+        run = tmp_path / f"run{attempt}"
+        log = tmp_path / f"killed{attempt}.log"
+        epoch = kill_after_checkpoint(
+            args_for(run), run / checkpoint_name, log, epoch_line, seed * 1000 + attempt
+        )
+        if epoch is not None:
+            assert not (run / final).exists()
+            return run, epoch
+    pytest.fail("the child finished before each of 3 kills")
 
 
 def epoch_seconds(line: str) -> float:
@@ -177,16 +198,13 @@ def test_a_killed_training_resumes_to_the_same_bytes(dataset_config, method, tmp
     reference = tmp_path / "reference"
     run_in_process(train_args(config, reference), tmp_path / "reference.log")
 
-    run = tmp_path / "run"
-    killed_log = tmp_path / "killed.log"
     seed = zlib.crc32(method.encode())
-    epoch = kill_after_checkpoint(
-        train_args(config, run), run / "checkpoint.pt", killed_log, "epoch", seed
+    run, epoch = interrupt(
+        lambda run: train_args(config, run), "model.pt", "checkpoint.pt", tmp_path, "epoch", seed
     )
-    assert not (run / "model.pt").exists()  # killed before the end
     resumed_log = tmp_path / "resumed.log"
     run_in_process(train_args(config, run), resumed_log)
-    assert resumed_from(resumed_log) in {max(1, epoch - 1), epoch, epoch + 1}
+    assert resumed_from(resumed_log) >= max(1, epoch - 1)
     assert_same_file(run / "model.pt", reference / "model.pt")
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference.iterdir())
 
@@ -207,14 +225,18 @@ def test_a_killed_segmenter_resumes_to_the_same_bytes(dataset_config, pseudo_lab
     reference = tmp_path / "reference" / "segmenter.pt"
     run_in_process(segment_args(config, pseudo_labels, reference), tmp_path / "reference.log")
 
-    model = tmp_path / "run" / "segmenter.pt"
-    checkpoint = model.with_name("segmenter_checkpoint.pt")
-    args = segment_args(config, pseudo_labels, model)
-    epoch = kill_after_checkpoint(args, checkpoint, tmp_path / "killed.log", "seg epoch", 1)
-    assert not model.exists()
+    run, epoch = interrupt(
+        lambda run: segment_args(config, pseudo_labels, run / "segmenter.pt"),
+        "segmenter.pt",
+        "segmenter_checkpoint.pt",
+        tmp_path,
+        "seg epoch",
+        1,
+    )
+    model, checkpoint = run / "segmenter.pt", run / "segmenter_checkpoint.pt"
     resumed_log = tmp_path / "resumed.log"
-    run_in_process(args, resumed_log)
-    assert resumed_from(resumed_log) in {max(1, epoch - 1), epoch, epoch + 1}
+    run_in_process(segment_args(config, pseudo_labels, model), resumed_log)
+    assert resumed_from(resumed_log) >= max(1, epoch - 1)
     assert_same_file(model, reference)
     assert not checkpoint.exists()
 
