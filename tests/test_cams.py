@@ -85,6 +85,36 @@ def test_store_roundtrip_and_errors(tmp_path):
         CamReader(tmp_path / "missing.npz")
 
 
+def test_a_damaged_cam_file_is_named_with_what_to_do(tmp_path):
+    """Damage (cut short, or one byte flipped, at every 11th byte) gives an error that names
+    the file, whichever library fails on it (zipfile, zlib, numpy)."""
+    writer = CamWriter(num_classes=4)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        writer.add(f"im{i}", np.array([1, 3]), rng.integers(0, 256, (2, 9, 11), dtype=np.uint8))
+    path, damaged = tmp_path / "cams.npz", tmp_path / "damaged.npz"
+    writer.save(path)
+    data = path.read_bytes()
+    variants = [data[:cut] for cut in range(0, len(data), 11)]
+    for pos in range(0, len(data), 11):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0xFF
+        variants.append(bytes(flipped))
+    failures = set()
+    for variant in variants:
+        damaged.write_bytes(variant)
+        try:
+            CamReader(damaged)
+        except ValueError as err:
+            assert str(damaged) in str(err) and "rerun the cams stage" in str(err), err
+            failures.add(str(err).split("(")[1].split(":")[0] if "(" in str(err) else "size")
+    assert {"BadZipFile", "error"} <= failures  # zipfile's and zlib's errors among them
+
+    np.savez(damaged, version=np.array(99))
+    with pytest.raises(ValueError, match=r"CAM format version 99, expected 1; delete it and"):
+        CamReader(damaged)
+
+
 @pytest.fixture
 def trained_like(tiny_model_config):
     model = build_model(tiny_model_config, num_classes=3).eval()

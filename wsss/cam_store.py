@@ -18,7 +18,6 @@ open, and the sweep reads it once (see wsss.evaluation.sweep).
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,29 +98,30 @@ class CamReader:
             raise FileNotFoundError(
                 f"CAM file {self.path} does not exist; run the cams stage first"
             )
+        redo = "delete it and rerun the cams stage"
         try:
             with np.load(self.path, allow_pickle=False) as archive:
                 version = int(archive["version"])
-                if version != FORMAT_VERSION:
-                    raise ValueError(
-                        f"{self.path}: CAM format version {version}, expected {FORMAT_VERSION}"
-                    )
-                self.num_classes = int(archive["num_classes"])
-                self.ids = [str(i) for i in archive["ids"]]
-                self.shapes = archive["shapes"]
-                self.class_offsets = archive["class_offsets"]
-                self.classes = archive["classes"]
-                self.data = archive["data"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            if isinstance(err, ValueError) and "version" in str(err):
-                raise
+                if version == FORMAT_VERSION:
+                    self.num_classes = int(archive["num_classes"])
+                    self.ids = [str(i) for i in archive["ids"]]
+                    self.shapes = archive["shapes"]
+                    self.class_offsets = archive["class_offsets"]
+                    self.classes = archive["classes"]
+                    self.data = archive["data"]
+        except Exception as err:  # a damaged archive fails in zipfile, zlib or numpy's parsers
             raise ValueError(
-                f"{self.path}: not a readable CAM file ({err}); delete it and rerun the cams stage"
+                f"{self.path}: not a readable CAM file ({type(err).__name__}: {err}); {redo}"
             ) from err
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{self.path}: CAM format version {version}, expected {FORMAT_VERSION}; {redo} "
+                "with this version of wsss"
+            )
         sizes = np.diff(self.class_offsets) * self.shapes[:, 0] * self.shapes[:, 1]
         self.data_offsets = np.concatenate([[0], np.cumsum(sizes)])
         if self.data_offsets[-1] != self.data.size:
-            raise ValueError(f"{self.path}: truncated or corrupt CAM data")
+            raise ValueError(f"{self.path}: truncated or corrupt CAM data; {redo}")
         self._index = {image_id: n for n, image_id in enumerate(self.ids)}
 
     def __len__(self) -> int:

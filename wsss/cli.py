@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     known = commands()
     only = argv[0] if argv and argv[0] in known else None
     args = build_parser(only).parse_args(argv)
+    from wsss.io import NoSpaceError
     from wsss.runtime import set_execution, set_threads, setup_logging
 
     setup_logging(getattr(args, "log", None))
@@ -56,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         set_execution(args.device, args.workers, bool(args.cache_images))
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        # Bad input (a missing file, a malformed value) gets its message, not a
-        # traceback; WSSS_DEBUG=1 shows the traceback too. Bugs still raise.
+    except (FileNotFoundError, ValueError, PermissionError, NoSpaceError) as err:
+        # Bad input (a missing file, a malformed value, a folder that cannot be written, a
+        # full disk) gets its message, not a traceback; WSSS_DEBUG=1 shows the traceback
+        # too. Bugs still raise.
         if os.environ.get("WSSS_DEBUG"):
             raise
         print(f"wsss {args.command}: error: {err}", file=sys.stderr)

@@ -63,6 +63,7 @@ def results_dir(params: dict[str, Any]) -> str:
     """The folder every job writes under: ``results_dir``, else the schema default (``results``)."""
     return params.get("results_dir", _schema()["properties"]["results_dir"]["default"])
 
+
 def _yaml_error(file: Path, err: Exception) -> str:
     """``<file>:<line>:<column>: not valid YAML: <problem>`` (1-based, as editors count)."""
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)

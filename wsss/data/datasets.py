@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from wsss.data.voc import VOC_CLASSES, VOCLayout
+from wsss.io import NoSpaceError, read_json, write_error
 
 # The module of each dataset kind, imported when a dataset of that kind is prepared or
 # opened (not before), so a job imports only its own kind's code; wsss.code_deps adds it
@@ -72,7 +73,13 @@ def prepare_dataset(config: dict[str, Any], progress: bool = True) -> dict[str, 
     kind = config["kind"]
     module = kind_module(config)
     if kind == "synthetic":
-        _prepare_synthetic(module, config, progress)
+        try:
+            _prepare_synthetic(module, config, progress)
+        except OSError as err:
+            translated = _generation_error(err, config)
+            if translated is None or translated is err:
+                raise
+            raise translated from err
     # kind coco: the convert_coco rule (`wsss convert-coco`) wrote the layout before this
     # runs; open_dataset below names the missing manifest otherwise.
     dataset = open_dataset(config)
@@ -258,6 +265,23 @@ def repair_synthetic(
         shutil.rmtree(fresh, ignore_errors=True)
 
 
+def _generation_error(err: OSError, config: dict[str, Any]) -> OSError | None:
+    """A failed generation reported against the dataset root and its params key: no space
+    left, or a folder that cannot be written (a read-only file system, no permission)."""
+    if isinstance(err, NoSpaceError):
+        return err  # already names the file and the device
+    root, name = Path(config["root"]), config.get("name", config["kind"])
+    translated = write_error(err, root)
+    if isinstance(translated, PermissionError):
+        return PermissionError(
+            err.errno,
+            f"cannot generate dataset {name!r} at {root} (datasets.{name}.root): "
+            f"{err.filename or root} is not writable ({os.strerror(err.errno)}); make it "
+            f"writable or set datasets.{name}.root to a writable folder",
+        )
+    return translated
+
+
 def open_dataset(config: dict[str, Any]) -> OpenedDataset:
     kind = config["kind"]
     name = config.get("name", kind)
@@ -272,7 +296,7 @@ def open_dataset(config: dict[str, Any]) -> OpenedDataset:
                 f"datasets.{name}: {manifest} is missing; run `wsss prepare-data` (or the "
                 "prepare_data rule) to generate the synthetic benchmark"
             )
-        class_names = list(json.loads(manifest.read_text())["class_names"])
+        class_names = list(read_json(manifest, what="dataset manifest")["class_names"])
     elif kind == "voc":
         class_names = list(VOC_CLASSES)
     else:

@@ -67,6 +67,12 @@ LABEL_SOURCES: tuple[str, ...] = ("auto", "xml", "mask")
 
 PathLike = str | os.PathLike
 
+# What to do about a missing or unreadable image or mask.
+RESTORE_ADVICE = (
+    "restore it from the dataset's source (a generated dataset: delete its root and rerun "
+    "prepare-data)"
+)
+
 
 # --------------------------------------------------------------------------- id lists
 
@@ -298,7 +304,9 @@ class VOCLayout:
         """
         path = self.image_path(image_id)
         if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist (nor a .png beside it)")
+            raise FileNotFoundError(
+                f"image {path} does not exist (nor a .png beside it); {RESTORE_ADVICE}"
+            )
         try:
             with Image.open(path) as image:
                 image.load()
@@ -306,14 +314,17 @@ class VOCLayout:
         except FileNotFoundError:
             raise
         except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+            raise ValueError(f"cannot read image {path}: {err}; {RESTORE_ADVICE}") from err
 
     def load_mask(self, image_id: str) -> np.ndarray:
         """The HxW uint8 class-index mask from the mask folder."""
         path = self.mask_path(image_id)
         if not path.is_file():
-            raise FileNotFoundError(f"mask {path} does not exist")
-        return load_label_png(path)
+            raise FileNotFoundError(f"mask {path} does not exist; {RESTORE_ADVICE}")
+        try:
+            return load_label_png(path)
+        except ValueError as err:  # names the file; add what to do
+            raise ValueError(f"{err}; {RESTORE_ADVICE}") from err
 
     def image_labels(self, image_id: str, num_classes: int, source: str = "auto") -> np.ndarray:
         """Image-level multi-hot labels, ``(num_classes,)`` float32.

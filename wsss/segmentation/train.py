@@ -6,7 +6,9 @@ pixel-wise cross-entropy with 255 ignored, a poly learning-rate schedule
 backbone's rate; SGD with momentum there, AdamW as an option (the tiny
 synthetic default trains from scratch, where it converges in fewer epochs).
 Resumable like the classifier: a checkpoint after every epoch, picked up by a
-rerun with the same configuration.
+rerun with the same configuration; the shuffle order is reseeded from (seed, epoch)
+and the global RNG state travels in the checkpoint, so a resumed run gives the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wsss import checkpoint
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX
+from wsss.io import remove_temporaries
 from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
 from wsss.segmentation.data import PseudoLabelDataset
@@ -252,6 +255,8 @@ def run_segmentation(
     checkpoint_path = model_path.with_name(model_path.stem + "_checkpoint.pt")
     settings = SegmentationSettings.from_dict(config["segmentation"])
     crf_settings = settings.crf_settings()  # a missing pydensecrf fails before training
+    for stale in remove_temporaries(checkpoint_path, model_path):
+        log.info("removed %s, left by an interrupted run", stale)
     started = time.perf_counter()
     model, history = train_segmenter(config, labels_dir, seed, checkpoint_path, progress)
     train_seconds = time.perf_counter() - started

@@ -1,8 +1,13 @@
 """The training loop shared by every method: the method supplies the model and the loss.
 
 Resumable: a checkpoint is written atomically after every epoch and picked up
-again by a rerun with the same configuration (a different configuration starts
-over). The final ``model.pt`` only appears once training has finished.
+again by a rerun with the same configuration (a different configuration, or a
+checkpoint that cannot be read, starts over). It holds every state the remaining
+epochs draw on (weights, optimizer, the global RNG and the shuffle generator; the
+learning rate is a function of the step, augmentation is seeded per image and
+epoch, bf16 autocast needs no loss scaler), so a run killed at any point and rerun
+writes the same ``model.pt`` bytes as an uninterrupted one. The final ``model.pt``
+only appears once training has finished.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from wsss import checkpoint
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.classification import ClassificationDataset
 from wsss.data.datasets import open_dataset
-from wsss.io import atomic_path, write_json
+from wsss.io import atomic_path, remove_temporaries, write_json
 from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
 from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
@@ -83,13 +88,16 @@ def train(
         seed=seed,
     )
     batch_size = min(settings["batch_size"], len(data))
+    shuffle = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         data,
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(data) > batch_size,
         num_workers=EXECUTION.workers,
-        generator=torch.Generator().manual_seed(seed),
+        # Its state goes into every checkpoint: it draws each epoch's order from where the
+        # previous epoch left it, so a resumed run must continue it, not reseed it.
+        generator=shuffle,
         pin_memory=device.type == "cuda",
         # Not persistent: workers hold a copy of the dataset, and the per-epoch
         # augmentation seed (data.set_epoch) only reaches fresh workers.
@@ -106,7 +114,12 @@ def train(
 
     digest = config_digest({"config": config, "seed": seed})
     checkpoint_path = out_dir / "checkpoint.pt"
-    start_epoch, history = resume_checkpoint(checkpoint_path, digest, model, optimizer, device)
+    outputs = ("model.pt", "train_log.tsv", "train_metrics.json")
+    for stale in remove_temporaries(checkpoint_path, *(out_dir / name for name in outputs)):
+        log.info("removed %s, left by an interrupted run", stale)
+    start_epoch, history = resume_checkpoint(
+        checkpoint_path, digest, model, optimizer, device, shuffle
+    )
 
     method.on_train_start(model, data, device)
     log.info(
@@ -154,7 +167,7 @@ def train(
             epochs,
             " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
         )
-        save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history)
+        save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history, shuffle)
 
     checkpoint.save(
         out_dir / "model.pt",
