@@ -179,3 +179,91 @@ def test_extraction_is_batch_independent(trained_like):
         ]
     )
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+class _ConstantCam:
+    """A stub method whose patch-grid CAM is ``value`` everywhere (``nan_class``: NaN for
+    that class only), so the extraction's bilinear upsampling and scale sum see a flat map."""
+
+    def __init__(self, value: float, nan_class: int | None = None, num_classes: int = 3) -> None:
+        self.value, self.nan_class, self.num_classes = value, nan_class, num_classes
+
+    def forward(self, model, images, epoch):
+        return images
+
+    def cam(self, images, recipe):
+        batch, _, height, width = images.shape
+        cam = torch.full((batch, self.num_classes, height // 8, width // 8), self.value)
+        if self.nan_class is not None:
+            cam[:, self.nan_class] = float("nan")
+        return cam
+
+
+_STUB_MODEL = type("StubModel", (), {"patch_size": 8})()
+
+
+def _stub_settings(scales):
+    return CamSettings.from_dict({"scales": scales, "flip": True, "batch_size": 2})
+
+
+@pytest.mark.parametrize("size", [(32, 48), (37, 53), (64, 64)])
+@pytest.mark.parametrize("scales", [[1.0], [0.5, 1.0, 1.5]])
+def test_a_constant_cam_extracts_to_zeros(size, scales):
+    images = torch.zeros(2, 3, *size, dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    cams = cams_for_batch(
+        _STUB_MODEL,
+        _ConstantCam(0.7),
+        CAM_REFINERS.get("none")(),
+        images,
+        labels,
+        _stub_settings(scales),
+    )
+    assert cams.shape == (2, 3, *size)
+    assert torch.equal(cams, torch.zeros_like(cams))
+
+
+def test_a_non_finite_cam_names_the_image_and_the_class():
+    images = torch.zeros(2, 3, 32, 48, dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    refiner, settings = CAM_REFINERS.get("none")(), _stub_settings([1.0, 0.5])
+    with pytest.raises(ValueError, match=r"image img_b, class square \(label 2\)"):
+        cams_for_batch(
+            _STUB_MODEL,
+            _ConstantCam(0.7, nan_class=1),
+            refiner,
+            images,
+            labels,
+            settings,
+            image_ids=["img_a", "img_b"],
+            class_names=["disc", "square", "ring"],
+        )
+    with pytest.raises(ValueError, match=r"image batch item 1, class 2 holds NaN"):
+        cams_for_batch(_STUB_MODEL, _ConstantCam(0.7, 1), refiner, images, labels, settings)
+    # A NaN in the map of a class no image has is never used: no error, zeros.
+    labels[:, 1] = 0
+    cams = cams_for_batch(_STUB_MODEL, _ConstantCam(0.7, 1), refiner, images, labels, settings)
+    assert not cams.isnan().any() and cams[:, 1].abs().max() == 0
+
+
+def test_the_cams_stage_names_the_image_and_class_of_a_non_finite_cam(tmp_path, monkeypatch):
+    from conftest import tiny_synthetic_dataset
+
+    import wsss.stages.cams as stage
+    from wsss.data.datasets import open_dataset
+
+    config = tiny_synthetic_dataset(tmp_path / "data", num_train=3, num_val=1, image_size=32)
+    dataset = open_dataset(config)
+    labels = dataset.layout.image_labels("train_00000", dataset.num_classes)
+    c = int(np.flatnonzero(labels)[0])  # the first class of the first image
+    stub = _ConstantCam(0.7, nan_class=c, num_classes=dataset.num_classes)
+    monkeypatch.setattr(stage, "load_trained", lambda path, device: (_STUB_MODEL, stub, {}))
+    job = {
+        "dataset": config,
+        "refiner": {"name": "none", "params": {}},
+        "cam": {"scales": [1.0], "flip": False, "batch_size": 2},
+    }
+    name = dataset.class_names[c]
+    with pytest.raises(ValueError, match=rf"image train_00000, class {name} \(label {c + 1}\)"):
+        stage.extract_cams(job, "model.pt", "train", tmp_path / "cams.npz", progress=False)
+    assert not (tmp_path / "cams.npz").exists()

@@ -111,6 +111,71 @@ def test_instance_maps_follow_voc_segmentation_object(written):
             np.testing.assert_array_equal(instances[labelled], info.instance_map[labelled])
 
 
+def test_failure_mode_maps(written):
+    """SegmentationContext/<id>.png: the class (1..C) of the visible context, 0 elsewhere;
+    SegmentationPart/<id>.png: 1 part, 2 body, 0 elsewhere; both 255 where the mask is."""
+    from wsss.data.voc import VOCLayout
+
+    layout = VOCLayout.locate(written)
+    assert layout.has_failure_maps()
+    seen_context = seen_part = 0
+    for split, count in (("train", SMALL.num_train), ("val", SMALL.num_val)):
+        for index in range(count):
+            image_id = f"{split}_{index:05d}"
+            context, part = layout.load_failure_maps(image_id)
+            mask = layout.load_mask(image_id)
+            _, _, info = generate_sample(SMALL, sample_rng(SMALL, split, index), debug=True)
+            ignored = mask == IGNORE_INDEX
+            np.testing.assert_array_equal(context == IGNORE_INDEX, ignored)
+            np.testing.assert_array_equal(part == IGNORE_INDEX, ignored)
+            np.testing.assert_array_equal(context[~ignored], info.context_map[~ignored])
+            np.testing.assert_array_equal(part == 1, info.part_map & ~ignored)
+            np.testing.assert_array_equal(
+                part == 2, (info.instance_map > 0) & ~info.part_map & ~ignored
+            )
+            # Contexts are background in the mask; parts and bodies are exactly the objects.
+            assert not np.any(mask[(context > 0) & ~ignored])
+            np.testing.assert_array_equal((part == 1) | (part == 2), (mask > 0) & ~ignored)
+            seen_context += np.count_nonzero((context > 0) & ~ignored)
+            seen_part += np.count_nonzero(part == 1)
+    assert seen_context > 0 and seen_part > 0
+
+
+def test_a_root_without_failure_mode_maps_is_regenerated(written, tmp_path, caplog):
+    import logging
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(written, old)
+    shutil.rmtree(old / "SegmentationContext")
+    shutil.rmtree(old / "SegmentationPart")
+    with caplog.at_level(logging.WARNING, logger="wsss"):
+        assert write_dataset(SMALL, old, progress=False) == old
+    assert "lacks SegmentationContext/, SegmentationPart/" in caplog.text
+    assert _tree(old) == _tree(written)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "stale copy left"
+
+
+def test_a_failed_regeneration_puts_the_old_root_back(written, tmp_path, monkeypatch):
+    import shutil
+
+    import wsss.data.synthetic as synthetic
+
+    old = tmp_path / "old"
+    shutil.copytree(written, old)
+    shutil.rmtree(old / "SegmentationPart")
+    before = _tree(old)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthetic, "_write_into", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(SMALL, old, progress=False)
+    assert _tree(old) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_class_names_are_unique_and_readable():
     assert class_names(6) == ["disc", "square", "triangle", "ring", "cross", "diamond"]
     assert len(set(class_names(25))) == 25

@@ -315,3 +315,22 @@ def test_layout_reads_masks_without_images():
     assert layout.resolved_mask_dir == "SegmentationClassAug"
     for image_id, classes in SAMPLE_CLASSES.items():
         assert _names(layout.image_labels(image_id, 20)) == classes
+
+
+def test_failure_mode_maps_are_optional_and_a_missing_one_is_named(tmp_path):
+    _write_tree(tmp_path, ["a"])
+    layout = VOCLayout.locate(tmp_path)
+    assert not layout.has_failure_maps()  # VOC ships none
+    context = np.zeros((6, 8), np.uint8)
+    context[:, :2] = 1
+    save_label_png(tmp_path / "SegmentationContext" / "a.png", context)
+    assert not layout.has_failure_maps()  # both folders are needed
+    (tmp_path / "SegmentationPart").mkdir()
+    assert layout.has_failure_maps()
+    with pytest.raises(FileNotFoundError, match=r"SegmentationPart/a\.png does not exist"):
+        layout.load_failure_maps("a")
+    part = np.zeros((6, 8), np.uint8)
+    part[:, 4:] = 2
+    save_label_png(tmp_path / "SegmentationPart" / "a.png", part)
+    got_context, got_part = layout.load_failure_maps("a")
+    assert np.array_equal(got_context, context) and np.array_equal(got_part, part)

@@ -14,8 +14,19 @@ CLASSES = ["disc", "square"]
 METHODS = {"base": "Baseline", "refined": "Baseline + refiner", "other": "Other method"}
 
 
-def _run_metrics(dataset, method, seed, miou, per_class):
+def _run_metrics(dataset, method, seed, miou, per_class, modes=None):
+    """``modes``: (context FP, part recall, body recall); None: skipped, as on VOC."""
     thresholds = np.round(np.arange(0.0, 0.5, 0.05), 2)
+    if modes is None:
+        failure_modes = {
+            "context_fp_rate": None,
+            "part_recall": None,
+            "body_recall": None,
+            "skipped": f"dataset {dataset} has no failure-mode maps",
+        }
+    else:
+        keys = ("context_fp_rate", "part_recall", "body_recall")
+        failure_modes = dict(zip(keys, modes, strict=True))
     curve = [{"threshold": float(t), "miou": float(miou - abs(t - 0.2) / 2)} for t in thresholds]
     return {
         "meta": {"dataset": dataset, "method": method, "label": METHODS[method], "seed": seed},
@@ -25,6 +36,7 @@ def _run_metrics(dataset, method, seed, miou, per_class):
             "per_class": {"iou": per_class},
             "reference": {"all_background": 0.1, "uniform_gt_classes": 0.05},
             "sweep": {"curve": curve},
+            "failure_modes": failure_modes,
         },
     }
 
@@ -42,8 +54,10 @@ def metric_files(tmp_path):
             }
             path = tmp_path / "runs" / method / f"seed{seed}" / "cam_metrics.json"
             path.parent.mkdir(parents=True)
+            # ClusterCAM-like "other": no context pixels got a rate (null)
+            modes = (None if method == "other" else 0.2 + 0.1 * m, 0.8, 0.3 + 0.1 * seed)
             path.write_text(
-                json.dumps(_run_metrics("toy", method, seed, 0.3 + 0.05 * m, per_class))
+                json.dumps(_run_metrics("toy", method, seed, 0.3 + 0.05 * m, per_class, modes))
             )
             files.append(path)
     return files
@@ -68,6 +82,30 @@ def test_write_plots_writes_three_figures_and_the_per_class_csv(metric_files, tm
     assert disc["method_class"] == "refined/disc" and disc["seeds"] == 2
     square = table[(table["method"] == "other") & (table["class"] == "square")].iloc[0]
     assert np.isnan(square["iou"])  # None in the metrics stays missing, not 0
+
+
+def test_failure_mode_figure_reads_the_rates_or_says_why_not(metric_files, tmp_path):
+    runs = load_dataset_runs(metric_files)
+    refined = [r for r in runs if r.method == "refined"]
+    assert [r.failure_modes["body_recall"] for r in refined] == [0.3, 0.4]
+    assert refined[0].failure_modes["context_fp_rate"] == pytest.approx(0.3)
+    other = next(r for r in runs if r.method == "other")
+    assert np.isnan(other.failure_modes["context_fp_rate"]) and other.failure_modes_skipped is None
+
+    # A dataset without failure-mode maps (VOC): the figure exists and states the reason.
+    voc = []
+    for seed in (0, 1):
+        path = tmp_path / "voc" / f"seed{seed}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(_run_metrics("voc", "base", seed, 0.3, {"background": 0.9})))
+        voc.append(path)
+    paths = write_plots(voc, tmp_path / "voc_figures", tmp_path / "voc.csv")
+    assert paths[3].name == "failure_modes.png"
+    voc_runs = load_dataset_runs(voc)
+    assert all(np.isnan(list(r.failure_modes.values())).all() for r in voc_runs)
+    assert voc_runs[0].failure_modes_skipped == "dataset voc has no failure-mode maps"
+    with Image.open(paths[3]) as image:
+        assert image.format == "PNG" and image.width > 300
 
 
 def test_miou_figure_grows_with_the_number_of_methods(metric_files, tmp_path):

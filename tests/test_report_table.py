@@ -34,7 +34,9 @@ def _per_image(miou, images=4):
     }
 
 
-def _cam(tmp_path, method, seed, miou, threshold=0.2, at_edge=False):
+def _cam(tmp_path, method, seed, miou, threshold=0.2, at_edge=False, modes=None):
+    """``modes``: the run's failure-mode rates (context FP, part, body recall); None: none."""
+    context_fp, part, body = modes or (None, None, None)
     return _write(
         tmp_path / method / f"seed{seed}" / "cam_metrics.json",
         {
@@ -47,6 +49,11 @@ def _cam(tmp_path, method, seed, miou, threshold=0.2, at_edge=False):
                 "precision": 0.5,
                 "recall": 0.4,
                 "reference": {"all_background": 0.124, "uniform_gt_classes": 0.06},
+                "failure_modes": {
+                    "context_fp_rate": context_fp,
+                    "part_recall": part,
+                    "body_recall": body,
+                },
                 "sweep": {
                     "curve": [{"threshold": 0.1, "miou": miou}, {"threshold": 0.2, "miou": miou}]
                 },
@@ -72,7 +79,8 @@ def runs(tmp_path):
     for method, (cam0, cam1) in methods.items():
         for seed, cam in ((0, cam0), (1, cam1)):
             at_edge = method == "clustercam" and seed == 1
-            files["cam"].append(_cam(tmp_path, method, seed, cam, at_edge=at_edge))
+            modes = (0.1 + 0.1 * seed, 0.9, 0.3 + 0.2 * seed) if method == "a" else None
+            files["cam"].append(_cam(tmp_path, method, seed, cam, at_edge=at_edge, modes=modes))
             files["pseudo"].append(
                 _stage(
                     tmp_path, "pseudo_label_metrics", "pseudo_labels", method, seed, cam, "train"
@@ -116,11 +124,11 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     assert "decoder mIoU" in header  # ClusterCAM keeps its decoder column
     row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[8] == "" and cells[9] == "31.0 ± 1.4" and cells[10] == "38.5 ± 4.9"
+    assert cells[11] == "" and cells[12] == "31.0 ± 1.4" and cells[13] == "38.5 ± 4.9"
     cluster = next(
         line for line in table.splitlines() if line.startswith("| synthetic | clustercam |")
     )
-    assert [c.strip() for c in cluster.split("|")[1:-1]][8] == "11.0 ± 1.4"
+    assert [c.strip() for c in cluster.split("|")[1:-1]][11] == "11.0 ± 1.4"
     per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
     assert per_run.split("|")[-3].strip() == "32.0" and per_run.split("|")[-2].strip() == "42.0"
 
@@ -148,7 +156,7 @@ def test_stage2_columns_are_empty_without_their_files(runs, tmp_path):
     table = (out / "table.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    assert cells[9] == "" and cells[10] == ""
+    assert cells[12] == "" and cells[13] == ""
     metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
     assert "seg_miou" not in metrics["a"] and "pseudo_label_miou" not in metrics["a"]
 
@@ -242,12 +250,43 @@ def test_no_difference_and_missing_baseline(tmp_path):
     assert _row(table, "| synthetic | orphan |")[4] == "baseline not in grid"
 
 
+def test_failure_mode_columns(runs, tmp_path):
+    out = tmp_path / "results"
+    summary = write_report(runs["cam"], out).set_index("method")
+    a = summary.loc["a"]  # seeds 0 and 1: context FP 0.1 and 0.2, part 0.9, body 0.3 and 0.5
+    assert a["context_fp_mean"] == pytest.approx(0.15)
+    assert a["context_fp_std"] == pytest.approx(math.sqrt(2) * 0.05)
+    assert (a["part_recall_mean"], a["body_recall_mean"]) == pytest.approx((0.9, 0.4))
+    assert math.isnan(summary.loc["clustercam", "part_recall_mean"])  # recorded as null
+
+    table = (out / "table.md").read_text()
+    header = _row(table, "| dataset | method | CAM")
+    assert header[8:11] == ["context FP", "part recall", "body recall"]
+    assert _row(table, "| synthetic | a |")[8:11] == ["15.0 ± 7.1", "90.0 ± 0.0", "40.0 ± 14.1"]
+    assert _row(table, "| synthetic | clustercam |")[8:11] == ["", "", ""]
+    assert _row(table, "| synthetic | a | 1 |")[7:10] == ["20.0", "90.0", "50.0"]
+    assert _row(table, "| synthetic | clustercam | 1 |")[7:10] == ["", "", ""]
+
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
+    assert metrics["a"]["body_recall"] == pytest.approx(0.4)
+    assert metrics["a"]["context_fp_std"] == pytest.approx(0.070711, abs=1e-6)
+    assert "context_fp" not in metrics["clustercam"]
+    with open(out / "runs.csv") as f:
+        per_run = {(r["method"], r["seed"]): r for r in csv.DictReader(f)}
+    assert float(per_run[("a", "0")]["context_fp"]) == pytest.approx(0.1)
+    assert per_run[("clustercam", "0")]["context_fp"] == ""
+
+
 def test_inconsistent_or_old_metrics_are_refused(tmp_path):
     old = _cam(tmp_path, "old", 0, 0.3)
     run = json.loads(old.read_text())
     del run["cam"]["per_image"]
     old.write_text(json.dumps(run))
     with pytest.raises(ValueError, match=r"old/seed0/cam_metrics.json: no cam.per_image"):
+        write_report([old], tmp_path / "out")
+    del run["cam"]["failure_modes"]
+    old.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=r"old/seed0/cam_metrics.json: no cam.failure_modes"):
         write_report([old], tmp_path / "out")
 
     wrong = _cam(tmp_path, "wrong", 0, 0.3)

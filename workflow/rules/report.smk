@@ -106,6 +106,13 @@ rule plots:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "per-class IoU"},
         ),
+        failure_modes=report(
+            results("figures/{dataset}/failure_modes.png"),
+            caption="../report/failure_modes.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "part vs body recall, context FP"},
+        ),
         csv=results("plots/per_class_iou/{dataset}.csv"),
     params:
         order=" ".join(METHODS),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import logging
 import math
 import os
 import secrets
@@ -42,11 +43,16 @@ import numpy as np
 from PIL import Image
 
 from wsss.data.palette import IGNORE_INDEX, save_label_png
+from wsss.data.voc import BODY_LABEL, CONTEXT_DIR, PART_DIR, PART_LABEL
 from wsss.io import read_json, write_json, write_text
+
+log = logging.getLogger("wsss")
 
 FORMAT_VERSION = 1
 INSTANCE_DIR = "SegmentationObject"  # per-object maps, VOC's folder name and convention
 SPLITS = ("train", "val")  # the index of a split here is part of every image's seed
+# Every label-map folder a complete dataset holds; a root missing one is regenerated.
+MAP_DIRS = ("SegmentationClass", INSTANCE_DIR, CONTEXT_DIR, PART_DIR)
 
 # Fixed rendering constants. They are not knobs because changing them changes
 # what the benchmark is rather than how hard it is; the docs list them.
@@ -584,6 +590,34 @@ def instance_label_map(info: SampleDebug, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def context_label_map(info: SampleDebug, mask: np.ndarray) -> np.ndarray:
+    """The ``SegmentationContext`` map of a sample: H x W uint8.
+
+    c (1..C) on the visible pixels of a class-c context texture (the mask labels them
+    background), 0 elsewhere, 255 wherever the class mask is 255. A context drawn
+    without its object (``context_alone_prob``) is included; where contexts overlap,
+    the one painted last (the smaller) is recorded, as it is the one visible.
+    """
+    out = info.context_map.astype(np.uint8)
+    out[mask == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
+def part_label_map(info: SampleDebug, mask: np.ndarray) -> np.ndarray:
+    """The ``SegmentationPart`` map of a sample: H x W uint8.
+
+    ``PART_LABEL`` (1) on the visible pixels of an object's discriminative part (the
+    class-coloured cap), ``BODY_LABEL`` (2) on the rest of its visible pixels, 0
+    elsewhere, 255 wherever the class mask is 255. The object's class is the class
+    mask's value at the same pixel.
+    """
+    out = np.zeros(mask.shape, np.uint8)
+    out[info.instance_map != 0] = BODY_LABEL
+    out[info.part_map] = PART_LABEL
+    out[mask == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
 def sample_rng(config: SyntheticConfig, split: str, index: int) -> np.random.Generator:
     """The generator of image ``index`` of ``split``: independent of every other image."""
     return np.random.default_rng([config.seed, SPLITS.index(split), index])
@@ -624,23 +658,48 @@ def _check_existing(root: Path, config: SyntheticConfig) -> bool:
     return False
 
 
+def _missing_maps(root: Path) -> list[str]:
+    """The label-map folders of :data:`MAP_DIRS` that ``root`` lacks."""
+    return [name for name in MAP_DIRS if not (root / name).is_dir()]
+
+
 def write_dataset(config: SyntheticConfig, root: str | os.PathLike, progress: bool = True) -> Path:
     """Write the benchmark in the VOC layout under ``root`` and return ``root``.
 
     Layout: ``JPEGImages/<id>.png`` (lossless PNG; the folder keeps its VOC
     name), ``SegmentationClass/<id>.png`` (palette PNG),
     ``SegmentationObject/<id>.png`` (palette PNG of object indices, see
-    :func:`instance_label_map`), ``ImageSets/Segmentation/{train,val}.txt`` and
-    ``dataset.json``.
+    :func:`instance_label_map`), the failure-mode maps
+    ``SegmentationContext/<id>.png`` and ``SegmentationPart/<id>.png`` (palette
+    PNGs, see :func:`context_label_map` and :func:`part_label_map`),
+    ``ImageSets/Segmentation/{train,val}.txt`` and ``dataset.json``.
 
     Atomic: everything goes into a temporary sibling directory that is renamed
     onto ``root`` at the end, so an interrupted run leaves no partial dataset
     (at worst a hidden ``.<name>.tmp-*`` sibling). A ``root`` already holding this
     config is returned untouched; one holding another config raises ValueError.
+    A ``root`` holding this config but written before some label-map folder
+    existed (one of :data:`MAP_DIRS` is missing) is regenerated, with a warning:
+    it is moved to a hidden ``.<name>.stale-*`` sibling, written again (every file
+    it had comes back byte-identical) and the stale copy is deleted; if writing
+    fails, the stale copy is moved back.
     """
     root = Path(root)
+    stale = None
     if _check_existing(root, config):
-        return root
+        missing = _missing_maps(root)
+        if not missing:
+            return root
+        log.warning(
+            "synthetic dataset %s lacks %s (written by an older generator); regenerating it",
+            root,
+            ", ".join(f"{name}/" for name in missing),
+        )
+        stale = root.parent / f".{root.name}.stale-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.rename(root, stale)
+        except FileNotFoundError:
+            stale = None  # another process moved it first; write as for a new root
     root.parent.mkdir(parents=True, exist_ok=True)
     # mkdir (not mkdtemp, which forces mode 0700) so the dataset gets the umask's permissions.
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -653,13 +712,19 @@ def write_dataset(config: SyntheticConfig, root: str | os.PathLike, progress: bo
             os.rename(tmp, root)
         except OSError:
             # Another process finished the same dataset first: theirs is as good as ours.
-            if _check_existing(root, config):
+            if _check_existing(root, config) and not _missing_maps(root):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return root
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if stale is not None and not root.exists():
+            os.rename(stale, root)
+            stale = None
         raise
+    finally:
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
     return root
 
 
@@ -668,8 +733,9 @@ def _write_into(config: SyntheticConfig, out: Path, root: Path, progress: bool) 
 
     images, masks = out / "JPEGImages", out / "SegmentationClass"
     instances = out / INSTANCE_DIR
+    contexts, parts = out / CONTEXT_DIR, out / PART_DIR
     sets = out / "ImageSets" / "Segmentation"
-    for folder in (images, masks, instances, sets):
+    for folder in (images, masks, instances, contexts, parts, sets):
         folder.mkdir(parents=True)
     counts = {"train": config.num_train, "val": config.num_val}
     class_counts = {split: [0] * config.num_classes for split in SPLITS}
@@ -688,13 +754,15 @@ def _write_into(config: SyntheticConfig, out: Path, root: Path, progress: bool) 
             for index in range(counts[split]):
                 image_id = f"{split}_{index:05d}"
                 # debug=True draws exactly what the plain call draws (same image and mask);
-                # it only also returns the instance map.
+                # it only also returns the instance, part and context maps.
                 image, mask, info = generate_sample(
                     config, sample_rng(config, split, index), debug=True
                 )
                 Image.fromarray(image).save(images / f"{image_id}.png", format="PNG")
                 save_label_png(masks / f"{image_id}.png", mask)
                 save_label_png(instances / f"{image_id}.png", instance_label_map(info, mask))
+                save_label_png(contexts / f"{image_id}.png", context_label_map(info, mask))
+                save_label_png(parts / f"{image_id}.png", part_label_map(info, mask))
                 for value in np.unique(mask):
                     if 0 < value < IGNORE_INDEX:
                         class_counts[split][int(value) - 1] += 1

@@ -12,6 +12,8 @@ id lists behind :func:`official_voc_ids`::
                                           1..C foreground, 255 ignore
       ImageSets/Segmentation/<split>.txt  one id per line
       Annotations/<id>.xml                optional, VOC object annotations
+      SegmentationContext/<id>.png        optional, the synthetic benchmark's failure-mode
+      SegmentationPart/<id>.png           maps (:func:`VOCLayout.load_failure_maps`)
 
 Image-level labels, the only supervision a WSSS method may train on, come
 either from the annotation XML (what the WSSS literature uses) or from the
@@ -64,6 +66,15 @@ VOC_CLASSES: tuple[str, ...] = (
 OFFICIAL_SPLITS: tuple[str, ...] = ("train", "val", "train_aug")
 MASK_DIRS: tuple[str, ...] = ("SegmentationClassAug", "SegmentationClass")
 LABEL_SOURCES: tuple[str, ...] = ("auto", "xml", "mask")
+
+# Failure-mode maps beside the VOC layout (written by the synthetic generator; format in
+# docs/synthetic.md). SegmentationContext: the class index (1..C) whose co-occurring context
+# covers the pixel, 0 none. SegmentationPart: PART_LABEL on an object's discriminative part,
+# BODY_LABEL on the rest of the object, 0 elsewhere. Both: 255 where the class mask is 255.
+CONTEXT_DIR = "SegmentationContext"
+PART_DIR = "SegmentationPart"
+FAILURE_MAP_DIRS: tuple[str, ...] = (CONTEXT_DIR, PART_DIR)
+PART_LABEL, BODY_LABEL = 1, 2
 
 PathLike = str | os.PathLike
 
@@ -325,6 +336,30 @@ class VOCLayout:
             return load_label_png(path)
         except ValueError as err:  # names the file; add what to do
             raise ValueError(f"{err}; {RESTORE_ADVICE}") from err
+
+    def has_failure_maps(self) -> bool:
+        """Whether this dataset ships the failure-mode maps (both of :data:`FAILURE_MAP_DIRS`)."""
+        return all((self.root / name).is_dir() for name in FAILURE_MAP_DIRS)
+
+    def load_failure_maps(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(context, part)``: the H x W uint8 failure-mode maps of ``image_id``.
+
+        ``context``: 0 none, c (1..C) inside the co-occurring context of class c, 255
+        where the class mask ignores. ``part``: :data:`PART_LABEL` on an object's
+        discriminative part, :data:`BODY_LABEL` on its body, 0 elsewhere, 255 where the
+        class mask ignores. FileNotFoundError names a missing file (only the synthetic
+        benchmark writes these maps; see :meth:`has_failure_maps`).
+        """
+        maps = []
+        for name in FAILURE_MAP_DIRS:
+            path = self.root / name / f"{image_id}.png"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"failure-mode map {path} does not exist (the synthetic generator writes "
+                    f"{' and '.join(FAILURE_MAP_DIRS)}/; regenerate the dataset)"
+                )
+            maps.append(load_label_png(path))
+        return maps[0], maps[1]
 
     def image_labels(self, image_id: str, num_classes: int, source: str = "auto") -> np.ndarray:
         """Image-level multi-hot labels, ``(num_classes,)`` float32.

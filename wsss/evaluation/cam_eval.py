@@ -18,6 +18,7 @@ import numpy as np
 
 from wsss.cam_store import CamReader
 from wsss.data.datasets import open_dataset
+from wsss.evaluation.failure_modes import score_failure_modes
 from wsss.evaluation.metrics import SegmentationScores
 from wsss.evaluation.per_image import PerImageCounts, image_counts
 from wsss.evaluation.sweep import ThresholdSweep, threshold_at_edge, threshold_grid
@@ -81,8 +82,11 @@ def evaluate_cams(
     outside it; also logged as a warning), ``threshold_range`` (the swept
     [first, last]), ``sweep`` (both selection styles and the mIoU curve),
     ``reference`` (no-model predictions), ``per_image`` (intersection and union per
-    image at the selected threshold, format in wsss.evaluation.per_image) and
-    ``platform`` (wsss.runtime.platform_info of this job).
+    image at the selected threshold, format in wsss.evaluation.per_image),
+    ``failure_modes`` (context false-positive rate, part and body recall at the
+    selected threshold, wsss.evaluation.failure_modes; null with the reason on a
+    dataset without failure-mode maps) and ``platform`` (wsss.runtime.platform_info
+    of this job).
     """
     dataset = open_dataset(dataset_config)
     reader = CamReader(cams_path)
@@ -147,5 +151,6 @@ def evaluate_cams(
             "uniform_gt_classes": float(uniform.sweep([0.0])[0].miou),
         },
         "per_image": per_image.to_json(),
+        "failure_modes": score_failure_modes(dataset, reader, headline_t, progress),
         "platform": platform_info(device="cpu"),  # evaluation is numpy on the CPU
     }

@@ -10,6 +10,7 @@ together, so a VOC split costs a few hundred forward passes, not ten thousand.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from wsss.data.classification import normalize
 from wsss.methods.base import TRAINING_METHODS, CamRecipe, CamRefiner, TrainingMethod
 from wsss.models import MultiClassTokenViT
 from wsss.ops.multiscale import pad_to_multiple, resize, scaled_size, to_image
-from wsss.ops.normalize import minmax_per_class
+from wsss.ops.normalize import NonFiniteCamError, minmax_per_class
 
 
 @dataclass
@@ -58,8 +59,17 @@ def cams_for_batch(
     images: torch.Tensor,
     labels: torch.Tensor,
     settings: CamSettings,
+    image_ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """B x 3 x H x W uint8 images, B x C labels -> B x C x H x W CAMs in [0, 1] (zero off the GT classes)."""
+    """B x 3 x H x W uint8 images, B x C labels -> B x C x H x W CAMs in [0, 1] (zero off the GT classes).
+
+    A flat CAM (wsss.ops.normalize.flat_maps) is all zeros. A GT class whose summed CAM
+    holds NaN or an infinity raises :class:`NonFiniteCamError` naming the image
+    (``image_ids[b]``, else the batch index) and the class (``class_names[c]``, else
+    its label); the maps of the other classes are never computed downstream, so theirs
+    are set to zero first and do not raise.
+    """
     batch, _, height, width = images.shape
     x = normalize(images)
     total = None
@@ -75,5 +85,18 @@ def cams_for_batch(
         if settings.flip:
             cam = cam[:batch] + cam[batch:].flip(-1)
         total = cam if total is None else total + cam
-    total = F.relu(total) * labels[:, :, None, None]
-    return minmax_per_class(total, eps=1e-8) * labels[:, :, None, None]
+    gt = labels[:, :, None, None]
+    # masked_fill, not only the product: NaN * 0 is NaN. Bitwise the same for finite maps.
+    total = (F.relu(total) * gt).masked_fill_(gt == 0, 0.0)
+    try:
+        normalised = minmax_per_class(total, eps=1e-8)
+    except NonFiniteCamError as err:
+        b, c = err.index
+        image = image_ids[b] if image_ids is not None else f"batch item {b}"
+        name = f"{class_names[c]} (label {c + 1})" if class_names is not None else c + 1
+        raise NonFiniteCamError(
+            err.index,
+            f"the CAM of image {image}, class {name} holds NaN or an infinity after "
+            "summing the scales: the model or the refiner produced a non-finite value",
+        ) from None
+    return normalised * gt

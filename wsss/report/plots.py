@@ -1,13 +1,17 @@
 """Figures of one dataset's CAM results, from the per-run ``cam_metrics.json`` files.
 
-Three PNGs per dataset (matplotlib, Agg backend, so no display is needed):
+Four PNGs per dataset (matplotlib, Agg backend, so no display is needed):
 
 - ``cam_miou.png``: CAM mIoU per method, the mean over seeds as a bar and each
   seed as a point, with the two reference predictions as vertical lines;
 - ``threshold_curves.png``: mIoU against the background threshold, one line
   per method (mean over seeds, the seeds' range shaded, the best point marked);
 - ``per_class_iou.png``: a methods x classes heat map of the IoU at each run's
-  chosen threshold (mean over seeds), with the mIoU as a last column.
+  chosen threshold (mean over seeds), with the mIoU as a last column;
+- ``failure_modes.png``: per method, part recall, body recall and the context
+  false-positive rate at each run's chosen threshold (wsss.evaluation.failure_modes;
+  bars: mean over seeds, points: seeds); on a dataset without failure-mode maps
+  the figure says so instead.
 
 plus ``per_class_iou.csv`` (long format, one row per method and class) for
 ``dvc plots``, which cannot group a wide table by a column value.
@@ -26,7 +30,14 @@ import pandas as pd
 
 from wsss.io import atomic_path, read_json
 
-FIGURE_NAMES = ("cam_miou.png", "threshold_curves.png", "per_class_iou.png")
+FIGURE_NAMES = ("cam_miou.png", "threshold_curves.png", "per_class_iou.png", "failure_modes.png")
+
+# The failure-mode rates in the figure: (key in cam.failure_modes, legend text).
+FAILURE_BARS = (
+    ("part_recall", "part recall"),
+    ("body_recall", "body recall"),
+    ("context_fp_rate", "context false-positive rate"),
+)
 
 
 @dataclass
@@ -44,6 +55,8 @@ class RunMetrics:
     curve_miou: np.ndarray
     per_class_iou: dict[str, float]
     reference: dict[str, float]
+    failure_modes: dict[str, float]  # FAILURE_BARS keys; NaN where recorded as null
+    failure_modes_skipped: str | None  # why the dataset has no failure-mode metrics
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -71,6 +84,8 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None) -> RunMetri
             curve_miou=np.array([_nan_if_none(p["miou"]) for p in curve], dtype=np.float64),
             per_class_iou={k: _nan_if_none(v) for k, v in cam["per_class"]["iou"].items()},
             reference={k: float(v) for k, v in cam["reference"].items()},
+            failure_modes={key: _nan_if_none(cam["failure_modes"][key]) for key, _ in FAILURE_BARS},
+            failure_modes_skipped=cam["failure_modes"].get("skipped"),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(
@@ -277,6 +292,59 @@ def plot_per_class(table: pd.DataFrame, classes: list[str], path: str | Path) ->
     _save(fig, Path(path))
 
 
+def plot_failure_modes(runs: list[RunMetrics], path: str | Path) -> None:
+    """Grouped horizontal bars per method: part recall, body recall, context FP rate (%).
+
+    A bar is the mean over seeds, each point a seed; a rate recorded as null (no
+    pixels of its kind) gets no bar. Without failure-mode metrics on the dataset (every
+    run skipped them), the figure states the recorded reason.
+    """
+    plt = _pyplot()
+    methods = _methods(runs)
+    dataset = runs[0].dataset
+    if all(r.failure_modes_skipped for r in runs):
+        fig, ax = plt.subplots(figsize=(8.0, 2.0), layout="constrained")
+        ax.axis("off")
+        ax.set_title(f"{dataset}: failure-mode metrics not available", fontsize=10)
+        ax.text(0.5, 0.5, runs[0].failure_modes_skipped, ha="center", va="center", wrap=True)
+        _save(fig, Path(path))
+        return
+    fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.75 * len(methods)), layout="constrained")
+    height = 0.8 / len(FAILURE_BARS)
+    colours = _colours(len(FAILURE_BARS))
+    ys = np.arange(len(methods))[::-1].astype(np.float64)
+    for b, ((key, _), colour) in enumerate(zip(FAILURE_BARS, colours, strict=True)):
+        offset = (len(FAILURE_BARS) - 1) / 2 * height - b * height
+        for y, (_, _, group) in zip(ys + offset, methods, strict=True):
+            values = np.array([r.failure_modes[key] for r in group]) * 100
+            values = values[~np.isnan(values)]
+            if not values.size:
+                ax.text(2, y, "n/a (no pixels)", va="center", fontsize=7, color="grey")
+                continue
+            ax.barh(y, values.mean(), height=height * 0.9, color=colour, alpha=0.7)
+            ax.scatter(values, np.full(values.size, y), color="black", s=8, zorder=3)
+            ax.text(values.max() + 1, y, f"{values.mean():.1f}", va="center", fontsize=7)
+    ax.set_yticks(ys, [label for _, label, _ in methods], fontsize=8)
+    ax.set_xlim(0, 110)
+    ax.set_ylim(-0.5, len(methods) - 0.5)
+    ax.set_xlabel("% of the pixels of each kind (mean over classes)")
+    seeds = sorted({r.seed for r in runs})
+    ax.set_title(
+        f"{dataset}: part vs body recall and context false positives at the chosen threshold "
+        f"(bar: mean; points: seeds {seeds})",
+        fontsize=9,
+    )
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=colour, alpha=0.7, label=text)
+        for (_, text), colour in zip(FAILURE_BARS, colours, strict=True)
+    ]
+    ax.legend(handles=handles, loc="lower right", fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, Path(path))
+
+
 def write_plots(
     metric_files: Sequence[str | Path],
     out_dir: str | Path,
@@ -285,7 +353,8 @@ def write_plots(
     method_order: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write the three figures of one dataset into ``out_dir`` and its per-class CSV."""
+    """Write the figures of one dataset (:data:`FIGURE_NAMES`) into ``out_dir`` and its
+    per-class CSV."""
     out_dir = Path(out_dir)
     runs = load_dataset_runs(metric_files, method_order, labels)
     classes = class_order(runs, class_names)
@@ -296,4 +365,5 @@ def write_plots(
     plot_miou(runs, paths[0])
     plot_threshold_curves(runs, paths[1])
     plot_per_class(table, classes, paths[2])
+    plot_failure_modes(runs, paths[3])
     return paths

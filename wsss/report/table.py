@@ -8,6 +8,9 @@ baseline is the variant named by ``methods.<variant>.baseline`` in params.yaml
 ``mctformer_v2``, the model every other method modifies. A row is marked better
 or worse than its baseline only when the difference's interval excludes 0. A best
 threshold at an end of the swept range (``cam.threshold_at_edge``) is marked too.
+The failure-mode rates (context false positives, part and body recall;
+wsss.evaluation.failure_modes) are means over seeds, empty for a dataset without
+failure-mode maps.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ CAM_COLUMNS = {
     "threshold": "threshold",
     "precision": "precision",
     "recall": "recall",
+}
+
+
+# Failure-mode rates of a run (wsss.evaluation.failure_modes): (column, key in its
+# cam.failure_modes). None there (a dataset without failure-mode maps) is NaN here.
+FAILURE_COLUMNS = {
+    "context_fp": "context_fp_rate",
+    "part_recall": "part_recall",
+    "body_recall": "body_recall",
 }
 
 
@@ -115,6 +127,9 @@ def collect_runs(
         }
         row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
         row["threshold_at_edge"] = _required(run, ("cam", "threshold_at_edge"), path)
+        modes = _required(run, ("cam", "failure_modes"), path)
+        for column, key in FAILURE_COLUMNS.items():
+            row[column] = float("nan") if modes.get(key) is None else float(modes[key])
         row["baseline"] = (baselines or {}).get(row["method"])
         row["all_background_miou"] = run["cam"]["reference"]["all_background"]
         row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
@@ -155,7 +170,7 @@ def add_paper_numbers(summary: pd.DataFrame, dataset_kinds: dict[str, str]) -> p
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
     """Mean and standard deviation over seeds for each (dataset, method)."""
-    values = [*CAM_COLUMNS, *STAGE_COLUMNS]
+    values = [*CAM_COLUMNS, *FAILURE_COLUMNS, *STAGE_COLUMNS]
     grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary["seeds"] = grouped.size()
@@ -339,6 +354,13 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "first or last value of the sweep (`evaluate.thresholds`) in n of its N seeds: the "
         "best threshold may lie outside the swept range, and its mIoU is a lower bound.",
         "",
+        "Context FP, part recall, body recall (%, at the row's best threshold; mean ± std "
+        "over seeds; empty on a dataset without the synthetic benchmark's failure-mode "
+        "maps): the share of the pixels of a class's co-occurring context (background in "
+        "the masks) labelled with that class, and the shares of the pixels of an object's "
+        "discriminative part and of its body labelled with its class, each a mean over "
+        "classes (wsss.evaluation.failure_modes; docs/synthetic.md).",
+        "",
         "Decoder mIoU: a single-stage method's own segmentation decoder on the seg split "
         "(multi-scale, no CRF); empty for two-stage methods.",
         "",
@@ -365,8 +387,9 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         ]
     paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
     lines += [
-        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_paper else ""),
+        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|" if with_paper else ""),
     ]
     for row in summary.itertuples():
         paper_cells = (
@@ -382,6 +405,9 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"| {_ci_cell(row.cam_miou_ci_low, row.cam_miou_ci_high)} | {_diff_cell(row)} "
             f"| {_threshold_cell(row)} "
             f"| {_pm(row.precision_mean, row.precision_std)} | {_pm(row.recall_mean, row.recall_std)} "
+            f"| {_pm_or_empty(row.context_fp_mean, row.context_fp_std)} "
+            f"| {_pm_or_empty(row.part_recall_mean, row.part_recall_std)} "
+            f"| {_pm_or_empty(row.body_recall_mean, row.body_recall_std)} "
             f"| {_pm_or_empty(row.decoder_miou_mean, row.decoder_miou_std)} "
             f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
             f"| {_pm_or_empty(row.seg_miou_mean, row.seg_miou_std)} "
@@ -398,14 +424,16 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "",
         "## Per run",
         "",
-        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | pseudo-label mIoU | seg mIoU |",
+        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | context FP | part recall | body recall | pseudo-label mIoU | seg mIoU |",
     ]
-    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in runs.itertuples():
         lines.append(
             f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} "
             f"| {row.threshold:.2f}{' (edge)' if row.threshold_at_edge else ''} "
             f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} "
+            f"| {_pm_or_empty(row.context_fp, math.nan)} | {_pm_or_empty(row.part_recall, math.nan)} "
+            f"| {_pm_or_empty(row.body_recall, math.nan)} "
             f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} |"
         )
     return "\n".join(lines) + "\n"
@@ -439,7 +467,7 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
             }
         if not math.isnan(row.decoder_miou_mean):
             entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
-        for column in ("pseudo_label_miou", "seg_miou"):
+        for column in (*FAILURE_COLUMNS, "pseudo_label_miou", "seg_miou"):
             mean, std = getattr(row, f"{column}_mean"), getattr(row, f"{column}_std")
             if not math.isnan(mean):
                 entry[column] = round(float(mean), 6)

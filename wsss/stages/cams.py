@@ -68,7 +68,16 @@ def extract_cams(
             image_tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
             label_tensor = torch.from_numpy(np.stack([labels[i] for i in batch_ids])).to(device)
             cams = (
-                cams_for_batch(model, method, refiner, image_tensor, label_tensor, settings)
+                cams_for_batch(
+                    model,
+                    method,
+                    refiner,
+                    image_tensor,
+                    label_tensor,
+                    settings,
+                    image_ids=batch_ids,  # a non-finite CAM's error names the image and class
+                    class_names=dataset.class_names,
+                )
                 .cpu()
                 .numpy()
             )
