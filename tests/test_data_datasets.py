@@ -34,8 +34,9 @@ def _contents(root, files):
 def test_manifest_records_every_generated_file_with_its_size(synthetic):
     config, manifest, _ = synthetic
     files = manifest["files"]
-    # 8 images + 8 masks + 2 split lists + dataset.json
-    assert len(files) == 19
+    # 8 images + 8 class masks + 8 x 3 instance / context / part maps + 2 split lists +
+    # dataset.json
+    assert len(files) == 8 + 8 + 8 * 3 + 2 + 1
     assert files["dataset.json"] > 0 and "ImageSets/Segmentation/val.txt" in files
     root = manifest["root"]
     assert all(size == (Path(root) / n).stat().st_size for n, size in files.items())
