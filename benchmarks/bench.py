@@ -24,7 +24,6 @@ Each section runs in a fresh process so its peak resident memory is its own.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import resource
 import tempfile
@@ -457,22 +456,23 @@ def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
     masks = {p.stem: load_label_png(p) for p in paths}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        writer = CamWriter(20)
         npy_dir = tmp / "npy"
         npy_dir.mkdir()
         npy_bytes = 0
-        for n, (image_id, mask) in enumerate(masks.items()):
-            classes, cams = _fake_cams(mask, rng)
-            writer.add(image_id, classes, quantize(cams))
-            if n < reference_images:
-                # The official format: {class index (0-based): float32 HxW} pickled per image.
-                path = npy_dir / f"{image_id}.npy"
-                np.save(
-                    path, {int(c) - 1: cams[i] for i, c in enumerate(classes)}, allow_pickle=True
-                )
-                npy_bytes += path.stat().st_size
         ours_path = tmp / "cams.npz"
-        writer.save(ours_path)
+        with CamWriter(ours_path, 20) as writer:
+            for n, (image_id, mask) in enumerate(masks.items()):
+                classes, cams = _fake_cams(mask, rng)
+                writer.add(image_id, classes, quantize(cams))
+                if n < reference_images:
+                    # The official format: {class index (0-based): float32 HxW} pickled per image.
+                    path = npy_dir / f"{image_id}.npy"
+                    np.save(
+                        path,
+                        {int(c) - 1: cams[i] for i, c in enumerate(classes)},
+                        allow_pickle=True,
+                    )
+                    npy_bytes += path.stat().st_size
         ours_bytes = ours_path.stat().st_size
 
         def sweep_with(ts):
@@ -545,8 +545,8 @@ def aream_decomposition(train_specs: dict[str, dict]) -> dict[str, dict]:
 
 def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
-    from wsss.models import build_model
     from wsss.methods import TRAINING_METHODS
+    from wsss.models import build_model
 
     grid = params["grid"]
     dataset = grid["datasets"][0]

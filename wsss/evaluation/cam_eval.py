@@ -3,7 +3,9 @@
 One pass over the CAMs fills a threshold histogram (wsss.evaluation.sweep);
 every background threshold of the sweep, both sweep styles of the literature
 and the reference predictions (all background; a uniform CAM over the GT
-classes) are then read off it without touching the CAMs again.
+classes) are then read off it without touching the CAMs again. A sharded
+split's histograms are filled shard by shard and merged (integer counts, so
+the scores are those of the unsharded split exactly).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from wsss.cam_store import CamReader
-from wsss.data.datasets import open_dataset
+from wsss.cam_store import CamFile, CamReader
+from wsss.data.datasets import OpenedDataset, open_dataset
 from wsss.evaluation.metrics import SegmentationScores
 from wsss.evaluation.sweep import ThresholdSweep, threshold_grid
 from wsss.runtime import progress as tqdm
@@ -35,30 +37,52 @@ def summarize(scores: SegmentationScores, class_names: list[str]) -> dict[str, A
     }
 
 
+def sweep_part(
+    dataset: OpenedDataset, part: CamFile, progress: bool = True
+) -> tuple[ThresholdSweep, ThresholdSweep]:
+    """The threshold histograms of one CAM file against the masks: (CAMs, uniform CAMs
+    over the GT classes). Reads one record at a time."""
+    num_labels = dataset.num_classes + 1
+    sweep = ThresholdSweep(num_labels)
+    uniform = ThresholdSweep(num_labels)
+    for record in tqdm(part, total=len(part), desc="evaluate", disable=not progress):
+        gt = dataset.layout.load_mask(record.image_id)
+        if gt.shape != record.shape:
+            raise ValueError(
+                f"{part.path}: CAM of {record.image_id} is {record.shape}, its mask "
+                f"{dataset.layout.mask_path(record.image_id)} is {gt.shape}"
+            )
+        sweep.update(gt, record.cams, record.classes)
+        uniform.update(gt, np.full_like(record.cams, 255), record.classes)
+    return sweep, uniform
+
+
 def evaluate_cams(
     dataset_config: dict[str, Any],
     evaluate_config: dict[str, Any],
     cams_path: str,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Scores of the CAM file or shard index ``cams_path`` on the dataset's eval split.
+
+    Memory holds one image's CAMs and mask and the histograms (K x K x 256 int64
+    each), whatever the split's size.
+    """
     dataset = open_dataset(dataset_config)
-    reader = CamReader(cams_path)
-    if reader.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
-        )
-    num_labels = dataset.num_classes + 1
-    sweep = ThresholdSweep(num_labels)
-    uniform = ThresholdSweep(num_labels)
-    for record in tqdm(reader, total=len(reader), desc="evaluate", disable=not progress):
-        gt = dataset.layout.load_mask(record.image_id)
-        if gt.shape != record.shape:
+    with CamReader(cams_path) as reader:
+        if reader.num_classes != dataset.num_classes:
             raise ValueError(
-                f"{cams_path}: CAM of {record.image_id} is {record.shape}, its mask "
-                f"{dataset.layout.mask_path(record.image_id)} is {gt.shape}"
+                f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has "
+                f"{dataset.num_classes}"
             )
-        sweep.update(gt, record.cams, record.classes)
-        uniform.update(gt, np.full_like(record.cams, 255), record.classes)
+        num_labels = dataset.num_classes + 1
+        sweep = ThresholdSweep(num_labels)
+        uniform = ThresholdSweep(num_labels)
+        for part in reader.parts:
+            part_sweep, part_uniform = sweep_part(dataset, part, progress)
+            sweep.merge(part_sweep)
+            uniform.merge(part_uniform)
+        images = len(reader)
 
     spec = evaluate_config["thresholds"]
     thresholds = threshold_grid(spec["start"], spec["stop"], spec["step"])
@@ -71,7 +95,7 @@ def evaluate_cams(
     names = dataset.class_names
     return {
         "split": dataset_config["eval_split"],
-        "images": len(reader),
+        "images": images,
         "threshold": headline_t,
         "threshold_select": chosen,
         **summarize(headline, names),
