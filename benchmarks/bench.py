@@ -24,6 +24,7 @@ Each section runs in a fresh process so its peak resident memory is its own.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import resource
 import tempfile
@@ -456,22 +457,23 @@ def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
     masks = {p.stem: load_label_png(p) for p in paths}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        writer = CamWriter(20)
         npy_dir = tmp / "npy"
         npy_dir.mkdir()
         npy_bytes = 0
-        for n, (image_id, mask) in enumerate(masks.items()):
-            classes, cams = _fake_cams(mask, rng)
-            writer.add(image_id, classes, quantize(cams))
-            if n < reference_images:
-                # The official format: {class index (0-based): float32 HxW} pickled per image.
-                path = npy_dir / f"{image_id}.npy"
-                np.save(
-                    path, {int(c) - 1: cams[i] for i, c in enumerate(classes)}, allow_pickle=True
-                )
-                npy_bytes += path.stat().st_size
         ours_path = tmp / "cams.npz"
-        writer.save(ours_path)
+        with CamWriter(ours_path, 20) as writer:
+            for n, (image_id, mask) in enumerate(masks.items()):
+                classes, cams = _fake_cams(mask, rng)
+                writer.add(image_id, classes, quantize(cams))
+                if n < reference_images:
+                    # The official format: {class index (0-based): float32 HxW} pickled per image.
+                    path = npy_dir / f"{image_id}.npy"
+                    np.save(
+                        path,
+                        {int(c) - 1: cams[i] for i, c in enumerate(classes)},
+                        allow_pickle=True,
+                    )
+                    npy_bytes += path.stat().st_size
         ours_bytes = ours_path.stat().st_size
 
         def sweep_with(ts):
@@ -519,6 +521,171 @@ def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
             "npy_dict_voc_train_aug_gib": npy_bytes / reference_images * VOC_TRAIN_AUG / 2**30,
         },
     }
+
+
+# ------------------------------------------------------------ CAM memory
+
+# VOC's image sizes, roughly: most are 500 x 375 or 375 x 500, the rest one side 500 and
+# the other anywhere in 300..500 (the rare sizes are what batching by size must not hoard).
+VOC_SIZES = ((375, 500), (500, 375))
+
+
+def _voc_like_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth random picture of a VOC size and a mask of 1-3 rectangles of random classes."""
+    pick = rng.random()
+    if pick < 0.6:
+        h, w = VOC_SIZES[0]
+    elif pick < 0.85:
+        h, w = VOC_SIZES[1]
+    else:
+        h, w = (int(rng.integers(300, 501)), 500)
+        h, w = (h, w) if rng.random() < 0.5 else (w, h)
+    coarse = torch.from_numpy(rng.random((1, 3, 12, 16), dtype=np.float32) * 255)
+    image = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    image = image[0].permute(1, 2, 0).clamp(0, 255).to(torch.uint8).numpy()
+    mask = np.zeros((h, w), np.uint8)
+    for c in rng.choice(np.arange(1, 21), size=int(rng.integers(1, 4)), replace=False):
+        y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+        mask[
+            y0 : y0 + int(rng.integers(h // 8, h // 2)), x0 : x0 + int(rng.integers(w // 8, w // 2))
+        ] = c
+    return image, mask
+
+
+def _voc_like_dataset(root: Path, images: int, seed: int = 0) -> dict:
+    """A VOC-layout folder of ``images`` random VOC-size pictures and masks (split ``bench``)."""
+    from PIL import Image
+
+    from wsss.data.palette import voc_palette
+
+    rng = np.random.default_rng(seed)
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = [f"img_{n:06d}" for n in range(images)]
+    for image_id in ids:
+        image, mask = _voc_like_image(rng)
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=90)
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(voc_palette())
+        png.save(root / "SegmentationClassAug" / f"{image_id}.png")
+    (root / "ImageSets/Segmentation/bench.txt").write_text("\n".join(ids) + "\n")
+    return {
+        "kind": "voc",
+        "name": "voc_like",
+        "root": str(root),
+        "mask_dir": "SegmentationClassAug",
+        "label_source": "mask",
+        "train_split": "bench",
+        "eval_split": "bench",
+    }
+
+
+def _extract(config: dict, model_path: str, out: str) -> dict:
+    from wsss.stages.cams import extract_cams
+
+    return extract_cams(config, model_path, "bench", out, progress=False)
+
+
+def _evaluate(dataset: dict, cams: str) -> dict:
+    from wsss.evaluation.cam_eval import evaluate_cams
+
+    started = time.perf_counter()
+    evaluate = {"thresholds": {"start": 0.0, "stop": 0.79, "step": 0.01}, "select": "exhaustive"}
+    result = evaluate_cams(dataset, evaluate, cams, progress=False)
+    seconds = time.perf_counter() - started
+    return {"images": result["images"], "seconds": seconds, "miou": result["miou"]}
+
+
+def bench_cam_memory(model_config: dict, cam: dict, sizes: tuple[int, ...], scratch: str) -> dict:
+    """Peak RSS of CAM extraction and of evaluation, each in a fresh process, at several
+    split sizes of VOC-size images (random weights: the cost, not the CAMs, is measured).
+
+    ``split_cam_mib`` is the split's uint8 CAM data, what the earlier format held in
+    memory whole (the writer before saving, the reader on opening)."""
+    from wsss.cam_store import CamReader
+    from wsss.methods import TRAINING_METHODS
+
+    method = TRAINING_METHODS.get("mctformer_v2")()
+    model = method.build_model(model_config, 20)
+    model_path = Path(scratch) / "model.pt"
+    torch.save(
+        {
+            "config": {"method": {"name": "mctformer_v2", "params": {}}, "model": model_config},
+            "class_names": [str(c) for c in range(20)],
+            "model": model.state_dict(),
+        },
+        model_path,
+    )
+    rows = {}
+    for size in sizes:
+        folder = Path(scratch) / f"voc_like_{size}"
+        started = time.perf_counter()
+        dataset = _voc_like_dataset(folder, size)
+        made = time.perf_counter() - started
+        cams_path = str(folder / "cams.npz")
+        config = {"dataset": dataset, "cam": cam, "refiner": {"name": "none", "params": {}}}
+        extraction = _in_subprocess(_extract, config, str(model_path), cams_path)
+        evaluation = _in_subprocess(_evaluate, dataset, cams_path)
+        with CamReader(cams_path) as reader:
+            part = reader.parts[0]
+            counts = np.diff(part.class_offsets) * part.shapes[:, 0] * part.shapes[:, 1]
+        rows[str(size)] = {
+            "images": size,
+            "dataset_seconds": made,
+            "cams": {
+                "peak_rss_mib": extraction["peak_rss_mib"],
+                "images_per_s": extraction["images_per_second"],
+            },
+            "evaluate": {
+                "peak_rss_mib": evaluation["peak_rss_mib"],
+                "images_per_s": evaluation["images"] / evaluation["seconds"],
+            },
+            "split_cam_mib": float(counts.sum()) / 2**20,
+            "artifact_mib": Path(cams_path).stat().st_size / 2**20,
+        }
+    small, large = rows[str(min(sizes))], rows[str(max(sizes))]
+    return {
+        "model": model_config,
+        "cam": cam,
+        "sizes": rows,
+        "peak_ratio_large_to_small": {
+            stage: large[stage]["peak_rss_mib"] / small[stage]["peak_rss_mib"]
+            for stage in ("cams", "evaluate")
+        },
+        "target_ratio": 1.2,
+    }
+
+
+def markdown_cam_memory(section: dict) -> str:
+    """The CAM-memory section of bench.md."""
+    m = section["model"]
+    o = m["overrides"]
+    rows = [
+        "### CAM artifacts: peak memory vs split size",
+        "",
+        f"Random-weight {m['backbone']} shape (patch {o['patch_size']}, dim {o['embed_dim']}, "
+        f"depth {o['depth']}), CAMs at scales {section['cam']['scales']}, flip "
+        f"{section['cam']['flip']}, batch {section['cam']['batch_size']}, on VOC-size random "
+        "images (500 x 375, 375 x 500 and rarer sizes); each stage in a fresh process.",
+        "",
+        "| images | cams peak RSS | cams img/s | evaluate peak RSS | evaluate img/s "
+        "| split's uint8 CAMs (held whole before) | CAM file |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in section["sizes"].values():
+        rows.append(
+            f"| {row['images']} | {row['cams']['peak_rss_mib']:.0f} MiB "
+            f"| {row['cams']['images_per_s']:.0f} | {row['evaluate']['peak_rss_mib']:.0f} MiB "
+            f"| {row['evaluate']['images_per_s']:.0f} | {row['split_cam_mib']:.0f} MiB "
+            f"| {row['artifact_mib']:.0f} MiB |"
+        )
+    r = section["peak_ratio_large_to_small"]
+    rows += [
+        "",
+        f"Largest over smallest split: cams {r['cams']:.2f}x, evaluate {r['evaluate']:.2f}x "
+        f"(target ≤ {section['target_ratio']:.1f}x).",
+    ]
+    return "\n".join(rows) + "\n"
 
 
 # -------------------------------------------------------------------- driver
@@ -598,7 +765,22 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
     )
     report["evaluation"] = _in_subprocess(bench_evaluation, shared_data, 2 if quick else 5)
     report["sweep"] = _in_subprocess(bench_sweep, shared_data, 20 if quick else 100, 80)
+    report["cam_memory"] = run_cam_memory(params, quick)
     return report
+
+
+def run_cam_memory(params: dict, quick: bool = False, sizes: tuple[int, ...] | None = None) -> dict:
+    """The CAM-memory section alone: the grid's first dataset's model shape with patch 16
+    (the presets' patch; the smoke shape's patch 8 would spend the time on attention)."""
+    from wsss.config import cam_config, dataset_block
+
+    dataset = params["grid"]["datasets"][0]
+    model_config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
+    model_config["overrides"] = {**model_config.get("overrides", {}), "patch_size": 16}
+    cam = {**cam_config(params, dataset, params["grid"]["methods"][0])["cam"], "batch_size": 8}
+    sizes = sizes or ((50, 500) if quick else (500, 5000))
+    with tempfile.TemporaryDirectory() as scratch:
+        return bench_cam_memory(model_config, cam, sizes, scratch)
 
 
 def _bench_dataset(params: dict, dataset: str, scratch: str, quick: bool) -> dict | None:
@@ -674,7 +856,10 @@ def markdown(report: dict) -> str:
         if k in report
     )
     rows.append(f"| peak RSS (MiB) | {mem} | | |")
-    return "\n".join(rows) + "\n"
+    text = "\n".join(rows) + "\n"
+    if "cam_memory" in report:
+        text += "\n" + markdown_cam_memory(report["cam_memory"])
+    return text
 
 
 def _range_text(span: list[float] | None) -> str:
@@ -709,10 +894,23 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="fewer repetitions (a check, not a measurement)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--section",
+        choices=["cam-memory"],
+        help="run only this section; print its markdown and JSON, write nothing",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="cam-memory: split sizes (default 500 5000)"
+    )
     args = parser.parse_args(argv)
     setup_logging()
     set_threads(args.threads)
     params = load_params(args.params, *args.configfile)
+    if args.section == "cam-memory":
+        section = run_cam_memory(params, args.quick, tuple(args.sizes) if args.sizes else None)
+        print(markdown_cam_memory(section))
+        print(json.dumps({"cam_memory": section}, indent=2, sort_keys=True))
+        return 0
     report = run_bench(params, args.shared_data, quick=args.quick)
     write_bench(report, args.out_dir)
     print(markdown(report))

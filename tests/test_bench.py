@@ -4,6 +4,7 @@ report per-method ratios against the baseline (timings themselves are not assert
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_synthetic_dataset
 
 # The harness lives outside the package (benchmarks/bench.py), run as a script.
@@ -103,3 +104,28 @@ def test_aream_decomposition_switches_off_one_part_at_a_time():
         "par": False,
     }
     assert rows["aream[par=false]"]["params"] == {"layer_index": 1, "cls_epochs": 0, "par": False}
+
+
+@pytest.mark.slow
+def test_cam_memory_section_measures_each_stage_per_size(tmp_path, tiny_model_config):
+    from bench import bench_cam_memory, markdown_cam_memory
+
+    model = dict(tiny_model_config, overrides={**tiny_model_config["overrides"], "patch_size": 16})
+    cam = {
+        "scales": [1.0],
+        "flip": False,
+        "batch_size": 2,
+        "class_layers": 2,
+        "class_reduce": "sum",
+        "fusion": "fused",
+        "affinity_layers": "all",
+        "affinity_reduce": "sum",
+    }
+    section = bench_cam_memory(model, cam, (2, 5), str(tmp_path))
+    assert sorted(section["sizes"]) == ["2", "5"]
+    for row in section["sizes"].values():
+        assert row["cams"]["peak_rss_mib"] > 0 and row["evaluate"]["peak_rss_mib"] > 0
+        assert row["split_cam_mib"] > 0 and row["artifact_mib"] > 0
+    assert set(section["peak_ratio_large_to_small"]) == {"cams", "evaluate"}
+    text = markdown_cam_memory(section)
+    assert "| 5 |" in text and "Largest over smallest split" in text

@@ -331,3 +331,34 @@ def test_model_type_checked(tiny_model_config):
     with pytest.raises(TypeError):
         method.forward(baseline, torch.randn(1, 3, 32, 32), epoch=0)
     assert isinstance(method.build_model(tiny_model_config, NUM_CLASSES), ClusterCAMViT)
+
+
+def test_training_cam_of_another_scale_is_resized_once_as_the_code(tiny_model_config):
+    """At scale 0.5 the 32 px crop is seen at 16 px (a patch multiple: no padding); its
+    2 x 2 grid CAM goes straight to 32 x 32 (multi_scale_cam2's one interpolate), not
+    through 16 x 16 first."""
+    import torch.nn.functional as F
+
+    from wsss.ops.multiscale import to_image
+    from wsss.ops.normalize import minmax_per_class
+
+    method = _method(cam_scales=[0.5], cam_flip=False)
+    model = _model(method, tiny_model_config)
+    images = torch.randn(2, 3, 32, 32)
+    output = method.forward(model, images, epoch=0, decode=False)
+    cam = method.batch_cam(model, output, images, LABELS)
+    small = F.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        grid = method._pseudo_pass(method.forward(model, small, epoch=-1, decode=False))
+    assert grid.shape[-2:] == (2, 2)
+    mask = LABELS[..., None, None]
+    once = F.interpolate(grid, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.allclose(cam, minmax_per_class(once.relu(), eps=1e-5) * mask, atol=1e-6)
+    twice = to_image(grid, (16, 16), (16, 16), (32, 32))
+    assert not torch.allclose(cam, minmax_per_class(twice.relu(), eps=1e-5) * mask, atol=1e-3)
+
+
+def test_par_uses_the_code_eps():
+    """ClusterCAM's PAR.py adds 1e-5 to both standard deviations (ToCo's/AReAM's: 1e-8)."""
+    assert _method().par_module.eps == 1e-5
+    assert TRAINING_METHODS.get("aream")().par_module.eps == 1e-8

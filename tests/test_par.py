@@ -269,3 +269,24 @@ def test_gain_is_what_a_constant_mask_is_multiplied_by():
         par = PAR(renormalize=renormalize)
         out = par(images, torch.full((1, 1, 12, 12), 0.5))
         assert torch.allclose(out, torch.full_like(out, 0.5 * par.gain), atol=1e-5)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-5])
+def test_colour_affinity_by_hand_with_eps(eps):
+    """Centre of a 3 x 3 grey image: 0, its diagonal neighbours s = 1e-5, the axis ones 0.
+    The 8 values' unbiased std is s * sqrt(2/7); a diagonal's colour logit is
+    -(s / (std + eps) / 0.3)^2, an axis one's 0; softmax, plus w2 x the positional weights.
+    At this contrast the eps decides the weights (1e-5: ClusterCAM's PAR.py)."""
+    s = 1e-5
+    image = torch.zeros(1, 3, 3, 3)
+    image[:, :, ::2, ::2] = s  # the four corners: the centre's diagonal neighbours
+    image[:, :, 1, 1] = 0.0
+    std = s * math.sqrt(2 / 7)
+    diagonal = math.exp(-((s / (std + eps) / 0.3) ** 2))
+    colour = torch.tensor([diagonal, 1, diagonal, 1, 1, diagonal, 1, diagonal])
+    colour = colour / colour.sum()
+    par = PAR(dilations=[1], eps=eps)
+    expected = colour + 0.01 * par.positional_weights()
+    got = par.affinity(image)[0, :, 1, 1]
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert (got[0] > 1e-3) == (eps == 1e-5)  # the diagonals only count with the larger eps

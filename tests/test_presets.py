@@ -6,10 +6,13 @@ Snakemake dry runs in a copy of the project with a fake dataset root.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from conftest import SHARED_DATA
 from test_workflow import _copy_project, _job_counts, _snakemake
 
 from wsss.config import (
@@ -226,9 +229,13 @@ def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path
     counts = _job_counts(result.stdout)
     methods = coco_params["grid"]["methods"]
     assert counts["convert_coco"] == 1 and counts["prepare_data"] == 1
-    assert counts["train"] == _train_runs(coco_params) == 8
-    assert counts["entropy_weights"] == 1
-    assert counts["cams"] == counts["evaluate_cams"] == len(methods)  # train is both splits
+    # train (82,081 images) is both splits and is cut into shards (cam.shard_size 10,000):
+    # its cams_shard jobs, and the jobs only they need, appear once its plan exists; before,
+    # only ClusterCAM's runs are trained (for their decoder's evaluation)
+    assert counts["cam_shard_plan"] == 1 and "cams" not in counts
+    assert "entropy_weights" not in counts and counts["train"] == 1  # one ClusterCAM model
+    assert counts["evaluate_decoder"] == 2  # its two grid variants
+    assert counts["evaluate_cams"] == len(methods)
     assert counts["pseudo_labels"] == counts["segment"] == len(methods)
     assert "wsss convert-coco" in result.stdout or "convert_coco" in result.stdout
 
@@ -241,3 +248,52 @@ def test_coco_preset_without_raw_data_fails_clearly(project):
     assert "data/coco-raw/annotations/instances_train2014.json does not exist" in output
     assert "Job stats" not in output
     assert not (project / "results").exists()
+
+
+VOC_SAMPLE = SHARED_DATA / "voc_sample" / "VOCdevkit" / "VOC2012"
+
+
+@pytest.mark.slow
+def test_voc_preset_architectures_train_extract_and_score_on_real_images(project, tmp_path):
+    """The VOC preset's networks (DeiT-S/16 at 224 for MCTformer-V2 and AReAM, at 448 for
+    ClusterCAM; random weights, one step of batch 2, each method's loss fully on) through
+    train -> cams -> evaluate on two real VOC images at their own sizes, on CPU."""
+    if not VOC_SAMPLE.is_dir():
+        pytest.skip(f"real data {VOC_SAMPLE} absent; set WSSS_SHARED_DATA to the folder holding it")
+    root = tmp_path / "voc"  # the sample's folders linked, with a two-image split of our own
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for folder in ("JPEGImages", "SegmentationClassAug"):
+        (root / folder).symlink_to(VOC_SAMPLE / folder)
+    ids = ["2007_000032", "2011_000003"]  # 500 x 281 and 500 x 334: not patch multiples
+    (root / "ImageSets" / "Segmentation" / "smoke.txt").write_text("\n".join(ids) + "\n")
+    methods = ["mctformer_v2", "aream", "clustercam"]
+    one_step = {"epochs": 1, "batch_size": 2, "warmup_epochs": 0}
+    override = _override(
+        tmp_path / "smoke.yaml",
+        {
+            "grid": {"methods": methods, "seeds": [0]},
+            "datasets": {"voc": {"root": str(root), "train_split": "smoke", "eval_split": "smoke"}},
+            "model": {"pretrained": False},
+            "train": {**one_step, "device": "cpu", "amp": False, "num_workers": 0},
+            "cam": {"batch_size": 2},
+            "methods": {"clustercam": {"overrides": {"train": one_step}}},
+            "method_params": {"aream": {"cls_epochs": 0}, "clustercam": {"seg_start_epoch": 0}},
+        },
+    )
+    targets = [f"results/runs/voc/{m}/seed0/cam_metrics.json" for m in methods]
+    _snakemake(project, "--configfile", str(VOC_PRESET), str(override), "--", *targets)
+    for method, target in zip(methods, targets, strict=True):
+        cam = json.loads((project / target).read_text())["cam"]
+        assert cam["images"] == 2 and 0.0 <= cam["miou"] <= 1.0, method
+        model = torch.load(
+            project / f"results/runs/voc/train/{method}/seed0/model.pt", weights_only=False
+        )
+        config = model["config"]["model"]
+        assert config["backbone"] == "deit_small_patch16_224"
+        assert config["img_size"] == (448 if method == "clustercam" else 224)
+        assert config["overrides"] == {
+            "patch_size": 16,
+            "embed_dim": 384,
+            "depth": 12,
+            "num_heads": 6,
+        }

@@ -140,14 +140,13 @@ def dataset_config(tmp_path_factory):
 def _gt_cams(config, path, split="train", blur=False):
     """CAMs that are the masks themselves (255 on the class, 0 elsewhere; blurred: 200/60)."""
     dataset = open_dataset(config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids(split):
-        mask = dataset.layout.load_mask(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}), np.int64)
-        on, off = (200, 60) if blur else (255, 0)
-        cams = np.stack([np.where(mask == c, on, off) for c in classes]).astype(np.uint8)
-        writer.add(image_id, classes, cams.reshape(len(classes), *mask.shape))
-    writer.save(path)
+    with CamWriter(path, dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids(split):
+            mask = dataset.layout.load_mask(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}), np.int64)
+            on, off = (200, 60) if blur else (255, 0)
+            cams = np.stack([np.where(mask == c, on, off) for c in classes]).astype(np.uint8)
+            writer.add(image_id, classes, cams.reshape(len(classes), *mask.shape))
     return path
 
 
@@ -186,13 +185,14 @@ def test_pseudo_label_miou_equals_cam_miou_at_that_threshold(dataset_config, tmp
 
     rng = np.random.default_rng(1)
     dataset = open_dataset(dataset_config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids("train"):
-        mask = dataset.layout.load_mask(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}))
-        noisy = [np.where(mask == c, 120, 40) + rng.integers(0, 130, mask.shape) for c in classes]
-        writer.add(image_id, classes, np.stack(noisy).astype(np.uint8))
-    writer.save(tmp_path / "train.npz")
+    with CamWriter(tmp_path / "train.npz", dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids("train"):
+            mask = dataset.layout.load_mask(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, IGNORE_INDEX}))
+            noisy = [
+                np.where(mask == c, 120, 40) + rng.integers(0, 130, mask.shape) for c in classes
+            ]
+            writer.add(image_id, classes, np.stack(noisy).astype(np.uint8))
     evaluate = {"thresholds": {"start": 0.0, "stop": 0.79, "step": 0.01}, "select": "exhaustive"}
     cam = evaluate_cams(dataset_config, evaluate, tmp_path / "train.npz", progress=False)
     (tmp_path / "cam_metrics.json").write_text(json.dumps({"cam": cam}))

@@ -63,11 +63,10 @@ def dataset(tmp_path):
 
 def _cam_file(path, seed):
     rng = np.random.default_rng(seed)
-    writer = CamWriter(num_classes=len(CLASS_NAMES))
-    for image_id, classes in IMAGE_CLASSES.items():
-        cams = rng.integers(0, 256, (len(classes), SIZE, SIZE), dtype=np.uint8)
-        writer.add(image_id, np.array(classes), cams)
-    writer.save(path)
+    with CamWriter(path, num_classes=len(CLASS_NAMES)) as writer:
+        for image_id, classes in IMAGE_CLASSES.items():
+            cams = rng.integers(0, 256, (len(classes), SIZE, SIZE), dtype=np.uint8)
+            writer.add(image_id, np.array(classes), cams)
     return path
 
 
@@ -204,9 +203,8 @@ def test_missing_inputs_are_named(dataset, methods, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(gone)):
         write_gallery(dataset, _gallery_config(), [GalleryMethod("x", "X", gone)], out)
 
-    partial = CamWriter(num_classes=len(CLASS_NAMES))
-    partial.add("img_00", np.array([1]), np.zeros((1, SIZE, SIZE), np.uint8))
-    partial.save(tmp_path / "partial.npz")
+    with CamWriter(tmp_path / "partial.npz", num_classes=len(CLASS_NAMES)) as partial:
+        partial.add("img_00", np.array([1]), np.zeros((1, SIZE, SIZE), np.uint8))
     with pytest.raises(ValueError, match=r"partial\.npz has no CAM of image"):
         write_gallery(
             dataset, _gallery_config(), [GalleryMethod("p", "P", tmp_path / "partial.npz")], out

@@ -279,3 +279,34 @@ def test_smoke_run_with_entropy_weights_from_the_baseline(project):
     assert "AReAM, entropy layer weights" in (results / "table.md").read_text()
     again = _snakemake(project, "-n", *args)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_sharded_cams_score_as_the_unsharded_split(project):
+    """cam.shard_size cuts the smoke split (48 images) into 3 cams jobs per run; the merged
+    evaluation gives the unsharded run's cam_metrics.json, value for value."""
+    smoke = str(project / "configs" / "smoke.yaml")
+    runs = [
+        f"results/runs/synthetic/{m}/seed0/cam_metrics.json"
+        for m in ("mctformer_v2", "mctformer_v2_affinity")
+    ]
+    _snakemake(project, "--configfile", smoke, "--", *runs)
+    unsharded = {run: json.loads((project / run).read_text()) for run in runs}
+    for run in runs:
+        (project / run).unlink()  # the trained models stay: only CAMs and scores rerun
+    sharded = project / "shards.yaml"
+    sharded.write_text(yaml.safe_dump({"cam": {"shard_size": 20}}))
+    args = ("--configfile", smoke, str(sharded), "--", *runs)
+    _snakemake(project, *args)
+    for run in runs:
+        assert json.loads((project / run).read_text()) == unsharded[run], run
+    cams = project / "results/cams/synthetic/mctformer_v2/seed0"
+    assert sorted(p.name for p in (cams / "train.shards").glob("*.npz")) == [
+        "0.npz",
+        "1.npz",
+        "2.npz",
+    ]
+    index = json.loads((cams / "train.shards.json").read_text())
+    assert [s["images"] for s in index["shards"]] == [20, 20, 8]
+    again = _snakemake(project, "-n", *args)
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -156,6 +156,11 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             problems.append(
                 f"method_params.{name}: no registered method of that name (known: {', '.join(known)})"
             )
+        if "shard_size" in spec.get("cam", {}):
+            problems.append(
+                f"methods.{variant}.cam.shard_size: the shards of a split are shared by every "
+                "method; set cam.shard_size (or datasets.<name>.overrides.cam.shard_size)"
+            )
     runs: dict[str, tuple] = {}
     for variant in params["methods"]:
         key, recipe = training_key(params, variant), _training_recipe(params, variant)
@@ -541,11 +546,23 @@ def cam_config(params: dict[str, Any], dataset: str, variant: str) -> dict[str, 
     come from ``model.pt``)."""
     spec = variant_spec(params, variant)
     _, refiner = _resolved_method(params, variant)
+    # shard_size is read by the shard plan (cam_shards_config), not by the extraction itself.
+    cam = _without(dataset_block(params, dataset, "cam"), ("shard_size",))
     return {
         "dataset": dataset_config(params, dataset),
-        "cam": deep_merge(dataset_block(params, dataset, "cam"), spec["cam"]),
+        "cam": deep_merge(cam, spec["cam"]),
         "refiner": refiner,
     }
+
+
+def shard_size(params: dict[str, Any], dataset: str) -> int:
+    """Images per CAM shard of the dataset's splits; 0 (or null in params) = no sharding."""
+    return int(dataset_block(params, dataset, "cam").get("shard_size") or 0)
+
+
+def cam_shards_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """A shard-plan job: how to open the dataset and the shard size."""
+    return {"dataset": dataset_config(params, dataset), "shard_size": shard_size(params, dataset)}
 
 
 def evaluate_config(params: dict[str, Any], dataset: str, meta: dict[str, Any]) -> dict[str, Any]:

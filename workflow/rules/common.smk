@@ -33,6 +33,8 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     method="|".join(METHODS),
     seed=r"\d+",
+    split=r"[A-Za-z0-9_-]+",  # no dots: {split}.npz and {split}.shards.json stay apart
+    shard=r"\d+",
 
 
 def dataset_kind(dataset):
@@ -140,12 +142,44 @@ def pseudo_label_threshold_source(wildcards):
     return f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/cam_metrics.json"
 
 
-def gallery_cams(wildcards):
-    """The CAM file of every method's first-seed run on the dataset's eval split."""
-    split = eval_split(wildcards.dataset)
+def shard_count(dataset, split):
+    """Shards of a split under cam.shard_size (1: not sharded). Reads the split's plan,
+    so the jobs that need it wait for the cam_shard_plan checkpoint."""
+    if not wsss_config.shard_size(config, dataset):
+        return 1
+    plan = checkpoints.cam_shard_plan.get(dataset=dataset, split=split).output.plan
+    with open(plan) as f:
+        return json.load(f)["shards"]
+
+
+def cam_shard_plans():
+    """The shard plans of the CAM splits of every sharded dataset: targets of `all`, so
+    that turning sharding on for CAMs already extracted reruns what reads them."""
     return [
-        f"{RESULTS}/cams/{wildcards.dataset}/{method}/seed{SEEDS[0]}/{split}.npz" for method in METHODS
+        f"{RESULTS}/cams/{dataset}/{split}.shard_plan.json"
+        for dataset in DATASETS
+        if wsss_config.shard_size(config, dataset)
+        for split in sorted({train_split(dataset), eval_split(dataset)})
     ]
+
+
+def cam_artifact(dataset, method, seed, split):
+    """What a job reads as the CAMs of a split: the CAM file, or the shard index."""
+    base = f"{RESULTS}/cams/{dataset}/{method}/seed{seed}/{split}"
+    return f"{base}.npz" if shard_count(dataset, split) == 1 else f"{base}.shards.json"
+
+
+def cam_shard_files(wildcards):
+    """The shards' CAM files of {split}, in shard order."""
+    base = f"{RESULTS}/cams/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}"
+    count = shard_count(wildcards.dataset, wildcards.split)
+    return [f"{base}/{wildcards.split}.shards/{i}.npz" for i in range(count)]
+
+
+def gallery_cams(wildcards):
+    """The CAMs of every method's first-seed run on the dataset's eval split."""
+    split = eval_split(wildcards.dataset)
+    return [cam_artifact(wildcards.dataset, method, SEEDS[0], split) for method in METHODS]
 
 
 def gallery_config(wildcards):

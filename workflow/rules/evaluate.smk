@@ -1,6 +1,6 @@
 rule evaluate_cams:
     input:
-        cams=lambda wc: f"{RESULTS}/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{eval_split(wc.dataset)}.npz",
+        cams=lambda wc: cam_artifact(wc.dataset, wc.method, wc.seed, eval_split(wc.dataset)),
         code=code("evaluate"),
     output:
         metrics=results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),

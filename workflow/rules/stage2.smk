@@ -5,7 +5,7 @@
 
 rule pseudo_labels:
     input:
-        cams=lambda wc: f"{RESULTS}/cams/{wc.dataset}/{wc.method}/seed{wc.seed}/{train_split(wc.dataset)}.npz",
+        cams=lambda wc: cam_artifact(wc.dataset, wc.method, wc.seed, train_split(wc.dataset)),
         cam_metrics=pseudo_label_threshold_source,
         code=code("pseudo-labels"),
     output:

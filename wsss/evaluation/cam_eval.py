@@ -7,6 +7,8 @@ classes) are then read off it without touching the CAMs again. A second pass
 keeps each image's intersection and union at the chosen threshold
 (wsss.evaluation.per_image), which the results table resamples for its
 confidence intervals.
+A sharded split's histograms are filled shard by shard and merged (integer
+counts, so the scores are those of the unsharded split exactly).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from wsss.cam_store import CamReader
-from wsss.data.datasets import open_dataset
+from wsss.cam_store import CamFile, CamReader
+from wsss.data.datasets import OpenedDataset, open_dataset
 from wsss.evaluation.failure_modes import score_failure_modes
 from wsss.evaluation.metrics import SegmentationScores
 from wsss.evaluation.per_image import PerImageCounts, image_counts
@@ -49,9 +51,11 @@ def per_image_counts(
     num_labels = sweep.num_labels
     inter = np.zeros((len(reader), num_labels), np.int64)
     union = np.zeros((len(reader), num_labels), np.int64)
+    ids = []  # in the reader's iteration order (shard by shard)
     for row, record in enumerate(
         tqdm(reader, total=len(reader), desc="per-image counts", disable=not progress)
     ):
+        ids.append(record.image_id)
         gt = dataset.layout.load_mask(record.image_id)
         inter[row], union[row] = image_counts(
             gt, record.cams, record.classes, threshold, num_labels, sweep.ignore_index
@@ -66,7 +70,27 @@ def per_image_counts(
             f"{reader.path}: per-image counts at threshold {threshold} do not add up to the "
             "threshold sweep's confusion matrix (a bug in one of the two paths)"
         )
-    return PerImageCounts(tuple(reader.ids), inter, union, float(threshold))
+    return PerImageCounts(tuple(ids), inter, union, float(threshold))
+
+
+def sweep_part(
+    dataset: OpenedDataset, part: CamFile, progress: bool = True
+) -> tuple[ThresholdSweep, ThresholdSweep]:
+    """The threshold histograms of one CAM file against the masks: (CAMs, uniform CAMs
+    over the GT classes). Reads one record at a time."""
+    num_labels = dataset.num_classes + 1
+    sweep = ThresholdSweep(num_labels)
+    uniform = ThresholdSweep(num_labels)
+    for record in tqdm(part, total=len(part), desc="evaluate", disable=not progress):
+        gt = dataset.layout.load_mask(record.image_id)
+        if gt.shape != record.shape:
+            raise ValueError(
+                f"{part.path}: CAM of {record.image_id} is {record.shape}, its mask "
+                f"{dataset.layout.mask_path(record.image_id)} is {gt.shape}"
+            )
+        sweep.update(gt, record.cams, record.classes)
+        uniform.update(gt, np.full_like(record.cams, 255), record.classes)
+    return sweep, uniform
 
 
 def evaluate_cams(
@@ -87,70 +111,70 @@ def evaluate_cams(
     selected threshold, wsss.evaluation.failure_modes; null with the reason on a
     dataset without failure-mode maps) and ``platform`` (wsss.runtime.platform_info
     of this job).
+
+    Memory holds one image's CAMs and mask and the histograms (K x K x 256 int64
+    each), whatever the split's size.
     """
     dataset = open_dataset(dataset_config)
-    reader = CamReader(cams_path)
-    if reader.num_classes != dataset.num_classes:
-        raise ValueError(
-            f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has {dataset.num_classes}"
-        )
-    num_labels = dataset.num_classes + 1
-    sweep = ThresholdSweep(num_labels)
-    uniform = ThresholdSweep(num_labels)
-    for record in tqdm(reader, total=len(reader), desc="evaluate", disable=not progress):
-        gt = dataset.layout.load_mask(record.image_id)
-        if gt.shape != record.shape:
+    with CamReader(cams_path) as reader:
+        if reader.num_classes != dataset.num_classes:
             raise ValueError(
-                f"{cams_path}: CAM of {record.image_id} is {record.shape}, its mask "
-                f"{dataset.layout.mask_path(record.image_id)} is {gt.shape}"
+                f"{cams_path} has {reader.num_classes} classes, dataset {dataset.name} has "
+                f"{dataset.num_classes}"
             )
-        sweep.update(gt, record.cams, record.classes)
-        uniform.update(gt, np.full_like(record.cams, 255), record.classes)
+        num_labels = dataset.num_classes + 1
+        sweep = ThresholdSweep(num_labels)
+        uniform = ThresholdSweep(num_labels)
+        for part in reader.parts:
+            part_sweep, part_uniform = sweep_part(dataset, part, progress)
+            sweep.merge(part_sweep)
+            uniform.merge(part_uniform)
+        images = len(reader)
 
-    spec = evaluate_config["thresholds"]
-    thresholds = threshold_grid(spec["start"], spec["stop"], spec["step"])
-    best_t, best_scores, curve = sweep.best(thresholds, style="exhaustive")
-    greedy_t, greedy_scores, greedy_curve = sweep.best(thresholds, style="greedy")
-    chosen = evaluate_config["select"]
-    headline_t, headline = (
-        (best_t, best_scores) if chosen == "exhaustive" else (greedy_t, greedy_scores)
-    )
-    at_edge = threshold_at_edge(headline_t, thresholds)
-    if at_edge:
-        log.warning(
-            "%s: best background threshold %.2f is at the edge of the sweep [%.2f, %.2f]; "
-            "the best one may lie outside it: widen evaluate.thresholds",
-            cams_path,
-            headline_t,
-            min(thresholds),
-            max(thresholds),
+        spec = evaluate_config["thresholds"]
+        thresholds = threshold_grid(spec["start"], spec["stop"], spec["step"])
+        best_t, best_scores, curve = sweep.best(thresholds, style="exhaustive")
+        greedy_t, greedy_scores, greedy_curve = sweep.best(thresholds, style="greedy")
+        chosen = evaluate_config["select"]
+        headline_t, headline = (
+            (best_t, best_scores) if chosen == "exhaustive" else (greedy_t, greedy_scores)
         )
-    per_image = per_image_counts(dataset, reader, headline_t, sweep, progress)
-    names = dataset.class_names
-    return {
-        "split": dataset_config["eval_split"],
-        "images": len(reader),
-        "threshold": headline_t,
-        "threshold_select": chosen,
-        "threshold_at_edge": at_edge,
-        "threshold_range": [min(thresholds), max(thresholds)],
-        **summarize(headline, names),
-        "sweep": {
-            "exhaustive": {"threshold": best_t, "miou": float(best_scores.miou)},
-            "greedy": {
-                "threshold": greedy_t,
-                "miou": float(greedy_scores.miou),
-                "steps": len(greedy_curve),
+        at_edge = threshold_at_edge(headline_t, thresholds)
+        if at_edge:
+            log.warning(
+                "%s: best background threshold %.2f is at the edge of the sweep [%.2f, %.2f]; "
+                "the best one may lie outside it: widen evaluate.thresholds",
+                cams_path,
+                headline_t,
+                min(thresholds),
+                max(thresholds),
+            )
+        per_image = per_image_counts(dataset, reader, headline_t, sweep, progress)
+        names = dataset.class_names
+        return {
+            "split": dataset_config["eval_split"],
+            "images": images,
+            "threshold": headline_t,
+            "threshold_select": chosen,
+            "threshold_at_edge": at_edge,
+            "threshold_range": [min(thresholds), max(thresholds)],
+            **summarize(headline, names),
+            "sweep": {
+                "exhaustive": {"threshold": best_t, "miou": float(best_scores.miou)},
+                "greedy": {
+                    "threshold": greedy_t,
+                    "miou": float(greedy_scores.miou),
+                    "steps": len(greedy_curve),
+                },
+                "curve": [{"threshold": t, "miou": m} for t, m in curve],
             },
-            "curve": [{"threshold": t, "miou": m} for t, m in curve],
-        },
-        "reference": {
-            # A threshold of 1 makes every pixel background; a uniform CAM over the
-            # GT classes labels every pixel with the image's first GT class.
-            "all_background": float(sweep.sweep([1.0])[0].miou),
-            "uniform_gt_classes": float(uniform.sweep([0.0])[0].miou),
-        },
-        "per_image": per_image.to_json(),
-        "failure_modes": score_failure_modes(dataset, reader, headline_t, progress),
-        "platform": platform_info(device="cpu"),  # evaluation is numpy on the CPU
-    }
+            "reference": {
+                # A threshold of 1 makes every pixel background; a uniform CAM over the
+                # GT classes labels every pixel with the image's first GT class.
+                "all_background": float(sweep.sweep([1.0])[0].miou),
+                "uniform_gt_classes": float(uniform.sweep([0.0])[0].miou),
+            },
+            "per_image": per_image.to_json(),
+            "failure_modes": score_failure_modes(dataset, reader, headline_t, progress),
+            "platform": platform_info(device="cpu"),  # evaluation is numpy on the CPU
+        }

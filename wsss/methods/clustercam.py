@@ -403,6 +403,9 @@ class ClusterCAMViT(MultiClassTokenViT):
 # ----------------------------------------------------------------- the method
 
 
+PAR_EPS = 1e-5  # ClusterCAM's PAR.py (ToCo's and AReAM's: 1e-8)
+
+
 def _check_int(params: dict[str, Any], key: str, low: int) -> None:
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -463,7 +466,8 @@ class ClusterCAM(TrainingMethod):
                 f"method_params.clustercam: need 0 <= bg_thr - ignore_delta <= bg_thr + ignore_delta, "
                 f"got bg_thr {p['bg_thr']}, ignore_delta {p['ignore_delta']}"
             )
-        self.par_module = PAR() if p["par"] else None  # official: 10 iterations, dilations 1..24
+        # official PAR.py: 10 iterations, dilations 1..24, std + 1e-5 in both affinity terms
+        self.par_module = PAR(eps=PAR_EPS) if p["par"] else None
         self.pseudo_recipe = CamRecipe(
             class_layers=p["pseudo_class_layers"],
             class_reduce="sum",
@@ -554,9 +558,11 @@ class ClusterCAM(TrainingMethod):
     ) -> torch.Tensor:
         """The batch's pseudo-label CAM (B x C x H x W in [0, 1], zero off the GT classes), ``multi_scale_cam2``.
 
-        Per scale: resize (``int(s * size)``), pad to the patch multiple, CAM of
-        the image and its flip in one no-grad forward (train mode, as the code),
-        upsample, crop, resize to the crop, max over the flip pair, ReLU. Summed
+        Per scale: resize (``int(s * size)``), CAM of the image and its flip in one
+        no-grad forward (train mode, as the code), upsampled once from the patch
+        grid to the crop size (as the code; a scaled size that is not a patch
+        multiple is padded first, then upsampled to it, cropped and resized to the
+        crop), max over the flip pair, ReLU. Summed
         over scales, per-class min-max, GT-masked. At scale 1 the unflipped
         CAM is read from the training forward (identical with drop-path 0).
         """
@@ -578,7 +584,16 @@ class ClusterCAM(TrainingMethod):
                     x = torch.cat([x, x.flip(-1)])
                 padded = pad_to_multiple(x, patch)
                 out = self.forward(model, padded, epoch=-1, decode=False)
-                cam = to_image(self._pseudo_pass(out), padded.shape[-2:], size, (height, width))
+                grid_cam = self._pseudo_pass(out)
+                if tuple(padded.shape[-2:]) == tuple(size):
+                    # The code's one resize, grid -> training crop (the VOC recipe's 448 px
+                    # crops at 0.75 / 1.25 are patch multiples: no padding).
+                    cam = F.interpolate(
+                        grid_cam, size=(height, width), mode="bilinear", align_corners=False
+                    )
+                else:
+                    # Padded (the code would drop the remainder): grid -> padded, crop, resize.
+                    cam = to_image(grid_cam, padded.shape[-2:], size, (height, width))
                 cams = [cam[:batch]] + ([cam[batch:].flip(-1)] if flip else [])
             fused = torch.maximum(cams[0], cams[1]) if flip else cams[0]
             fused = F.relu(fused)

@@ -392,7 +392,7 @@ def write_gallery(
                 f"mask {dataset.layout.mask_path(image_id)} is {mask.shape}"
             )
     overlays = []
-    for method in methods:  # one CAM file in memory at a time (VOC's are large)
+    for method in methods:  # CAM files are read one record at a time
         reader = CamReader(method.cams)
         if reader.num_classes != dataset.num_classes:
             raise ValueError(
@@ -413,7 +413,7 @@ def write_gallery(
             except ValueError as err:
                 raise ValueError(f"{method.cams}: {err}") from None
         overlays.append(row)
-        del reader
+        reader.close()
     pseudo = None
     if all(with_pseudo):
         pseudo = [

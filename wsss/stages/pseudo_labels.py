@@ -436,7 +436,9 @@ HELP = "CAMs of the train split -> pseudo-label PNGs (threshold, PAR or CRF), sc
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=json_arg, required=True, help="{dataset, pseudo_labels, meta}")
-    p.add_argument("--cams", required=True, help="CAM artifact of the dataset's train_split")
+    p.add_argument(
+        "--cams", required=True, help="CAM file (or shard index) of the dataset's train_split"
+    )
     p.add_argument("--cam-metrics", help="cam_metrics.json whose best threshold 'best' uses")
     p.add_argument(
         "--out-dir", required=True, help="folder of <image id>.png (replaced atomically)"
