@@ -27,6 +27,8 @@ RULES = (
     "plots",
     "gallery",
     "table_html",
+    "attention_diagnostics",
+    "attention_figure",
 )
 # The smoke DAG plus the methods whose training imports more than the baseline's.
 GRID = {
