@@ -247,7 +247,12 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
         width, height = gallery.size
     cell = report["gallery_cell_px"]
     assert width >= (2 + 2 * len(methods)) * cell and height >= report["gallery_images"] * cell
-    for name in ("cam_miou.png", "threshold_curves.png", "per_class_iou.png"):
+    for name in (
+        "cam_miou.png",
+        "threshold_curves.png",
+        "per_class_iou.png",
+        "attention_diagnostics.png",
+    ):
         assert (results / "figures" / "synthetic" / name).stat().st_size > 0
     assert (results / "plots" / "per_class_iou" / "synthetic.csv").is_file()
     assert "<table>" in (results / "table.html").read_text()
@@ -256,3 +261,4 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
     page = (results / "report.html").read_text()
     assert "CAM gallery" in page and "synthetic.png" in page
     assert "cam_miou.png" in page and "table.html" in page
+    assert "attention_diagnostics.png" in page and "background-to-object ratio" in page
