@@ -106,6 +106,21 @@ def test_refiner_variants_share_training_runs(params):
     assert set(cfg) == {"dataset", "cam", "refiner"}
 
 
+def test_fine_tuning_options_at_their_off_value_are_not_in_the_training_params(params):
+    """layer_decay 1 / freeze_blocks 0 are the plain recipe: a run's params (and its model.pt)
+    are the same with or without them, so adding them reruns nothing."""
+    assert params["train"]["layer_decay"] == 1.0 and params["train"]["freeze_blocks"] == 0
+    plain = training_config(params, "synthetic", "mctformer_v2")
+    assert "layer_decay" not in plain["train"] and "freeze_blocks" not in plain["train"]
+    without = copy.deepcopy(params)
+    del without["train"]["layer_decay"], without["train"]["freeze_blocks"]
+    validate_params(without)
+    assert training_config(without, "synthetic", "mctformer_v2") == plain
+    params["train"]["layer_decay"] = 0.65
+    tuned = training_config(params, "synthetic", "mctformer_v2")["train"]
+    assert tuned["layer_decay"] == 0.65 and "freeze_blocks" not in tuned
+
+
 def test_dataset_overrides_apply(params):
     params["datasets"]["synthetic"]["overrides"] = {"train": {"epochs": 7}}
     cfg = training_config(params, "synthetic", "mctformer_v2")

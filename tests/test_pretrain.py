@@ -113,3 +113,33 @@ def test_pretrain_config_errors(tmp_path):
         pretrain({"corpus": {}, "steps": 3}, tmp_path / "x.pth")
     with pytest.raises(ValueError, match="from scratch"):
         pretrain({"model": {**TINY, "pretrained": True}}, tmp_path / "x.pth")
+
+
+def test_pretrain_stage_rebuilds_identical_weights(tmp_path):
+    """`wsss pretrain` (the pretrain rule's command) twice: byte-identical weights, the
+    summary beside them, and a training run starting from them through model.weights."""
+    from wsss.cli import main
+
+    config = {
+        "corpus": {"num_images": 32, "image_size": 32, "min_object_frac": 0.4},
+        "model": TINY,
+        "objective": "grouping",
+        "objective_params": {},
+        "epochs": 1,
+        "batch_size": 16,
+        "seed": 3,
+    }
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "proxy_vit.pth"
+        args = ["--config", json.dumps(config), "--out", str(out), "--threads", "1"]
+        assert main(["pretrain", *args, "--no-progress"]) == 0
+        outputs.append(out)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    summary = json.loads(outputs[0].with_suffix(".json").read_text())
+    assert summary["corpus_images"] == 32 and summary["steps"] == 2 and summary["uses_masks"]
+    model = build_model({**TINY, "pretrained": True, "weights": str(outputs[0])}, num_classes=2)
+    saved = torch.load(outputs[0], weights_only=True)
+    assert torch.equal(model.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
+    args = ["--config", json.dumps(config), "--out", str(tmp_path / "x.pt")]
+    assert main(["pretrain", *args]) == 1  # not a .pth: refused before any work

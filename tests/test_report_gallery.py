@@ -245,7 +245,13 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
         width, height = gallery.size
     cell = report["gallery_cell_px"]
     assert width >= (2 + 2 * len(methods)) * cell and height >= report["gallery_images"] * cell
-    for name in ("cam_miou.png", "threshold_curves.png", "per_class_iou.png", "failure_modes.png"):
+    for name in (
+        "cam_miou.png",
+        "threshold_curves.png",
+        "per_class_iou.png",
+        "failure_modes.png",
+        "attention_diagnostics.png",
+    ):
         assert (results / "figures" / "synthetic" / name).stat().st_size > 0
     assert "| context FP | part recall | body recall |" in (results / "table.md").read_text()
     assert (results / "plots" / "per_class_iou" / "synthetic.csv").is_file()
@@ -255,3 +261,4 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
     page = (results / "report.html").read_text()
     assert "CAM gallery" in page and "synthetic.png" in page
     assert "cam_miou.png" in page and "table.html" in page and "failure_modes.png" in page
+    assert "attention_diagnostics.png" in page and "background-to-object ratio" in page

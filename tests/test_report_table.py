@@ -130,7 +130,8 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     )
     assert [c.strip() for c in cluster.split("|")[1:-1]][11] == "11.0 ± 1.4"
     per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
-    assert per_run.split("|")[-3].strip() == "32.0" and per_run.split("|")[-2].strip() == "42.0"
+    assert per_run.split("|")[-4].strip() == "32.0" and per_run.split("|")[-3].strip() == "42.0"
+    assert per_run.split("|")[-2].strip() == ""  # no attention diagnostics given
 
     with open(out / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
@@ -148,6 +149,44 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     assert "decoder_miou" not in metrics["a"]
     assert metrics["clustercam"]["decoder_miou"] == pytest.approx(0.11)
     assert metrics["clustercam"]["seg_miou"] == pytest.approx((0.25 + 0.34) / 2)
+
+
+def _attention(tmp_path, run, seed, ratio, skipped=None):
+    data = {"meta": {"dataset": "synthetic", "run": run, "seed": seed}, "skipped": skipped}
+    if not skipped:
+        data["affinity"] = {"background_to_object_ratio": ratio, "own_object_lift": 3.0}
+    return _write(tmp_path / "train" / run / f"seed{seed}" / "attention_diagnostics.json", data)
+
+
+def test_attention_column_per_trained_run(runs, tmp_path):
+    """Variants of one trained model share its diagnostics; a skipped run's cell is empty."""
+    files = [
+        _attention(tmp_path, "shared", 0, 4.0),
+        _attention(tmp_path, "shared", 1, 5.0),
+        _attention(tmp_path, "cc", 0, None, skipped="no instance masks"),
+        _attention(tmp_path, "cc", 1, None, skipped="no instance masks"),
+    ]
+    out = tmp_path / "results"
+    summary = write_report(
+        runs["cam"],
+        out,
+        baselines=RUN_BASELINES,
+        attention_files=files,
+        training_runs={"a": "shared", "clustercam": "cc"},
+    ).set_index("method")
+    assert summary.loc["a", "affinity_bg_to_object_mean"] == pytest.approx(4.5)
+    assert math.isnan(summary.loc["clustercam", "affinity_bg_to_object_mean"])
+    table = (out / "table.md").read_text()
+    assert "affinity bg→object" in table
+    row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
+    assert [c.strip() for c in row.split("|")[1:-1]][11] == "4.50 ± 0.71"
+    per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
+    assert per_run.split("|")[-2].strip() == "5.00"
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
+    assert metrics["a"]["affinity_bg_to_object"] == pytest.approx(4.5)
+    assert "affinity_bg_to_object" not in metrics["clustercam"]
+    with pytest.raises(ValueError, match="no trained run given for method 'clustercam'"):
+        collect_runs(runs["cam"], attention_files=files, training_runs={"a": "shared"})
 
 
 def test_stage2_columns_are_empty_without_their_files(runs, tmp_path):

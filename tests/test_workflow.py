@@ -94,7 +94,31 @@ def test_dry_run_lists_the_grid(project):
     assert counts["pseudo_labels"] == 2 * 2 * len(methods)  # stage 2 for every method
     assert counts["segment"] == 2 * 2 * len(methods)
     assert counts["entropy_weights"] == 2 * 2  # aream_entropy: one per (dataset, seed)
+    assert counts["attention_diagnostics"] == counts["train"]  # one per trained model
+    assert counts["attention_figure"] == 2
     assert counts["table"] == 1
+    assert "pretrain" not in counts  # the default grid trains from scratch
+
+
+def test_training_from_the_pretrained_proxy_builds_it_first(project):
+    """model.weights naming the pretrain rule's file: every training job depends on it, and
+    a missing file is built once by the pretrain rule."""
+    override = project / "pretrained.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "grid": {"methods": ["mctformer_v2", "aream"]},
+                "model": {"pretrained": True, "weights": "pretrained/proxy_vit.pth"},
+                "train": {"layer_decay": 0.65},
+            }
+        )
+    )
+    result = _snakemake(project, "-n", "-p", "--configfile", str(override))
+    counts = _job_counts(result.stdout)
+    assert counts["pretrain"] == 1 and counts["train"] == 2 * 2
+    for job in _jobs(result.stdout, "train"):
+        assert "pretrained/proxy_vit.pth" in job["input"].split(", ")
+        assert '"layer_decay": 0.65' in job["shell"]
 
 
 def _jobs(output: str, rule: str) -> list[dict[str, str]]:

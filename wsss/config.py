@@ -22,6 +22,10 @@ SCHEMA_RESOURCE = ("wsss", "resources/params.schema.yaml")
 # Keys of the train / segmentation blocks that say how a job runs, not what it computes
 # (wsss.runtime.Execution): the rules pass them outside the jobs' params.
 EXECUTION_KEYS = ("device", "num_workers", "cache_images")
+# Fine-tuning options at the value that turns them off (the plain recipe). A training job's
+# params leave them out at that value, so adding or spelling them out reruns no existing run
+# and its model.pt (which stores the config) stays byte-identical.
+TRAIN_OFF_DEFAULTS = {"layer_decay": 1.0, "freeze_blocks": 0}
 
 
 class ParamsError(ValueError):
@@ -523,10 +527,12 @@ def training_config(params: dict[str, Any], dataset: str, key: str) -> dict[str,
     model and train blocks (execution knobs aside), the method with its defaults filled."""
     variant = training_variant(params, key)
     method, _ = _resolved_method(params, variant)
+    train = _without(variant_block(params, dataset, variant, "train"), EXECUTION_KEYS)
+    off = [k for k, v in TRAIN_OFF_DEFAULTS.items() if k in train and train[k] == v]
     return {
         "dataset": dataset_config(params, dataset, "train_split"),
         "model": variant_block(params, dataset, variant, "model"),
-        "train": _without(variant_block(params, dataset, variant, "train"), EXECUTION_KEYS),
+        "train": _without(train, tuple(off)),
         "method": method,
     }
 

@@ -28,6 +28,13 @@ rule table:
             method=METHODS,
             seed=SEEDS,
         ),
+        # per trained run (variants that differ only in refiner share one)
+        attention=expand(
+            results("runs/{dataset}/train/{train}/seed{seed}/attention_diagnostics.json"),
+            dataset=DATASETS,
+            train=train_keys(),
+            seed=SEEDS,
+        ),
         code=code("table"),
     output:
         table=report(results("table.md"), caption="../report/table_files.rst", category="Results"),
@@ -45,6 +52,7 @@ rule table:
             for m in METHODS
             if config["methods"][m].get("baseline")
         ),
+        runs=" ".join(f"{m}={wsss_config.training_key(config, m)}" for m in METHODS),
     log:
         results("logs/table.log"),
     shell:
@@ -52,6 +60,7 @@ rule table:
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
         " --out-dir {params.out_dir} --method-order {params.order} --dataset-kinds {params.kinds}"
         " --labels {params.labels} --baselines {params.baselines}"
+        " --attention-diagnostics {input.attention} --training-runs {params.runs}"
         " > {log} 2>&1"
 
 

@@ -2,6 +2,7 @@ rule train:
     input:
         unpack(upstream_files),
         manifest=results("data/{dataset}.json"),
+        weights=pretrained_weights,
         code=code("train", training_method),
     output:
         model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),

@@ -87,12 +87,14 @@ def diagnose_model(
     min_fraction: float = 0.5,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
+    forward: Callable[[torch.Tensor], Any] | None = None,
 ) -> dict[str, Any]:
     """Pooled diagnostics of ``model`` over the images ``ids`` of ``layout``.
 
-    ``model(images)`` takes B x 3 x H x W normalised images and returns an
-    object with ``attentions`` (see :func:`patch_attention`); ``num_classes``
-    is its number of class tokens. Images run at their stored size, batched
+    ``model(images)`` (or ``forward(images)`` when given, e.g. a training
+    method's own forward pass of ``model``) takes B x 3 x H x W normalised
+    images and returns an object with ``attentions`` (see
+    :func:`patch_attention`); ``num_classes`` is its number of class tokens. Images run at their stored size, batched
     with others of the same size (``batch_size`` at most), zero-padded (the
     mean colour) to a multiple of ``patch_size``; the instance map is padded
     with 255, so padded patches are never queries but do count in N, as in the
@@ -112,7 +114,8 @@ def diagnose_model(
         pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
         images = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2)
         x = F.pad(normalize(images).to(device), (0, pad_w, 0, pad_h))
-        attention = patch_attention(model(x).attentions, num_classes).float().cpu().numpy()
+        output = model(x) if forward is None else forward(x)
+        attention = patch_attention(output.attentions, num_classes).float().cpu().numpy()
         for (_, instances), per_image in zip(batch, attention, strict=True):
             padded = np.pad(instances, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_VALUE)
             labels = patch_instance_labels(padded, patch_size, min_fraction)

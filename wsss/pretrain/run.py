@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsss import checkpoint
 from wsss.data.classification import normalize
 from wsss.data.pretrain_corpus import Corpus, CorpusConfig, generate_corpus
 from wsss.evaluation.attention_diagnostics import patch_instance_labels
-from wsss.io import atomic_path, write_json
+from wsss.io import write_json
 from wsss.models.mct_vit import ModelConfig, block_forward, create_backbone
 from wsss.models.param_groups import param_groups
 from wsss.pretrain.objectives import (
@@ -171,8 +172,9 @@ def pretrain(
     train_seconds = time.perf_counter() - train_started
 
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        torch.save(backbone.state_dict(), tmp)
+    # checkpoint.save: atomic, and bytes that depend only on the tensors (torch.save to a
+    # path names the archive after the temporary file), so a rebuild is byte-identical
+    checkpoint.save(out_path, backbone.state_dict())
     summary = {
         "weights": str(out_path),
         "objective": config.objective,

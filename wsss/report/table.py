@@ -56,6 +56,28 @@ STAGE_COLUMNS = {
 }
 
 
+# Per-run attention diagnostic (wsss.stages.attention_diagnostics): the summed patch
+# affinity's background-to-object ratio of the run's trained model (1 = uniform attention;
+# above 1 the affinity refinement pulls CAMs into the background). Shared by the variants
+# of one trained model; empty where the dataset has no instance masks.
+ATTENTION_COLUMN = "affinity_bg_to_object"
+
+
+def _attention_by_run(files: list[str | Path]) -> dict[tuple[str, str, int], float]:
+    """{(dataset, trained run, seed): affinity background-to-object ratio} (NaN when skipped)."""
+    values = {}
+    for path in files:
+        run = read_json(path)
+        meta = _required(run, ("meta",), path)
+        if run.get("skipped"):
+            value = math.nan
+        else:
+            value = _required(run, ("affinity", "background_to_object_ratio"), path)
+        key = (meta["dataset"], meta["run"], int(meta["seed"]))
+        values[key] = math.nan if value is None else float(value)
+    return values
+
+
 def _scores_by_run(files: list[str | Path], key: str) -> tuple[dict, dict[str, set[str]]]:
     """{(dataset, method, seed): mIoU} of one kind of metrics file, and the splits per dataset."""
     scores, splits = {}, {}
@@ -102,8 +124,13 @@ def collect_runs(
     seg_files: list[str | Path] = (),
     labels: dict[str, str] | None = None,
     baselines: dict[str, str] | None = None,
+    attention_files: list[str | Path] = (),
+    training_runs: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}.
+
+    ``attention_files``: the trained runs' attention diagnostics, and ``training_runs``
+    the trained run of each grid method (required for every method when files are given).
 
     ``labels`` and ``baselines``: display label and baseline variant
     (``methods.<v>.baseline``) per grid method. The report rules pass them; metrics files
@@ -116,6 +143,7 @@ def collect_runs(
     stages, splits = {}, {}
     for column, files in stage_files.items():
         stages[column], splits[column] = _scores_by_run(files, STAGE_COLUMNS[column])
+    attention = _attention_by_run(list(attention_files))
     rows = []
     for path in metric_files:
         run = read_json(path)
@@ -136,6 +164,10 @@ def collect_runs(
         run_key = (row["dataset"], row["method"], row["seed"])
         for column, scores in stages.items():
             row[column] = scores.get(run_key, float("nan"))
+        if attention and row["method"] not in (training_runs or {}):
+            raise ValueError(f"{path}: no trained run given for method {row['method']!r}")
+        trained = (row["dataset"], (training_runs or {}).get(row["method"]), row["seed"])
+        row[ATTENTION_COLUMN] = attention.get(trained, float("nan"))
         rows.append(row)
     if not rows:
         raise ValueError("no run metrics given to the table")
@@ -170,7 +202,7 @@ def add_paper_numbers(summary: pd.DataFrame, dataset_kinds: dict[str, str]) -> p
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
     """Mean and standard deviation over seeds for each (dataset, method)."""
-    values = [*CAM_COLUMNS, *FAILURE_COLUMNS, *STAGE_COLUMNS]
+    values = [*CAM_COLUMNS, *FAILURE_COLUMNS, *STAGE_COLUMNS, ATTENTION_COLUMN]
     grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary["seeds"] = grouped.size()
@@ -280,6 +312,11 @@ def _pm_or_empty(mean: float, std: float) -> str:
     return "" if math.isnan(mean) else _pm(mean, std)
 
 
+def _ratio_cell(mean: float, std: float) -> str:
+    """A ratio (not a percentage) with two decimals; empty when missing."""
+    return "" if math.isnan(mean) else _pm(mean, std, scale=1.0, digits=2)
+
+
 def _signed(value: float) -> str:
     return f"{value * 100:+.1f}".replace("-", "\u2212")
 
@@ -372,6 +409,13 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "(params `segmentation`), multi-scale inference, scored on the seg split "
         f"({_split_names(runs, 'seg_miou') or 'none given'}), which no earlier stage looks at.",
         "",
+        "Affinity bg→object: the attention diagnostics of the row's trained model on the "
+        "evaluation split (per-object masks): how much a background patch's summed patch "
+        "affinity (the matrix the affinity refinement propagates CAMs with) lands on object "
+        "patches, relative to their share; 1 = uniform, above 1 the refinement pulls CAMs into "
+        "the background. Per block: results/figures/<dataset>/attention_diagnostics.png. "
+        "Empty where the dataset has no instance masks.",
+        "",
     ]
     # Only tables of real benchmarks get the papers' columns (the synthetic one has none).
     with_paper = all(c in summary for c in PAPER_COLUMNS) and bool(
@@ -387,8 +431,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         ]
     paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
     lines += [
-        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | seeds |{paper_head}",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | affinity bg→object | seeds |{paper_head}",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         + ("---|---|" if with_paper else ""),
     ]
     for row in summary.itertuples():
@@ -411,6 +455,7 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"| {_pm_or_empty(row.decoder_miou_mean, row.decoder_miou_std)} "
             f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
             f"| {_pm_or_empty(row.seg_miou_mean, row.seg_miou_std)} "
+            f"| {_ratio_cell(row.affinity_bg_to_object_mean, row.affinity_bg_to_object_std)} "
             f"| {row.seeds} |{paper_cells}"
         )
     lines += ["", "Reference predictions (same masks, no model):", ""]
@@ -424,9 +469,9 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "",
         "## Per run",
         "",
-        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | context FP | part recall | body recall | pseudo-label mIoU | seg mIoU |",
+        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | context FP | part recall | body recall | pseudo-label mIoU | seg mIoU | affinity bg→object |",
     ]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in runs.itertuples():
         lines.append(
             f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} "
@@ -434,7 +479,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} "
             f"| {_pm_or_empty(row.context_fp, math.nan)} | {_pm_or_empty(row.part_recall, math.nan)} "
             f"| {_pm_or_empty(row.body_recall, math.nan)} "
-            f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} |"
+            f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} "
+            f"| {_ratio_cell(row.affinity_bg_to_object, math.nan)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -467,7 +513,7 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
             }
         if not math.isnan(row.decoder_miou_mean):
             entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
-        for column in (*FAILURE_COLUMNS, "pseudo_label_miou", "seg_miou"):
+        for column in (*FAILURE_COLUMNS, "pseudo_label_miou", "seg_miou", ATTENTION_COLUMN):
             mean, std = getattr(row, f"{column}_mean"), getattr(row, f"{column}_std")
             if not math.isnan(mean):
                 entry[column] = round(float(mean), 6)
@@ -517,10 +563,19 @@ def write_report(
     dataset_kinds: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
     baselines: dict[str, str] | None = None,
+    attention_files: list[str | Path] = (),
+    training_runs: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     out_dir = Path(out_dir)
     runs = collect_runs(
-        metric_files, decoder_files, pseudo_label_files, seg_files, labels, baselines
+        metric_files,
+        decoder_files,
+        pseudo_label_files,
+        seg_files,
+        labels,
+        baselines,
+        attention_files,
+        training_runs,
     )
     summary = add_intervals(summarize_runs(runs, method_order), collect_counts(metric_files))
     summary = add_paper_numbers(summary, dataset_kinds or {})

@@ -23,6 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seg-metrics", nargs="*", default=[], help="seg_metrics.json of every run")
     p.add_argument(
+        "--attention-diagnostics",
+        nargs="*",
+        default=[],
+        help="attention_diagnostics.json of every trained run",
+    )
+    p.add_argument(
+        "--training-runs", nargs="*", default=[], help="METHOD=RUN: the trained run of each method"
+    )
+    p.add_argument(
         "--dataset-kinds",
         nargs="*",
         default=[],
@@ -48,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         dataset_kinds=key_values(args.dataset_kinds, "--dataset-kinds"),
         labels=key_values(args.labels, "--labels"),
         baselines=key_values(args.baselines, "--baselines"),
+        attention_files=args.attention_diagnostics,
+        training_runs=key_values(args.training_runs, "--training-runs"),
     )
     print(summary.to_string(index=False))
     return 0

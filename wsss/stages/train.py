@@ -31,6 +31,7 @@ from wsss.data.classification import ClassificationDataset
 from wsss.data.datasets import open_dataset
 from wsss.io import atomic_path, remove_temporaries, write_json
 from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
+from wsss.models.param_groups import param_groups
 from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
 from wsss.stages import add_common, json_arg
@@ -44,22 +45,6 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
         return floor + (peak - floor) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, tokens and position embeddings (timm/DeiT practice)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.endswith(("tokens", "pos_embed")) or "token" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def build_method(config: dict[str, Any]) -> TrainingMethod:
@@ -105,7 +90,15 @@ def train(
     )
     peak_lr = settings["lr"] * (batch_size / 512 if settings["lr_batch_scaling"] else 1.0)
     floor_lr = min(settings["min_lr"], peak_lr)
-    optimizer = torch.optim.AdamW(parameter_groups(model, settings["weight_decay"]), lr=peak_lr)
+    # Layer-wise lr decay and frozen early blocks (fine-tuning a pretrained backbone); the
+    # defaults (1.0, 0) give every group lr_scale 1 and freeze nothing.
+    groups = param_groups(
+        model,
+        settings["weight_decay"],
+        settings.get("layer_decay", 1.0),
+        settings.get("freeze_blocks", 0),
+    )
+    optimizer = torch.optim.AdamW(groups, lr=peak_lr)
     epochs = settings["epochs"]
     steps_per_epoch = len(loader)
     total_steps = epochs * steps_per_epoch
@@ -142,8 +135,9 @@ def train(
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for step, (images, labels) in enumerate(bar):
             global_step = epoch * steps_per_epoch + step
+            lr = lr_at(global_step, total_steps, warmup_steps, peak_lr, floor_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(global_step, total_steps, warmup_steps, peak_lr, floor_lr)
+                group["lr"] = lr * group["lr_scale"]  # layer-wise decay; 1 by default
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -158,7 +152,7 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         seconds = time.perf_counter() - started
         train_seconds += seconds
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+        row = {"epoch": epoch + 1, "lr": lr, "seconds": seconds}  # the scheduled (peak-layer) lr
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         history.append(row)
         log.info(

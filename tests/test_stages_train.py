@@ -1,0 +1,99 @@
+"""The classifier training loop's fine-tuning options: layer-wise lr decay and frozen blocks."""
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_MODEL, tiny_synthetic_dataset
+
+from wsss.methods.base import TRAINING_METHODS
+from wsss.runtime import seed_everything
+from wsss.stages import train as train_stage
+
+DEPTH = TINY_MODEL["overrides"]["depth"]
+
+
+@pytest.fixture(scope="module")
+def dataset_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune") / "data"
+    return tiny_synthetic_dataset(root, num_train=12, num_val=4, image_size=32)
+
+
+def _config(dataset_config, **train):
+    return {
+        "dataset": dataset_config,
+        "model": copy.deepcopy(TINY_MODEL),
+        "train": {
+            "epochs": 2,
+            "batch_size": 6,
+            "lr": 1e-3,
+            "lr_batch_scaling": False,
+            "min_lr": 1e-5,
+            "weight_decay": 0.05,
+            "warmup_epochs": 1,
+            "crop_scale": [0.6, 1.0],
+            "hflip": True,
+            "amp": False,
+            **train,
+        },
+        "method": {"name": "mctformer_v2", "params": {}},
+    }
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that records (layer, lr) of every group at every step."""
+
+    steps: list[list[tuple[int, float]]] = []
+
+    def step(self, closure=None):
+        RecordingAdamW.steps.append([(g["layer"], g["lr"]) for g in self.param_groups])
+        return super().step(closure)
+
+
+def _initial_model(config):
+    """The model the training run starts from (train() seeds, then builds it first)."""
+    seed_everything(0)
+    method = TRAINING_METHODS.get("mctformer_v2")({})
+    return method.build_model(config["model"], 6)
+
+
+def test_layer_decay_scales_each_groups_lr_and_frozen_blocks_do_not_move(
+    dataset_config, tmp_path, monkeypatch
+):
+    RecordingAdamW.steps = []
+    monkeypatch.setattr(train_stage.torch.optim, "AdamW", RecordingAdamW)
+    config = _config(dataset_config, layer_decay=0.5, freeze_blocks=1)
+    train_stage.train(config, 0, tmp_path, progress=False)
+    assert len(RecordingAdamW.steps) == 4  # 2 epochs x 2 batches of 6
+    for groups in RecordingAdamW.steps:
+        layers = {layer for layer, _ in groups}
+        # embeddings (layer 0) and block 0 (layer 1) are frozen: in no group
+        assert layers == {2, 3, DEPTH + 1}
+        full = next(lr for layer, lr in groups if layer == DEPTH + 1)
+        for layer, lr in groups:
+            assert lr == pytest.approx(full * 0.5 ** (DEPTH + 1 - layer), rel=1e-12)
+    # the head's lr follows the schedule: warm-up from min_lr, then cosine
+    heads = [next(lr for layer, lr in g if layer == DEPTH + 1) for g in RecordingAdamW.steps]
+    assert (
+        heads[0] == pytest.approx(1e-5) and heads[1] > heads[0] and heads[2] == pytest.approx(1e-3)
+    )
+
+    trained = torch.load(tmp_path / "model.pt", weights_only=False)["model"]
+    initial = _initial_model(config).state_dict()
+    for name, value in initial.items():
+        frozen = name.startswith(("patch_embed.", "patch_pos_embed", "blocks.0."))
+        assert torch.equal(trained[name], value) == frozen, name
+
+
+def test_defaults_give_one_scale_and_freeze_nothing(dataset_config, tmp_path, monkeypatch):
+    RecordingAdamW.steps = []
+    monkeypatch.setattr(train_stage.torch.optim, "AdamW", RecordingAdamW)
+    train_stage.train(_config(dataset_config, epochs=1), 0, tmp_path, progress=False)
+    for groups in RecordingAdamW.steps:
+        assert {layer for layer, _ in groups} == set(range(DEPTH + 2))
+        assert len({lr for _, lr in groups}) == 1
+
+
+def test_freezing_more_blocks_than_the_model_has_names_the_key(dataset_config, tmp_path):
+    with pytest.raises(ValueError, match=r"train.freeze_blocks must be in 0..3"):
+        train_stage.train(_config(dataset_config, freeze_blocks=4), 0, tmp_path, progress=False)

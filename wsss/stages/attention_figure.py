@@ -1,0 +1,30 @@
+"""Stage ``attention-figure``: one dataset's attention diagnostics as a figure (per block and
+for the patch affinity, one line per trained run; :mod:`wsss.report.attention_plots`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from wsss.report.attention_plots import plot_attention_diagnostics
+from wsss.stages import add_common, key_values
+
+HELP = "figure of one dataset's attention diagnostics (per block and for the affinity)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--diagnostics",
+        nargs="+",
+        required=True,
+        help="attention_diagnostics.json of the dataset's trained runs",
+    )
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--run-order", nargs="*", default=None, help="trained runs, in legend order")
+    p.add_argument("--labels", nargs="*", default=[], help="RUN=LABEL, the display labels")
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    labels = key_values(args.labels, "--labels")
+    print(plot_attention_diagnostics(args.diagnostics, args.out, labels, args.run_order))
+    return 0
