@@ -177,7 +177,7 @@ def test_locality_errors(attention, message):
 
 
 def test_summed_affinity_matches_the_refinement():
-    from wsss.cams.attention import patch_affinity
+    from wsss.models.attention import patch_affinity
 
     torch.manual_seed(0)
     classes, patches, blocks, heads = 3, 4, 2, 2

@@ -34,13 +34,12 @@ def dataset_config(tmp_path_factory):
 def _mask_cams(config, path, on, off):
     """CAMs that are the masks: ``on`` on the class, ``off`` elsewhere (uint8 levels)."""
     dataset = open_dataset(config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids("train"):
-        mask = dataset.layout.load_mask(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
-        cams = np.stack([np.where(mask == c, on, off) for c in classes]).astype(np.uint8)
-        writer.add(image_id, classes, cams.reshape(len(classes), *mask.shape))
-    writer.save(path)
+    with CamWriter(path, dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids("train"):
+            mask = dataset.layout.load_mask(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+            cams = np.stack([np.where(mask == c, on, off) for c in classes]).astype(np.uint8)
+            writer.add(image_id, classes, cams.reshape(len(classes), *mask.shape))
     return path
 
 
@@ -79,13 +78,14 @@ def test_best_threshold_at_either_end_is_flagged_and_logged(dataset_config, tmp_
 def test_per_image_counts_reproduce_the_headline_miou(dataset_config, tmp_path):
     rng = np.random.default_rng(0)
     dataset = open_dataset(dataset_config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids("train"):
-        mask = dataset.layout.load_mask(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
-        noisy = [np.where(mask == c, 120, 40) + rng.integers(0, 130, mask.shape) for c in classes]
-        writer.add(image_id, classes, np.stack(noisy).astype(np.uint8))
-    writer.save(tmp_path / "noisy.npz")
+    with CamWriter(tmp_path / "noisy.npz", dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids("train"):
+            mask = dataset.layout.load_mask(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+            noisy = [
+                np.where(mask == c, 120, 40) + rng.integers(0, 130, mask.shape) for c in classes
+            ]
+            writer.add(image_id, classes, np.stack(noisy).astype(np.uint8))
     result = _evaluate(dataset_config, tmp_path / "noisy.npz", stop=0.99)
     counts = PerImageCounts.from_json(result["per_image"], "cam.per_image")
     assert counts.ids == tuple(sorted(dataset.layout.split_ids("train")))

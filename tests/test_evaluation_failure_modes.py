@@ -145,14 +145,13 @@ def dataset_config(tmp_path_factory):
 def _cams(config, path, paint):
     """CAMs built from each image's maps by ``paint(mask, context, class) -> uint8 map``."""
     dataset = open_dataset(config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids("train"):
-        mask = dataset.layout.load_mask(image_id)
-        context, _ = dataset.layout.load_failure_maps(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
-        cams = np.stack([paint(mask, context, c) for c in classes]).astype(np.uint8)
-        writer.add(image_id, classes, cams)
-    writer.save(path)
+    with CamWriter(path, dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids("train"):
+            mask = dataset.layout.load_mask(image_id)
+            context, _ = dataset.layout.load_failure_maps(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+            cams = np.stack([paint(mask, context, c) for c in classes]).astype(np.uint8)
+            writer.add(image_id, classes, cams)
     return path
 
 
@@ -171,14 +170,13 @@ def test_cams_on_the_part_and_the_context(dataset_config, tmp_path):
     # Each class's CAM covers its part and its context, not its body: what the failure
     # modes are built to cause, at its extreme.
     dataset = open_dataset(dataset_config)
-    writer = CamWriter(dataset.num_classes)
-    for image_id in dataset.layout.split_ids("train"):
-        mask = dataset.layout.load_mask(image_id)
-        context, part = dataset.layout.load_failure_maps(image_id)
-        classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
-        cams = [np.where((context == c) | ((mask == c) & (part == 1)), 200, 0) for c in classes]
-        writer.add(image_id, classes, np.stack(cams).astype(np.uint8))
-    writer.save(tmp_path / "c.npz")
+    with CamWriter(tmp_path / "c.npz", dataset.num_classes) as writer:
+        for image_id in dataset.layout.split_ids("train"):
+            mask = dataset.layout.load_mask(image_id)
+            context, part = dataset.layout.load_failure_maps(image_id)
+            classes = np.array(sorted(set(np.unique(mask).tolist()) - {0, 255}), np.int64)
+            cams = [np.where((context == c) | ((mask == c) & (part == 1)), 200, 0) for c in classes]
+            writer.add(image_id, classes, np.stack(cams).astype(np.uint8))
     result = score_failure_modes(dataset, CamReader(tmp_path / "c.npz"), 0.5, False)
     assert result["context_fp_rate"] == 1.0
     assert result["part_recall"] == 1.0 and result["body_recall"] == 0.0

@@ -115,7 +115,8 @@ def test_training_from_the_pretrained_proxy_builds_it_first(project):
     )
     result = _snakemake(project, "-n", "-p", "--configfile", str(override))
     counts = _job_counts(result.stdout)
-    assert counts["pretrain"] == 1 and counts["train"] == 2 * 2
+    seeds = yaml.safe_load((project / "params.yaml").read_text())["grid"]["seeds"]
+    assert counts["pretrain"] == 1 and counts["train"] == 2 * len(seeds)
     for job in _jobs(result.stdout, "train"):
         assert "pretrained/proxy_vit.pth" in job["input"].split(", ")
         assert '"layer_decay": 0.65' in job["shell"]
