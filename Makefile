@@ -39,3 +39,4 @@ lint: install
 # files tracked in git (table, figures) stay. The next `make run` rebuilds all of it.
 clean:
 	rm -rf results/runs results/cams results/pseudo_labels results/logs results/data data/synthetic .snakemake
+	rm -rf results-smoke data/synthetic-smoke

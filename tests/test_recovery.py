@@ -19,9 +19,10 @@ pytestmark = pytest.mark.slow
 
 SMOKE = ("--configfile", "configs/smoke.yaml")
 DATA = "data/synthetic-smoke"  # the smoke preset's dataset root
-RUN = "results/runs/synthetic/mctformer_v2/seed0"
-TRAIN = "results/runs/synthetic/train/mctformer_v2/seed0"
-CAMS = "results/cams/synthetic/mctformer_v2/seed0"
+RESULTS = "results-smoke"  # its results_dir
+RUN = f"{RESULTS}/runs/synthetic/mctformer_v2/seed0"
+TRAIN = f"{RESULTS}/runs/synthetic/train/mctformer_v2/seed0"
+CAMS = f"{RESULTS}/cams/synthetic/mctformer_v2/seed0"
 
 
 def _env(project: Path) -> dict[str, str]:
@@ -72,12 +73,12 @@ def _snapshot(project: Path) -> dict[str, object]:
     """Every result a run leaves: the table files, every .pt/.npz/.json under results/runs,
     results/cams and results/data, the pseudo-labels and the dataset root, as bytes (JSON
     without timings)."""
-    files = [project / "results" / n for n in ("table.md", "table.csv", "runs.csv", "metrics.json")]
+    files = [project / RESULTS / n for n in ("table.md", "table.csv", "runs.csv", "metrics.json")]
     for folder, patterns in (
-        ("results/runs", ("*.pt", "*.npz", "*.json")),
-        ("results/cams", ("*.pt", "*.npz", "*.json")),
-        ("results/data", ("*.json",)),
-        ("results/pseudo_labels", ("*.png",)),
+        (f"{RESULTS}/runs", ("*.pt", "*.npz", "*.json")),
+        (f"{RESULTS}/cams", ("*.pt", "*.npz", "*.json")),
+        (f"{RESULTS}/data", ("*.json",)),
+        (f"{RESULTS}/pseudo_labels", ("*.png",)),
         (DATA, ("*",)),
     ):
         for pattern in patterns:
@@ -96,7 +97,7 @@ def _leftovers(project: Path) -> list[str]:
     """Hidden temporaries and Snakemake locks a run should not leave behind."""
     found = [
         p.relative_to(project).as_posix()
-        for folder in ("results", "data")
+        for folder in (RESULTS, "data")
         for p in (project / folder).rglob(".*")
         if p.name not in (".gitignore", ".snakemake_timestamp")
     ]
@@ -130,15 +131,13 @@ def _clone(project: Path, dest: Path) -> Path:
 @pytest.mark.parametrize(
     "artifact",
     [
+        # one per kind of job output, then the dataset root's kinds of files
         f"{TRAIN}/model.pt",
-        f"{TRAIN}/train_metrics.json",
         f"{CAMS}/train.npz",
-        f"{CAMS}/train_timing.json",
         f"{RUN}/cam_metrics.json",
         f"{RUN}/pseudo_label_metrics.json",
         f"{RUN}/segmenter.pt",
-        f"{RUN}/seg_metrics.json",
-        "results/data/synthetic.json",
+        f"{RESULTS}/data/synthetic.json",
         f"{DATA}/JPEGImages/train_00007.png",
         f"{DATA}/SegmentationClass/val_00003.png",
         f"{DATA}/ImageSets/Segmentation/train.txt",
@@ -163,7 +162,8 @@ def test_make_clean_then_the_run_command_rebuilds_everything(clean_run, tmp_path
     clean, expected = clean_run
     project = _clone(clean, tmp_path / "project")
     subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
-    for gone in ("results/runs", "results/cams", "results/pseudo_labels", "results/data"):
+    for gone in ("runs", "cams", "pseudo_labels", "data"):
+        gone = f"{RESULTS}/{gone}"
         assert not (project / gone).exists()
     _run(project)
     _assert_same(_snapshot(project), expected)
