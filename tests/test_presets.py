@@ -230,10 +230,13 @@ def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path
     methods = coco_params["grid"]["methods"]
     assert counts["convert_coco"] == 1 and counts["prepare_data"] == 1
     # train (82,081 images) is both splits and is cut into shards (cam.shard_size 10,000):
-    # its cams_shard jobs, and the jobs only they need, appear once its plan exists; before,
-    # only ClusterCAM's runs are trained (for their decoder's evaluation)
+    # its cams_shard jobs, and the jobs only they need, appear once its plan exists; every
+    # trained model (and AReAM's entropy weights) is a target of `all` by itself
+    seeds = coco_params["grid"]["seeds"]
+    runs = {training_key(coco_params, m) for m in methods}
     assert counts["cam_shard_plan"] == 1 and "cams" not in counts
-    assert "entropy_weights" not in counts and counts["train"] == 1  # one ClusterCAM model
+    assert counts["train"] == len(runs) * len(seeds)
+    assert counts["entropy_weights"] == len(seeds)
     assert counts["evaluate_decoder"] == 2  # its two grid variants
     assert counts["evaluate_cams"] == len(methods)
     assert counts["pseudo_labels"] == counts["segment"] == len(methods)
