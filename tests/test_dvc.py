@@ -165,7 +165,7 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
     before = {p: _sha(p) for p in models}
 
     # DVC: the pulled outputs match dvc.lock, nothing to reproduce.
-    assert "up to date" in _run([*DVC, "status"], clone).stdout
+    assert "up to date" in _run([*DVC, "status", "grid"], clone).stdout
     dry = _run([*DVC, "repro", "--dry"], clone).stdout
     assert "didn't change" in dry and "Running stage" not in dry
 
@@ -173,7 +173,7 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
     # metadata; `--touch --forceall` records both for every job, so nothing is planned ...
     _run([*SNAKEMAKE, "--touch", "--forceall", "--cores", "1"], clone)
     assert _planned_rules(clone) == set()
-    assert "up to date" in _run([*DVC, "status"], clone).stdout
+    assert "up to date" in _run([*DVC, "status", "grid"], clone).stdout
     # ... and a training setting still reruns training (without metadata it would not).
     _set_params(clone, "train", "lr", 0.0023)
     assert "train" in _planned_rules(clone)
@@ -183,7 +183,7 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
     _set_params(clone, "cam", "scales", [1.0, 0.5])
     planned = _planned_rules(clone)
     assert "cams" in planned and not {"prepare_data", "train"} & planned, planned
-    out = _run([*DVC, "repro"], clone)
+    out = _run([*DVC, "repro", "grid"], clone)
     log = out.stdout + out.stderr
     assert "rule cams:" in log and "rule evaluate_cams:" in log
     assert "rule train:" not in log and "rule prepare_data:" not in log

@@ -18,6 +18,7 @@ parameters (ClusterCAM) needs its own ``build`` function passed in.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ INSTANCE_DIR = "SegmentationObject"
 # (model config dict, number of classes) -> a model whose forward returns an object
 # with ``attentions`` (per block, B x heads x T x T with the class tokens first).
 ModelBuilder = Callable[[dict[str, Any], int], torch.nn.Module]
+
+log = logging.getLogger("wsss")
 
 
 def instance_path(layout: VOCLayout, image_id: str) -> Path:
@@ -98,7 +101,8 @@ def diagnose_model(
     with others of the same size (``batch_size`` at most), zero-padded (the
     mean colour) to a multiple of ``patch_size``; the instance map is padded
     with 255, so padded patches are never queries but do count in N, as in the
-    padded CAM pass. Returns :meth:`AttentionDiagnostics.result` plus ``seconds``.
+    padded CAM pass. Returns :meth:`AttentionDiagnostics.result`; the wall time is logged,
+    not returned, so the tracked output has the same bytes on every rerun.
     """
     if not ids:
         raise ValueError(f"no image ids to diagnose under {layout.root}")
@@ -138,7 +142,11 @@ def diagnose_model(
         if bucket:
             run(bucket)
     result = diagnostics.result()
-    result["seconds"] = time.perf_counter() - started
+    log.info(
+        "attention diagnostics of %d images in %.1f s",
+        result.get("images", 0),
+        time.perf_counter() - started,
+    )
     return result
 
 
@@ -169,7 +177,7 @@ def diagnose_checkpoint(
     the first n ids of the split (None: all).
 
     Returns ``{"model", "split", "images", "blocks": [per block], "affinity",
-    "affinity_blocks", "seconds"}``; each entry holds the statistics of
+    "affinity_blocks"}``; each entry holds the statistics of
     :mod:`wsss.evaluation.attention_diagnostics` and their query counts.
     Raises FileNotFoundError for a missing model, split or instance mask, and
     ValueError for a checkpoint whose parameters do not fit the built model.
