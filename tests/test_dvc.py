@@ -166,7 +166,7 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
 
     # DVC: the pulled outputs match dvc.lock, nothing to reproduce.
     assert "up to date" in _run([*DVC, "status", "grid"], clone).stdout
-    dry = _run([*DVC, "repro", "--dry"], clone).stdout
+    dry = _run([*DVC, "repro", "--dry", "grid"], clone).stdout
     assert "didn't change" in dry and "Running stage" not in dry
 
     # Snakemake: pulled files carry checkout times and the clone has no .snakemake/
