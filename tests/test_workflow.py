@@ -312,7 +312,7 @@ def test_sharded_cams_score_as_the_unsharded_split(project):
     evaluation gives the unsharded run's cam_metrics.json, value for value."""
     smoke = str(project / "configs" / "smoke.yaml")
     runs = [
-        f"results/runs/synthetic/{m}/seed0/cam_metrics.json"
+        f"results-smoke/runs/synthetic/{m}/seed0/cam_metrics.json"  # smoke results_dir
         for m in ("mctformer_v2", "mctformer_v2_affinity")
     ]
     _snakemake(project, "--configfile", smoke, "--", *runs)
@@ -325,7 +325,7 @@ def test_sharded_cams_score_as_the_unsharded_split(project):
     _snakemake(project, *args)
     for run in runs:
         assert json.loads((project / run).read_text()) == unsharded[run], run
-    cams = project / "results/cams/synthetic/mctformer_v2/seed0"
+    cams = project / "results-smoke/cams/synthetic/mctformer_v2/seed0"
     assert sorted(p.name for p in (cams / "train.shards").glob("*.npz")) == [
         "0.npz",
         "1.npz",

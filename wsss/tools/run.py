@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from wsss.config import load_params, prepare_config
+from wsss.config import load_params, prepare_config, results_dir
 
 HELP = "run the DAG; recover from an interrupted run (locks, temporary files, lost data)"
 
@@ -164,12 +164,15 @@ def live_run_processes(root: Path) -> list[tuple[int, str]] | None:
 # ---------------------------------------------------------------- leftovers of a killed run
 
 
-def stale_temporaries(root: Path, dataset_roots: list[Path]) -> list[Path]:
-    """Temporary files and folders a killed job leaves: under ``root/results`` (wsss.io's
-    atomic writes) and beside each dataset root (an interrupted generation). Call only with
-    the project lock held and no run alive: a live job's temporaries look the same."""
+def stale_temporaries(
+    root: Path, dataset_roots: list[Path], results_folder: str = "results"
+) -> list[Path]:
+    """Temporary files and folders a killed job leaves: under ``root/<results_folder>``
+    (wsss.io's atomic writes; the params' ``results_dir``) and beside each dataset root (an
+    interrupted generation). Call only with the project lock held and no run alive: a live
+    job's temporaries look the same."""
     found: list[Path] = []
-    results = root / "results"
+    results = root / results_folder
     for folder, dirs, files in os.walk(results):
         for name in [d for d in dirs if ATOMIC_TEMPORARY.match(d)]:
             found.append(Path(folder) / name)
@@ -225,7 +228,7 @@ def recover(root: Path, params: dict, config_args: list[str]) -> None:
         _say("no /proc here: runs started without `wsss run` cannot be detected")
     datasets = params["grid"]["datasets"]
     roots = [Path(params["datasets"][d]["root"]).expanduser() for d in datasets]
-    leftovers = stale_temporaries(root, roots)
+    leftovers = stale_temporaries(root, roots, results_dir(params))
     if leftovers:
         _say(f"removing {len(leftovers)} temporary file(s) of an interrupted run:")
         for path in leftovers:
@@ -244,7 +247,7 @@ def recover(root: Path, params: dict, config_args: list[str]) -> None:
     from wsss.data.datasets import verify_dataset
 
     for dataset in datasets:
-        manifest = root / "results" / "data" / f"{dataset}.json"
+        manifest = root / results_dir(params) / "data" / f"{dataset}.json"
         if manifest.is_file():
             restored = verify_dataset(prepare_config(params, dataset), manifest)
             if restored:
