@@ -164,7 +164,15 @@ def test_stale_lock_and_temporaries_are_cleared_but_a_live_run_is_never_unlocked
     (locks / "0.input.lock").write_text("results/data/synthetic.json\n")
     (locks / "0.output.lock").write_text("results/table.md\n")
     half = (
-        project / "results" / "runs" / "synthetic" / "train" / "m" / "seed0" / ".model.k2j3h4g5.pt"
+        # under the smoke config's results_dir
+        project
+        / "results-smoke"
+        / "runs"
+        / "synthetic"
+        / "train"
+        / "m"
+        / "seed0"
+        / ".model.k2j3h4g5.pt"
     )
     half.parent.mkdir(parents=True)
     half.write_bytes(b"PK")
