@@ -35,7 +35,7 @@ LAUNCHER = "workflow/profiles/slurm/snakemake-slurm"
 # 10-16: 280-444 s with accounting (11 jobs), 78-116 s without (2 jobs).
 LIMIT_ACCOUNTING_S, LIMIT_NO_ACCOUNTING_S = 1200, 600
 # The model the no-accounting case trains (two jobs: prepare_data, then train).
-MODEL = "results/runs/synthetic/train/mctformer_v2/seed0/model.pt"
+MODEL = "results-smoke/runs/synthetic/train/mctformer_v2/seed0/model.pt"
 
 pytest.importorskip(
     "snakemake_executor_plugin_slurm",
@@ -250,7 +250,7 @@ def test_smoke_dag_on_a_real_cluster_with_accounting(slurm, tmp_path):
     elapsed = time.monotonic() - start
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{slurm.logs()}"
     assert "polling with squeue" not in result.stderr  # sacct works: the plugin's default
-    table = (project / "results" / "table.md").read_text()
+    table = (project / "results-smoke" / "table.md").read_text()  # the smoke results_dir
     assert "MCTformer-V2" in table and "patch affinity" in table
 
     params = yaml.safe_load((project / "params.yaml").read_text())
