@@ -262,10 +262,10 @@ def test_smoke_dag_on_a_real_cluster_with_accounting(slurm, tmp_path):
     by_rule: dict[str, list[dict[str, str]]] = {}
     for job in jobs:
         by_rule.setdefault(_rule(job), []).append(job)
-    # One training run and one gallery serve both variants (the affinity refiner is post
-    # hoc); table, plots and table_html are localrules.
+    # One training run (with its attention diagnostics) and one gallery serve both variants
+    # (the affinity refiner is post hoc); table, plots and table_html are localrules.
     per_method = ("cams", "evaluate_cams", "pseudo_labels", "segment")
-    expected_counts = {"prepare_data": 1, "train": 1, "gallery": 1}
+    expected_counts = {"prepare_data": 1, "train": 1, "attention_diagnostics": 1, "gallery": 1}
     expected_counts |= {rule: len(params["grid"]["methods"]) for rule in per_method}
     assert {rule: len(js) for rule, js in by_rule.items()} == expected_counts
 
