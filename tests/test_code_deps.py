@@ -1,15 +1,12 @@
 """Each rule's code inputs are the code its job really runs (wsss.code_deps), and each
 job's params are the values it reads: what reruns after an edit is exactly what it must."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import _copy_project, _job_counts, _jobs
+from test_workflow import _copy_project, _job_counts, _jobs, _snakemake
 
 from wsss.code_deps import closure, code_inputs, command_modules
 
@@ -56,21 +53,6 @@ GRID = {
 }
 
 
-def _run(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(env or os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.setdefault("XDG_CACHE_HOME", str(project / ".cache"))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 # Imported into every Python process of the run (sitecustomize): at exit, each job writes
 # the wsss modules it really imported to stderr, which its rule logs. (-X importtime would
 # miss modules imported through importlib, as the CLI imports its stage.)
@@ -95,8 +77,8 @@ def ran(tmp_path_factory):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(RECORDER)
     args = ("--configfile", "configs/smoke.yaml", "grid.yaml")
-    plan = _run(project, "-n", "-p", "--forceall", *args).stdout
-    _run(project, *args, env=dict(os.environ, PYTHONPATH=str(hook)))
+    plan = _snakemake(project, "-n", "-p", "--forceall", *args).stdout
+    _snakemake(project, *args, env={"PYTHONPATH": str(hook)})
     return project, args, plan
 
 
@@ -147,7 +129,7 @@ def test_an_unrelated_module_is_not_an_input():
 
 
 def _plan(project: Path, args: tuple[str, ...]) -> dict[str, list[dict]]:
-    out = _run(project, "-n", *args).stdout
+    out = _snakemake(project, "-n", *args).stdout
     return {rule: _jobs(out, rule) for rule in _job_counts(out)}
 
 

@@ -25,8 +25,13 @@ def _copy_project(dest: Path) -> Path:
     return dest
 
 
-def _snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def _snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``snakemake --cores 2 ARGS`` in ``workdir`` with this venv first on PATH; ``env``:
+    extra environment variables."""
+    env = dict(os.environ, **(env or {}))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
