@@ -26,6 +26,13 @@ JOBID = re.compile(r"^\s+jobid: (\d+)$")
 DONE = re.compile(r"^Finished jobid: (\d+)|^Finished job (\d+)\.")
 
 
+def rule_family(rule: str) -> str:
+    """The CAM rules of every trained run (cams_<run>, cams_shard_<run>) as one row."""
+    if rule.startswith("cams_shard_"):
+        return "cams_shard"
+    return "cams" if rule.startswith("cams_") else rule
+
+
 def job_times(log: Path) -> dict[str, list[float]]:
     """{rule: [wall seconds of each job]} from a Snakemake log (1 s resolution)."""
     started: dict[str, tuple[str, datetime]] = {}
@@ -35,7 +42,7 @@ def job_times(log: Path) -> dict[str, list[float]]:
         if m := STAMP.match(line):
             stamp = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
         elif m := RULE.match(line):
-            rule = m.group(1)
+            rule = rule_family(m.group(1))
         elif (m := JOBID.match(line)) and rule and stamp:
             started[m.group(1)] = (rule, stamp)
         elif (m := DONE.match(line)) and stamp:
@@ -60,6 +67,7 @@ COMMANDS = {  # rule -> the wsss command its shell runs
     "train": "train",
     "entropy_weights": "entropy-weights",
     "cams": "cams",
+    "cams_shard": "cams",
     "evaluate_cams": "evaluate",
     "evaluate_decoder": "evaluate-decoder",
     "pseudo_labels": "pseudo-labels",

@@ -270,3 +270,102 @@ def test_sharded_extraction_reads_as_the_unsharded_split(tmp_path, tiny_model_co
         extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(0, changed))
     with pytest.raises(ValueError, match="shard 3 does not exist"):
         extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(3, plan))
+
+
+def _tiny_trained(tmp_path, tiny_model_config, method_name="mctformer_v2"):
+    method = TRAINING_METHODS.get(method_name)()
+    model = method.build_model(tiny_model_config, 6)
+    torch.save(
+        {
+            "config": {"method": {"name": method_name, "params": {}}, "model": tiny_model_config},
+            "class_names": [str(i) for i in range(6)],
+            "model": model.state_dict(),
+        },
+        tmp_path / "model.pt",
+    )
+    return tmp_path / "model.pt"
+
+
+_RECIPE = {
+    "scales": [1.0, 0.5],
+    "flip": True,
+    "batch_size": 3,
+    "class_layers": 2,
+    "class_reduce": "sum",
+    "fusion": "fused",
+    "affinity_layers": "all",
+    "affinity_reduce": "sum",
+}
+
+
+def test_one_job_writes_each_variant_bitwise_as_its_own_job(tmp_path, tiny_model_config):
+    """Four refiners (and a recipe override) of one model from one forward pass per scale:
+    every CAM file holds what extracting that variant alone gives, byte for byte; a variant
+    whose scales differ gets its own pass and the same guarantee."""
+    from conftest import tiny_synthetic_dataset
+
+    from wsss.cam_store import CamReader
+    from wsss.stages.cams import extract_cam_variants, extract_cams
+
+    dataset = tiny_synthetic_dataset(tmp_path / "data", num_train=7, num_val=1, image_size=32)
+    model_path = _tiny_trained(tmp_path, tiny_model_config)
+    variants = {
+        "none": {"cam": _RECIPE, "refiner": {"name": "none", "params": {}}},
+        "patchcam_x_attention": {
+            "cam": {**_RECIPE, "fusion": "patchcam"},
+            "refiner": {"name": "cam_x_attention", "params": {"layers": "all"}},
+        },
+        "affinity": {"cam": _RECIPE, "refiner": {"name": "affinity", "params": {}}},
+        "adcam": {"cam": _RECIPE, "refiner": {"name": "adcam", "params": {}}},
+        "one_scale": {
+            "cam": {**_RECIPE, "scales": [1.0]},
+            "refiner": {"name": "none", "params": {}},
+        },
+    }
+    jobs = {name: (cfg, tmp_path / "together" / f"{name}.npz") for name, cfg in variants.items()}
+    info = extract_cam_variants(dataset, jobs, model_path, "train", progress=False)
+    assert info["passes"] == 2 and info["variants"] == list(variants)
+    for name, cfg in variants.items():
+        alone = tmp_path / "alone" / f"{name}.npz"
+        extract_cams({"dataset": dataset, **cfg}, model_path, "train", alone, progress=False)
+        a, b = CamReader(jobs[name][1]), CamReader(alone)
+        assert a.ids == b.ids and len(a.ids) == 7
+        for image_id in a.ids:
+            x, y = a.get(image_id), b.get(image_id)
+            assert np.array_equal(x.classes, y.classes) and np.array_equal(x.cams, y.cams), name
+    # the refiners really differ (the test would pass vacuously on equal maps)
+    none, affinity = CamReader(jobs["none"][1]), CamReader(jobs["affinity"][1])
+    assert any(not np.array_equal(none.get(i).cams, affinity.get(i).cams) for i in none.ids)
+
+
+def test_variants_with_outputs_pairs_each_variant_with_one_file():
+    from wsss.stages.cams import variants_with_outputs
+
+    config = {"dataset": {"kind": "x"}, "variants": {"a": {"cam": 1}, "b": {"cam": 2}}}
+    dataset, jobs = variants_with_outputs(config, ["b=B.npz", "a=A.npz"])
+    assert dataset == {"kind": "x"}
+    assert {k: (c["cam"], str(p)) for k, (c, p) in jobs.items()} == {
+        "a": (1, "A.npz"),
+        "b": (2, "B.npz"),
+    }
+    with pytest.raises(ValueError, match=r"no --out NAME=FILE for the variants \['b'\]"):
+        variants_with_outputs(config, ["a=A.npz"])
+    with pytest.raises(ValueError, match=r"'c' is not one of \['a', 'b'\]"):
+        variants_with_outputs(config, ["a=A.npz", "c=C.npz"])
+    with pytest.raises(ValueError, match="expected NAME=FILE"):
+        variants_with_outputs(config, ["A.npz"])
+    single = {"dataset": {}, "cam": 1, "refiner": 2}
+    assert str(variants_with_outputs(single, ["C.npz"])[1]["cams"][1]) == "C.npz"
+    with pytest.raises(ValueError, match="one-variant CAM config takes one --out FILE"):
+        variants_with_outputs(single, ["a=C.npz"])
+
+
+def test_variants_of_one_pass_must_share_scales_and_flip():
+    from wsss.methods.cam_inference import cams_for_batch_variants
+
+    refiner = CAM_REFINERS.get("none")({})
+    a = CamSettings.from_dict(_RECIPE)
+    b = CamSettings.from_dict({**_RECIPE, "flip": False})
+    images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="same scales and flip"):
+        cams_for_batch_variants(None, None, [(refiner, a), (refiner, b)], images, None)

@@ -106,6 +106,33 @@ def test_refiner_variants_share_training_runs(params):
     assert set(cfg) == {"dataset", "cam", "refiner"}
 
 
+def test_cam_groups_put_the_variants_of_one_trained_model_in_one_job(params):
+    from wsss.config import cam_group_config, cam_groups
+
+    params["grid"]["methods"] = [
+        "mctformer_v2",
+        "aream",
+        "mctformer_v2_affinity",
+        "aream_entropy",
+        "aream_unrefined",
+    ]
+    groups = cam_groups(params)
+    # grid order inside a group; aream_entropy has its own train_params, so its own run
+    assert groups == {
+        "mctformer_v2": ["mctformer_v2", "mctformer_v2_affinity"],
+        "aream": ["aream", "aream_unrefined"],
+        "aream_entropy": ["aream_entropy"],
+    }
+    job = cam_group_config(params, "synthetic", groups["aream"])
+    assert set(job) == {"dataset", "variants"} and list(job["variants"]) == groups["aream"]
+    for variant in groups["aream"]:
+        alone = cam_config(params, "synthetic", variant)
+        assert job["variants"][variant] == {"cam": alone["cam"], "refiner": alone["refiner"]}
+        assert job["dataset"] == alone["dataset"]
+    with pytest.raises(ValueError, match="do not share one trained model"):
+        cam_group_config(params, "synthetic", ["mctformer_v2", "aream"])
+
+
 def test_fine_tuning_options_at_their_off_value_are_not_in_the_training_params(params):
     """layer_decay 1 / freeze_blocks 0 are the plain recipe: a run's params (and its model.pt)
     are the same with or without them, so adding them reruns nothing."""
@@ -247,7 +274,7 @@ def test_entropy_baseline_without_the_mctformer_run_fails_naming_the_key(params)
 
 def test_entropy_baseline_set_for_the_method_names_method_params(params):
     del params["methods"]["aream_entropy"]
-    params["grid"]["methods"].remove("aream_entropy")
+    params["grid"]["methods"] = [m for m in params["grid"]["methods"] if m != "aream_entropy"]
     params["method_params"]["aream"]["entropy_weights"] = "baseline"
     validate_params(params)  # every AReAM run now reads the weights
     assert upstream_inputs(params, "aream")

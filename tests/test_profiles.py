@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import _copy_project
+from test_workflow import _copy_project, rule_family
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = "workflow/profiles/slurm"
@@ -215,11 +215,11 @@ def _merged(base: dict, override: dict) -> dict:
 
 
 def _dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
-    """(rule, resources) of every job block a dry run prints."""
+    """(rule (rule_family), resources) of every job block a dry run prints."""
     jobs = []
     for line in output.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
-            jobs.append((match.group(1), {}))
+            jobs.append((rule_family(match.group(1)), {}))
         elif jobs and line.strip().startswith("resources:"):
             items = line.strip()[len("resources:") :].split(", ")
             jobs[-1][1].update(item.strip().split("=", 1) for item in items if "=" in item)
@@ -309,7 +309,7 @@ def test_smoke_run_through_the_slurm_executor_asks_for_params_resources(project,
         argv = submission["argv"]
         (comment,) = _flag_values(argv, "--comment")
         rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", comment).group(1)
-        by_rule.setdefault(rule, []).append(argv)
+        by_rule.setdefault(rule_family(rule), []).append(argv)
         # The job script runs one job of this workflow through the job-step executor.
         script = shlex.split(submission["script"].split("\n", 1)[1])
         assert _flag_values(script, "--executor") == ["slurm-jobstep"], script

@@ -561,6 +561,30 @@ def cam_config(params: dict[str, Any], dataset: str, variant: str) -> dict[str, 
     }
 
 
+def cam_group_config(params: dict[str, Any], dataset: str, variants: list[str]) -> dict[str, Any]:
+    """A CAM job of every variant in ``variants`` (which share one trained model, see
+    :func:`cam_groups`): the dataset once and each variant's CAM recipe and refiner."""
+    keys = {training_key(params, v) for v in variants}
+    if len(keys) != 1:
+        raise ValueError(f"the CAM variants {variants} do not share one trained model: {keys}")
+    return {
+        "dataset": dataset_config(params, dataset),
+        "variants": {
+            v: {k: c for k, c in cam_config(params, dataset, v).items() if k != "dataset"}
+            for v in variants
+        },
+    }
+
+
+def cam_groups(params: dict[str, Any]) -> dict[str, list[str]]:
+    """{training run: the grid variants whose CAMs come from it}, in grid order: one CAM job
+    per trained model and split writes all of them (rules ``cams_<run>``)."""
+    groups: dict[str, list[str]] = {}
+    for variant in params["grid"]["methods"]:
+        groups.setdefault(training_key(params, variant), []).append(variant)
+    return groups
+
+
 def shard_size(params: dict[str, Any], dataset: str) -> int:
     """Images per CAM shard of the dataset's splits; 0 (or null in params) = no sharding."""
     return int(dataset_block(params, dataset, "cam").get("shard_size") or 0)

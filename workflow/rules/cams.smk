@@ -1,5 +1,5 @@
-# CAMs of a split: one `cams` job per split, or, when the split has more than
-# cam.shard_size images, one `cams_shard` job per shard (the checkpoint
+# CAMs of a split: one `cams_<run>` job per trained run and split, or, when the split has
+# more than cam.shard_size images, one `cams_shard_<run>` job per shard (the checkpoint
 # cam_shard_plan cuts the split) and a cam_shard_index job whose index the
 # consumers read as the split's CAMs (cam_artifact in common.smk).
 
@@ -10,32 +10,56 @@ localrules:
     cam_shard_index,
 
 
-rule cams:
-    input:
-        model=model_path,
-        code=code("cams", variant_methods),
-    output:
-        cams=results("cams/{dataset}/{method}/seed{seed}/{split}.npz"),
-    params:
-        cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
-    threads: rule_resources("cams")["threads"]
-    resources:
-        gpu=rule_resources("cams")["gpu"],
-        mem_mb=rule_resources("cams")["mem_mb"],
-        runtime=rule_resources("cams")["runtime"],
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
-    # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
-    # output in results/cams, which DVC caches and pushes.
-    log:
-        log=results("logs/cams/{dataset}/{method}/seed{seed}/{split}.log"),
-        timing=results("logs/cams/{dataset}/{method}/seed{seed}/{split}_timing.json"),
-    shell:
-        "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
-        " --out {output.cams} --timing {log.timing} --threads {threads}"
-        " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
-        " 2> {log.log}"
+def cam_group_outputs(variants, suffix):
+    """{variant: its CAM file} of one CAM job (wildcards dataset, seed, split[, shard] kept)."""
+    return {v: results(f"cams/{{dataset}}/{v}/seed{{seed}}/{{split}}{suffix}") for v in variants}
+
+
+def cam_group_config(variants):
+    """Params function: the config of the CAM job of ``variants`` (one trained model)."""
+    return lambda wc: as_json(wsss_config.cam_group_config(config, wc.dataset, variants))
+
+
+def cam_group_outs(variants):
+    """Params function: the job's --out=NAME=FILE arguments, one per variant."""
+    return lambda wc, output: " ".join(shlex.quote(f"--out={v}={output[v]}") for v in variants)
+
+
+# One CAM job per trained model and split (or shard): it writes the CAM file of every grid
+# variant that reads that model (wsss.config.cam_groups), from one forward pass per scale;
+# the rule of run R is cams_R (cams_shard_R for shards). Changing one variant's CAM settings
+# reruns its siblings' CAMs too (they are one job); their files come out bitwise the same.
+for cam_run, cam_variants in CAM_GROUPS.items():
+
+    rule:
+        name:
+            cam_rule_name("cams", cam_run)
+        input:
+            model=results(f"runs/{{dataset}}/train/{cam_run}/seed{{seed}}/model.pt"),
+            code=code("cams", cam_group_methods(cam_variants)),
+        output:
+            **cam_group_outputs(cam_variants, ".npz"),
+        params:
+            cfg=cam_group_config(cam_variants),
+            outs=cam_group_outs(cam_variants),
+        threads: rule_resources("cams")["threads"]
+        resources:
+            gpu=rule_resources("cams")["gpu"],
+            mem_mb=rule_resources("cams")["mem_mb"],
+            runtime=rule_resources("cams")["runtime"],
+            device=lambda wc: execution_resources(wc)["device"],
+            workers=lambda wc: execution_resources(wc)["workers"],
+            cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
+        # output in results/cams, which DVC caches and pushes.
+        log:
+            log=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.log"),
+            timing=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}_timing.json"),
+        shell:
+            "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
+            " {params.outs} --timing {log.timing} --threads {threads}"
+            " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+            " 2> {log.log}"
 
 
 checkpoint cam_shard_plan:
@@ -53,32 +77,39 @@ checkpoint cam_shard_plan:
         " --out {output.plan} --threads 1 2> {log}"
 
 
-rule cams_shard:
-    input:
-        model=model_path,
-        plan=results("cams/{dataset}/{split}.shard_plan.json"),
-        code=code("cams", variant_methods),
-    output:
-        cams=results("cams/{dataset}/{method}/seed{seed}/{split}.shards/{shard}.npz"),
-    params:
-        cfg=lambda wc: as_json(wsss_config.cam_config(config, wc.dataset, wc.method)),
-    threads: rule_resources("cams")["threads"]
-    resources:
-        gpu=rule_resources("cams")["gpu"],
-        mem_mb=rule_resources("cams")["mem_mb"],
-        runtime=rule_resources("cams")["runtime"],
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
-    log:
-        log=results("logs/cams/{dataset}/{method}/seed{seed}/{split}.shards/{shard}.log"),
-        timing=results("logs/cams/{dataset}/{method}/seed{seed}/{split}.shards/{shard}_timing.json"),
-    shell:
-        "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
-        " --shard {wildcards.shard} --plan {input.plan}"
-        " --out {output.cams} --timing {log.timing} --threads {threads}"
-        " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
-        " 2> {log.log}"
+for cam_run, cam_variants in CAM_GROUPS.items():
+
+    rule:
+        name:
+            cam_rule_name("cams_shard", cam_run)
+        input:
+            model=results(f"runs/{{dataset}}/train/{cam_run}/seed{{seed}}/model.pt"),
+            plan=results("cams/{dataset}/{split}.shard_plan.json"),
+            code=code("cams", cam_group_methods(cam_variants)),
+        output:
+            **cam_group_outputs(cam_variants, ".shards/{shard}.npz"),
+        params:
+            cfg=cam_group_config(cam_variants),
+            outs=cam_group_outs(cam_variants),
+        threads: rule_resources("cams")["threads"]
+        resources:
+            gpu=rule_resources("cams")["gpu"],
+            mem_mb=rule_resources("cams")["mem_mb"],
+            runtime=rule_resources("cams")["runtime"],
+            device=lambda wc: execution_resources(wc)["device"],
+            workers=lambda wc: execution_resources(wc)["workers"],
+            cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        log:
+            log=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}.log"),
+            timing=results(
+                f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}_timing.json"
+            ),
+        shell:
+            "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
+            " --shard {wildcards.shard} --plan {input.plan}"
+            " {params.outs} --timing {log.timing} --threads {threads}"
+            " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
+            " 2> {log.log}"
 
 
 rule cam_shard_index:

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: validation, the grid, per-job settings, code inputs.
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -64,6 +65,33 @@ def variant_methods(wildcards):
     """(training method, refiner) of the grid variant {method}."""
     spec = config["methods"][wildcards.method]
     return [spec["train"]], [spec.get("refine", "none")]
+
+
+def cam_group_methods(variants):
+    """Input-function helper: (training method, refiners) of the CAM job of ``variants``."""
+
+    def methods(wildcards):
+        specs = [config["methods"][v] for v in variants]
+        return [specs[0]["train"]], sorted({s.get("refine", "none") for s in specs})
+
+    return methods
+
+
+# {trained run: the grid variants whose CAMs it gives}; one CAM rule per run (cams.smk).
+CAM_GROUPS = wsss_config.cam_groups(config)
+
+
+def cam_rule_name(prefix, run):
+    """``<prefix>_<run>``, the run's name made an identifier (rule names must be)."""
+    return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', run)}"
+
+
+_cam_rule_names = [cam_rule_name(p, r) for p in ("cams", "cams_shard") for r in CAM_GROUPS]
+if len(set(_cam_rule_names)) != len(_cam_rule_names):
+    raise ValueError(
+        f"two trained runs give the same CAM rule name ({_cam_rule_names}): rename a variant "
+        "under methods so that its name differs in more than punctuation"
+    )
 
 
 def execution_resources(wildcards, block="train"):

@@ -70,22 +70,72 @@ def cams_for_batch(
     its label); the maps of the other classes are never computed downstream, so theirs
     are set to zero first and do not raise.
     """
+    (cams,) = cams_for_batch_variants(
+        model, method, [(refiner, settings)], images, labels, image_ids, class_names
+    )
+    return cams
+
+
+def shares_forward(a: CamSettings, b: CamSettings) -> bool:
+    """Whether two CAM recipes can read their CAMs from the same forward passes: the same
+    scales, flip and batch size (the batch decides the passes' inputs, and so their floats)."""
+    return (a.scales, a.flip, a.batch_size) == (b.scales, b.flip, b.batch_size)
+
+
+@torch.inference_mode()
+def cams_for_batch_variants(
+    model: MultiClassTokenViT,
+    method: TrainingMethod,
+    variants: Sequence[tuple[CamRefiner, CamSettings]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[torch.Tensor]:
+    """The CAMs of several (refiner, recipe) variants of one trained model from one forward
+    pass per scale: one B x C x H x W tensor per variant, each bitwise what
+    :func:`cams_for_batch` gives for that variant alone (every variant reads the same
+    forward output; no refiner or recipe writes into it).
+
+    Raises ValueError when the variants' scales or flip differ (:func:`shares_forward`:
+    extract those in separate calls), and :class:`NonFiniteCamError` as
+    :func:`cams_for_batch`.
+    """
+    if not variants:
+        return []
+    scales, flip = variants[0][1].scales, variants[0][1].flip
+    for _, settings in variants[1:]:
+        if (settings.scales, settings.flip) != (scales, flip):
+            raise ValueError(
+                f"CAM variants of one forward pass need the same scales and flip; got {scales} "
+                f"flip={flip} and {settings.scales} flip={settings.flip}"
+            )
     batch, _, height, width = images.shape
     x = normalize(images)
-    total = None
-    for scale in settings.scales:
+    totals: list[torch.Tensor | None] = [None] * len(variants)
+    for scale in scales:
         size = scaled_size(height, width, scale)
         scaled = resize(x, size)
-        if settings.flip:
+        if flip:
             scaled = torch.cat([scaled, scaled.flip(-1)])
         padded = pad_to_multiple(scaled, model.patch_size)
         output = method.forward(model, padded, epoch=-1)
-        cam = refiner(method.cam(output, settings.recipe), output, method, settings.recipe).float()
-        cam = to_image(cam, padded.shape[-2:], size, (height, width))
-        if settings.flip:
-            cam = cam[:batch] + cam[batch:].flip(-1)
-        total = cam if total is None else total + cam
+        for k, (refiner, settings) in enumerate(variants):
+            cam = refiner(method.cam(output, settings.recipe), output, method, settings.recipe)
+            cam = to_image(cam.float(), padded.shape[-2:], size, (height, width))
+            if flip:
+                cam = cam[:batch] + cam[batch:].flip(-1)
+            totals[k] = cam if totals[k] is None else totals[k] + cam
     gt = labels[:, :, None, None]
+    return [_normalised(total, gt, image_ids, class_names) for total in totals]
+
+
+def _normalised(
+    total: torch.Tensor,
+    gt: torch.Tensor,
+    image_ids: Sequence[str] | None,
+    class_names: Sequence[str] | None,
+) -> torch.Tensor:
     # masked_fill, not only the product: NaN * 0 is NaN. Bitwise the same for finite maps.
     total = (F.relu(total) * gt).masked_fill_(gt == 0, 0.0)
     try:
