@@ -25,14 +25,16 @@ from wsss.runtime import set_threads
 REPO = Path(wsss.__file__).resolve().parents[1]
 STARTUP_LIMIT_S = 300  # two processes importing torch on a loaded CI machine
 # Largest difference allowed between the per-epoch mean losses of a 2-process and a
-# 1-process run with the same global batch. Measured on the smoke configuration (this
-# machine, CPU): classifier 7e-9 over 3 epochs (float reduction order only: the same
-# batches, augmentation and lr); the tolerance leaves margin for other CPUs' kernels.
+# 1-process run with the same global batch. Measured on the smoke configuration (CPU,
+# 3 epochs): 0 at train_log.tsv's 6 significant digits, 4e-9 in final_loss (full precision;
+# float reduction order only: the same batches, augmentation and lr); the weights end up to
+# 1.5e-5 apart. The tolerance leaves margin for other CPUs' kernels.
 CLASSIFIER_LOSS_TOL = 1e-5
-# The segmenter's ResNet normalizes with each process's own half-batch statistics on CPU
-# (no CPU SyncBatchNorm in torch), so its loss follows the 1-process curve less closely:
-# measured 2e-3 after 2 epochs.
-SEGMENTER_LOSS_TOL = 2e-2
+# The segmenter's BatchNorm would normalize with each CPU process's own half batch (torch has
+# no CPU SyncBatchNorm; GPUs use it): measured 2.4e-2 apart over 2 epochs in train mode. The
+# test freezes BatchNorm (segmentation.freeze_bn, as configs/voc.yaml), so that what it checks
+# is the split of the batches and the global-batch loss normalization.
+SEGMENTER_LOSS_TOL = 1e-4
 
 
 def ranks(rank, world_size=2):
@@ -133,7 +135,7 @@ def smoke(tmp_path_factory):
     train["train"]["epochs"] = 3
     prepare_dataset(train["dataset"], progress=False)
     segment = segmentation_config(params, "synthetic")
-    segment["segmentation"]["epochs"] = 2  # epoch 1 writes a checkpoint
+    segment["segmentation"].update(epochs=2, freeze_bn=True)  # epoch 1 writes a checkpoint
     labels = root / "labels"
     labels.mkdir()
     dataset = open_dataset(segment["dataset"])
