@@ -343,3 +343,62 @@ def test_smoke_run_through_the_slurm_executor_asks_for_params_resources(project,
         gpus = [arg for arg in argv if arg.startswith("--gpus")]
         assert gpus == ([f"--gpus={expected_gpu}"] if expected_gpu else []), argv
     print(f"SLURM smoke run: {len(submissions)} sbatch jobs, {elapsed:.1f} s")
+
+
+def test_multi_gpu_training_rules_launch_torchrun_on_one_node(project):
+    """resources.<rule>.gpu > 1: train and segment start one process per GPU with torchrun
+    (wsss.distributed); other commands, and gpu <= 1, stay plain `wsss`."""
+    override = {
+        "grid": {"methods": ["mctformer_v2"]},
+        "resources": {"train": {"gpu": 2, "threads": 8}, "segment": {"gpu": 4, "threads": 4}},
+    }
+    (project / "multi_gpu.yaml").write_text(yaml.safe_dump(override))
+    result = _snakemake(
+        project, "-n", "-p", "--configfile", "configs/smoke.yaml", "multi_gpu.yaml", "--forceall"
+    )
+    commands = [line.strip().removeprefix("Shell command: ") for line in result.stdout.splitlines()]
+    train = [c for c in commands if " train --config" in c]
+    segment = [c for c in commands if " segment --config" in c]
+    assert train and all(
+        c.startswith("torchrun --standalone --nproc_per_node=2 -m wsss.cli train ") for c in train
+    ), train
+    assert segment and all(
+        c.startswith("torchrun --standalone --nproc_per_node=4 -m wsss.cli segment ")
+        for c in segment
+    ), segment
+    assert any(c.startswith("wsss cams ") for c in commands)
+    jobs = dict(_dry_run_jobs(result.stdout))
+    assert (jobs["train"]["gpu"], jobs["train"]["nodes"]) == ("2", "1")
+
+    # A rule that uses one GPU cannot ask for more.
+    (project / "multi_gpu.yaml").write_text(yaml.safe_dump({"resources": {"cams": {"gpu": 2}}}))
+    with pytest.raises(AssertionError, match=r"resources\.cams\.gpu: 2, but the cams job uses one"):
+        _snakemake(project, "-n", "--configfile", "configs/smoke.yaml", "multi_gpu.yaml")
+
+
+def test_the_slurm_plugin_asks_for_the_gpus_on_one_node_in_one_task():
+    """What snakemake-executor-plugin-slurm emits for a 2-GPU training job with the rule's
+    resources: --gpus=2 and --nodes=1, one task (no --ntasks/--ntasks-per-gpu: torchrun
+    starts the processes inside it) with the job's threads as --cpus-per-task."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    job = SimpleNamespace(
+        resources=Resources(gpu=2, nodes=1, mem_mb=32000, runtime=600), threads=16
+    )
+    params = {
+        "run_uuid": "u",
+        "slurm_logfile": "log",
+        "comment_str": "rule_train",
+        "account": "-A a",
+        "partition": "-p p",
+        "workdir": "/w",
+    }
+    argv = shlex.split(get_submit_command(job, params) + set_gres_string(job))
+    assert "--gpus=2" in argv and "--nodes=1" in argv and "--cpus-per-task=16" in argv, argv
+    assert not [a for a in argv if a.startswith("--ntasks")], argv

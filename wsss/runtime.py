@@ -67,7 +67,14 @@ def resolve_device(name: str | None = None):
 
 def set_threads(threads: int | None) -> None:
     """Limit intra-op threads. Set through the environment too, so that a job that
-    imports torch later (or never: evaluation) does not start a full thread pool."""
+    imports torch later (or never: evaluation) does not start a full thread pool.
+
+    ``threads`` is the job's CPUs: under torchrun (``LOCAL_WORLD_SIZE`` processes on this
+    node, :mod:`wsss.distributed`) each process takes ``threads // LOCAL_WORLD_SIZE``, at
+    least 1."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if threads and processes > 1:
+        threads = max(1, threads // processes)
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[var] = str(threads)

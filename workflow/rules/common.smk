@@ -145,10 +145,35 @@ def method_labels():
     return " ".join(shlex.quote(f"{m}={wsss_config.variant_label(config, m)}") for m in METHODS)
 
 
+# Rules whose jobs train data-parallel (wsss.distributed) when they ask for several GPUs.
+DATA_PARALLEL_RULES = ("train", "segment")
+
+
 def rule_resources(rule_name):
-    """Resources of a rule from params.yaml (falling back to resources.default)."""
+    """Resources of a rule from params.yaml (falling back to resources.default). More than one
+    GPU only for the data-parallel training rules; at least one thread per GPU process."""
     spec = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
+    if spec["gpu"] > 1 and rule_name not in DATA_PARALLEL_RULES:
+        raise ValueError(
+            f"resources.{rule_name}.gpu: {spec['gpu']}, but the {rule_name} job uses one GPU; "
+            f"only {' and '.join(DATA_PARALLEL_RULES)} train on several (give 0 or 1)"
+        )
+    if spec["gpu"] > 1 and spec["threads"] < spec["gpu"]:
+        raise ValueError(
+            f"resources.{rule_name}.threads: {spec['threads']} CPUs for {spec['gpu']} GPU "
+            "processes; the job's threads are shared by its processes (give at least one each)"
+        )
     return spec
+
+
+def launcher(rule_name):
+    """The command that starts a job of a training rule: `wsss` (one process), or with
+    resources.<rule>.gpu > 1, torchrun with one process per GPU on this node
+    (wsss.distributed: global batch, rank 0 writes the outputs)."""
+    gpus = rule_resources(rule_name)["gpu"]
+    if gpus <= 1:
+        return "wsss"
+    return f"torchrun --standalone --nproc_per_node={gpus} -m wsss.cli"
 
 
 def conversion_manifest(wildcards):

@@ -41,13 +41,14 @@ rule segment:
         gpu=rule_resources("segment")["gpu"],
         mem_mb=rule_resources("segment")["mem_mb"],
         runtime=rule_resources("segment")["runtime"],
+        nodes=1,  # torchrun --standalone: every GPU of a multi-GPU job on one node
         device=lambda wc: execution_resources(wc, "segmentation")["device"],
         workers=lambda wc: execution_resources(wc, "segmentation")["workers"],
         cache_images=lambda wc: int(execution_resources(wc, "segmentation")["cache_images"]),
     log:
         results("logs/segment/{dataset}/{method}/seed{seed}.log"),
     shell:
-        "wsss segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
+        launcher("segment") + " segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
         " --model {output.model} --metrics {output.metrics} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
         " 2> {log}"

@@ -18,13 +18,14 @@ rule train:
         gpu=rule_resources("train")["gpu"],
         mem_mb=rule_resources("train")["mem_mb"],
         runtime=rule_resources("train")["runtime"],
+        nodes=1,  # torchrun --standalone: every GPU of a multi-GPU job on one node
         device=lambda wc: execution_resources(wc)["device"],
         workers=lambda wc: execution_resources(wc)["workers"],
         cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
     log:
         results("logs/train/{dataset}/{train}/seed{seed}.log"),
     shell:
-        "wsss train --config {params.cfg:q} --seed {wildcards.seed} --out-dir {params.out_dir}"
+        launcher("train") + " train --config {params.cfg:q} --seed {wildcards.seed} --out-dir {params.out_dir}"
         " {params.upstream} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
         " 2> {log}"

@@ -9,6 +9,14 @@ Resumable like the classifier: a checkpoint after every epoch, picked up by a
 rerun with the same configuration; the shuffle order is reseeded from (seed, epoch)
 and the global RNG state travels in the checkpoint, so a resumed run gives the
 same weights as an uninterrupted one.
+
+Under ``torchrun`` the ranks share every global batch of ``segmentation.batch_size``
+(:mod:`wsss.distributed`), the loss is normalized by the labelled pixels of the whole
+global batch, and rank 0 alone writes the checkpoint, ``segmenter.pt`` and the metrics.
+BatchNorm: on GPUs the backbone's BatchNorm layers become SyncBatchNorm, so that the
+batch statistics are the global batch's, as in one process; torch has no CPU
+SyncBatchNorm, so CPU processes (gloo, the tests) normalize with their own share's
+statistics, and rank 0's running statistics are saved.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from wsss import checkpoint
+from wsss import checkpoint, distributed
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX
@@ -103,6 +111,19 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def global_segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ranks: distributed.Group
+) -> torch.Tensor:
+    """This rank's part of the mean cross-entropy over the labelled pixels of the whole global
+    batch: ``N * (this rank's summed loss) / (labelled pixels on all N ranks)``. Averaged over
+    the ranks (the gradients, and the logged values), it is :func:`segmentation_loss` of the
+    global batch; a per-rank :func:`segmentation_loss` would weight each rank's pixels by its
+    own count instead."""
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = distributed.all_sum((labels != IGNORE_INDEX).sum(), ranks)
+    return total * ranks.world_size / labelled.clamp(min=1)
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1.0 - min(step, total) / max(total, 1)) ** power
 
@@ -138,12 +159,18 @@ def train_segmenter(
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Segmenter, list[dict[str, Any]]]:
-    """Train on the pseudo-labels of the dataset's ``train_split``; return (model, history)."""
+    """Train on the pseudo-labels of the dataset's ``train_split``; return (model, history).
+    Under torchrun only rank 0 writes the checkpoint."""
     settings = SegmentationSettings.from_dict(config["segmentation"])
     seed_everything(seed)
-    device = resolve_device()
+    ranks, device = distributed.start(resolve_device())
+    progress = progress and ranks.is_main
     dataset = open_dataset(config["dataset"])
-    model = Segmenter(settings.model, dataset.num_classes + 1).to(device)
+    model = Segmenter(settings.model, dataset.num_classes + 1)
+    if ranks.enabled and device.type == "cuda":
+        # Global-batch statistics, as one process computes them (same state-dict keys).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     data = PseudoLabelDataset(
         dataset,
         config["dataset"]["train_split"],
@@ -154,14 +181,14 @@ def train_segmenter(
         cache=EXECUTION.cache_images,
         seed=seed,
     )
-    batch_size = min(settings.batch_size, len(data))
+    batch_size = min(settings.batch_size, len(data))  # the global batch, over all ranks
     # Reseeded every epoch, so that a resumed run shuffles like an uninterrupted one.
     shuffle = torch.Generator()
     loader = DataLoader(
         data,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(data) > batch_size,
+        **distributed.loader_batching(
+            data, batch_size, len(data) > batch_size, shuffle, ranks, "segmentation.batch_size"
+        ),
         num_workers=EXECUTION.workers,
         generator=shuffle,
         pin_memory=device.type == "cuda",
@@ -175,7 +202,9 @@ def train_segmenter(
     digest = config_digest({"config": config, "seed": seed})
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None:
-        start_epoch, history = resume_checkpoint(ckpt, digest, model, optimizer, device)
+        start_epoch, history = distributed.main_first(
+            ranks, lambda: resume_checkpoint(ckpt, digest, model, optimizer, device)
+        )
     log.info(
         "segmenter %s (%s head, stride %d) on %d pseudo-labelled %s images, seed %d, "
         "%d epochs x %d steps, device %s",
@@ -203,13 +232,19 @@ def train_segmenter(
                 )
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            loss = segmentation_loss(model(images), labels)
+            logits = model(images)
+            if ranks.enabled:
+                loss = global_segmentation_loss(logits, labels, ranks)
+            else:
+                loss = segmentation_loss(logits, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"segmentation loss became {loss.item()} at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model, ranks)
             optimizer.step()
             loss_sum += loss.item()
+        loss_sum = distributed.mean_over_ranks({"loss": loss_sum}, ranks, device)["loss"]
         row = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(len(loader), 1),
@@ -223,7 +258,7 @@ def train_segmenter(
             row["loss"],
             row["seconds"],
         )
-        if ckpt is not None and epoch + 1 < settings.epochs:
+        if ckpt is not None and epoch + 1 < settings.epochs and ranks.is_main:
             save_checkpoint(ckpt, digest, model, optimizer, epoch + 1, history)
     model.eval()
     return model, history
@@ -249,17 +284,21 @@ def run_segmentation(
     """Train on the pseudo-labels, write ``model_path``, score on the seg split.
 
     ``config``: ``{"dataset", "segmentation", "scales", "device"}`` (wsss.config.segmentation_config).
-    Returns the ``seg`` entry of ``seg_metrics.json``.
+    Returns the ``seg`` entry of ``seg_metrics.json``; None on ranks other than 0 of a
+    torchrun group, which write nothing (rank 0 alone scores the model).
     """
     model_path = Path(model_path)
     checkpoint_path = model_path.with_name(model_path.stem + "_checkpoint.pt")
     settings = SegmentationSettings.from_dict(config["segmentation"])
     crf_settings = settings.crf_settings()  # a missing pydensecrf fails before training
-    for stale in remove_temporaries(checkpoint_path, model_path):
-        log.info("removed %s, left by an interrupted run", stale)
+    if distributed.from_environment().is_main:
+        for stale in remove_temporaries(checkpoint_path, model_path):
+            log.info("removed %s, left by an interrupted run", stale)
     started = time.perf_counter()
     model, history = train_segmenter(config, labels_dir, seed, checkpoint_path, progress)
     train_seconds = time.perf_counter() - started
+    if not distributed.from_environment().is_main:
+        return None
     checkpoint.save(
         model_path,
         {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from wsss import distributed
 from wsss.io import write_json
 from wsss.segmentation.train import run_segmentation
 from wsss.stages import add_common, json_arg
@@ -27,8 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = args.config
-    result = run_segmentation(
-        config, args.labels, args.seed, args.model, progress=not args.no_progress
-    )
-    write_json(args.metrics, {"meta": config.get("meta", {}), "seg": result})
+    ranks = distributed.from_environment()
+    try:
+        result = run_segmentation(
+            config, args.labels, args.seed, args.model, progress=not args.no_progress
+        )
+    finally:
+        distributed.stop(ranks)
+    if ranks.is_main:  # under torchrun, rank 0 alone writes the outputs
+        write_json(args.metrics, {"meta": config.get("meta", {}), "seg": result})
     return 0

@@ -8,6 +8,11 @@ learning rate is a function of the step, augmentation is seeded per image and
 epoch, bf16 autocast needs no loss scaler), so a run killed at any point and rerun
 writes the same ``model.pt`` bytes as an uninterrupted one. The final ``model.pt``
 only appears once training has finished.
+
+Under ``torchrun`` (several GPUs, or CPU processes with gloo) each process trains on its
+share of every global batch of ``train.batch_size`` and the gradients are averaged
+(:mod:`wsss.distributed`); rank 0 alone writes the checkpoint, ``model.pt``, the history
+and the metrics, and every rank resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from wsss import checkpoint
+from wsss import checkpoint, distributed
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.classification import ClassificationDataset
 from wsss.data.datasets import open_dataset
@@ -54,12 +59,14 @@ def build_method(config: dict[str, Any]) -> TrainingMethod:
 def train(
     config: dict[str, Any], seed: int, out_dir: str | Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Train one (dataset, method, seed) run into ``out_dir``; return its summary metrics."""
+    """Train one (dataset, method, seed) run into ``out_dir``; return its summary metrics
+    (on ranks other than 0 of a torchrun group, which write nothing: an empty dict)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = config["train"]
     seed_everything(seed)
-    device = resolve_device()
+    ranks, device = distributed.start(resolve_device())
+    progress = progress and ranks.is_main
     dataset = open_dataset(config["dataset"])
     method = build_method(config)
     model = method.build_model(config["model"], dataset.num_classes).to(device)
@@ -72,13 +79,13 @@ def train(
         cache_images=EXECUTION.cache_images,
         seed=seed,
     )
-    batch_size = min(settings["batch_size"], len(data))
+    batch_size = min(settings["batch_size"], len(data))  # the global batch, over all ranks
     shuffle = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         data,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(data) > batch_size,
+        **distributed.loader_batching(
+            data, batch_size, len(data) > batch_size, shuffle, ranks, "train.batch_size"
+        ),
         num_workers=EXECUTION.workers,
         # Its state goes into every checkpoint: it draws each epoch's order from where the
         # previous epoch left it, so a resumed run must continue it, not reseed it.
@@ -108,10 +115,13 @@ def train(
     digest = config_digest({"config": config, "seed": seed})
     checkpoint_path = out_dir / "checkpoint.pt"
     outputs = ("model.pt", "train_log.tsv", "train_metrics.json")
-    for stale in remove_temporaries(checkpoint_path, *(out_dir / name for name in outputs)):
-        log.info("removed %s, left by an interrupted run", stale)
-    start_epoch, history = resume_checkpoint(
-        checkpoint_path, digest, model, optimizer, device, shuffle
+    if ranks.is_main:
+        for stale in remove_temporaries(checkpoint_path, *(out_dir / name for name in outputs)):
+            log.info("removed %s, left by an interrupted run", stale)
+    # Rank 0 first: it alone sets an unreadable checkpoint aside; the others read the same file.
+    start_epoch, history = distributed.main_first(
+        ranks,
+        lambda: resume_checkpoint(checkpoint_path, digest, model, optimizer, device, shuffle),
     )
 
     method.on_train_start(model, data, device)
@@ -146,10 +156,12 @@ def train(
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model, ranks)
             optimizer.step()
             for key, value in {"loss": loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        sums = distributed.mean_over_ranks(sums, ranks, device)  # the global batches' means
         seconds = time.perf_counter() - started
         train_seconds += seconds
         row = {"epoch": epoch + 1, "lr": lr, "seconds": seconds}  # the scheduled (peak-layer) lr
@@ -161,8 +173,11 @@ def train(
             epochs,
             " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
         )
-        save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history, shuffle)
+        if ranks.is_main:
+            save_checkpoint(checkpoint_path, digest, model, optimizer, epoch + 1, history, shuffle)
 
+    if not ranks.is_main:
+        return {}
     checkpoint.save(
         out_dir / "model.pt",
         {
@@ -255,8 +270,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--upstream: expected PARAM=FILE, got {item!r}")
         files[param] = path
     config = with_upstream(args.config, files)
-    summary = train(config, args.seed, args.out_dir, progress=not args.no_progress)
-    print(json.dumps(summary))
+    ranks = distributed.from_environment()
+    try:
+        summary = train(config, args.seed, args.out_dir, progress=not args.no_progress)
+    finally:
+        distributed.stop(ranks)
+    if ranks.is_main:
+        print(json.dumps(summary))
     return 0
 
 
