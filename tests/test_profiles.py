@@ -241,9 +241,12 @@ def test_slurm_profile_leaves_default_resources_to_the_command_line():
 
 
 def test_dry_run_with_the_slurm_profile_lists_the_jobs_with_params_resources(project):
-    result = _snakemake(project, "-n", "--workflow-profile", SLURM_PROFILE)
+    # the full grid: its aream_entropy variant has the entropy_weights jobs
+    full = "configs/full.yaml"
+    result = _snakemake(project, "-n", "--workflow-profile", SLURM_PROFILE, "--configfile", full)
     assert f"Using workflow specific profile {SLURM_PROFILE}" in result.stdout + result.stderr
     params = yaml.safe_load((project / "params.yaml").read_text())
+    params = _merged(params, yaml.safe_load((project / full).read_text()))
     grid = params["grid"]
     jobs = _dry_run_jobs(result.stdout)
     runs = len(grid["datasets"]) * len(grid["methods"]) * len(grid["seeds"])
