@@ -214,64 +214,6 @@ def test_the_cams_stage_names_the_image_and_class_of_a_non_finite_cam(tmp_path, 
     assert not (tmp_path / "cams.npz").exists()
 
 
-def test_sharded_extraction_reads_as_the_unsharded_split(tmp_path, tiny_model_config):
-    """Three shards of a 10-image split, indexed, hold the unsharded run's CAMs; a shard
-    job refuses a split that changed after its plan."""
-    from conftest import tiny_synthetic_dataset
-
-    from wsss.cam_store import CamReader, plan_shards, write_shard_index
-    from wsss.data.datasets import open_dataset
-    from wsss.stages.cams import extract_cams
-
-    dataset = tiny_synthetic_dataset(tmp_path / "data", num_train=10, num_val=2, image_size=32)
-    method = TRAINING_METHODS.get("mctformer_v2")()
-    model = method.build_model(tiny_model_config, 6)
-    torch.save(
-        {
-            "config": {
-                "method": {"name": "mctformer_v2", "params": {}},
-                "model": tiny_model_config,
-            },
-            "class_names": [str(i) for i in range(6)],
-            "model": model.state_dict(),
-        },
-        tmp_path / "model.pt",
-    )
-    cam = {
-        "scales": [1.0],
-        "flip": True,
-        "batch_size": 3,
-        "class_layers": 2,
-        "class_reduce": "sum",
-        "fusion": "fused",
-        "affinity_layers": "all",
-        "affinity_reduce": "sum",
-    }
-    config = {"dataset": dataset, "cam": cam, "refiner": {"name": "none", "params": {}}}
-    model_path = tmp_path / "model.pt"
-    extract_cams(config, model_path, "train", tmp_path / "train.npz", progress=False)
-    ids = open_dataset(dataset).layout.split_ids("train")
-    plan = plan_shards(ids, 4)
-    assert plan["shards"] == 3
-    shards = [tmp_path / "train.shards" / f"{i}.npz" for i in range(3)]
-    for i, path in enumerate(shards):
-        info = extract_cams(config, model_path, "train", path, progress=False, shard=(i, plan))
-        assert info["images"] == [4, 4, 2][i]
-    write_shard_index(tmp_path / "train.shards.json", shards, images=len(ids))
-    whole, sharded = CamReader(tmp_path / "train.npz"), CamReader(tmp_path / "train.shards.json")
-    assert whole.ids == sharded.ids == sorted(ids)
-    for image_id in ids:
-        a, b = whole.get(image_id), sharded.get(image_id)
-        assert np.array_equal(a.classes, b.classes) and np.array_equal(a.cams, b.cams)
-    changed = plan_shards(ids[:-1], 4)
-    with pytest.raises(
-        ValueError, match=r"\(10 images\) is not the image list its shard plan was made from \(9"
-    ):
-        extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(0, changed))
-    with pytest.raises(ValueError, match="shard 3 does not exist"):
-        extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(3, plan))
-
-
 def _tiny_trained(tmp_path, tiny_model_config, method_name="mctformer_v2"):
     method = TRAINING_METHODS.get(method_name)()
     model = method.build_model(tiny_model_config, 6)
@@ -296,6 +238,42 @@ _RECIPE = {
     "affinity_layers": "all",
     "affinity_reduce": "sum",
 }
+
+
+def test_sharded_extraction_reads_as_the_unsharded_split(tmp_path, tiny_model_config):
+    """Three shards of a 10-image split, indexed, hold the unsharded run's CAMs; a shard
+    job refuses a split that changed after its plan."""
+    from conftest import tiny_synthetic_dataset
+
+    from wsss.cam_store import CamReader, plan_shards, write_shard_index
+    from wsss.data.datasets import open_dataset
+    from wsss.stages.cams import extract_cams
+
+    dataset = tiny_synthetic_dataset(tmp_path / "data", num_train=10, num_val=2, image_size=32)
+    model_path = _tiny_trained(tmp_path, tiny_model_config)
+    cam = {**_RECIPE, "scales": [1.0]}
+    config = {"dataset": dataset, "cam": cam, "refiner": {"name": "none", "params": {}}}
+    extract_cams(config, model_path, "train", tmp_path / "train.npz", progress=False)
+    ids = open_dataset(dataset).layout.split_ids("train")
+    plan = plan_shards(ids, 4)
+    assert plan["shards"] == 3
+    shards = [tmp_path / "train.shards" / f"{i}.npz" for i in range(3)]
+    for i, path in enumerate(shards):
+        info = extract_cams(config, model_path, "train", path, progress=False, shard=(i, plan))
+        assert info["images"] == [4, 4, 2][i]
+    write_shard_index(tmp_path / "train.shards.json", shards, images=len(ids))
+    whole, sharded = CamReader(tmp_path / "train.npz"), CamReader(tmp_path / "train.shards.json")
+    assert whole.ids == sharded.ids == sorted(ids)
+    for image_id in ids:
+        a, b = whole.get(image_id), sharded.get(image_id)
+        assert np.array_equal(a.classes, b.classes) and np.array_equal(a.cams, b.cams)
+    changed = plan_shards(ids[:-1], 4)
+    with pytest.raises(
+        ValueError, match=r"\(10 images\) is not the image list its shard plan was made from \(9"
+    ):
+        extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(0, changed))
+    with pytest.raises(ValueError, match="shard 3 does not exist"):
+        extract_cams(config, model_path, "train", tmp_path / "x.npz", shard=(3, plan))
 
 
 def test_one_job_writes_each_variant_bitwise_as_its_own_job(tmp_path, tiny_model_config):
