@@ -558,11 +558,15 @@ def wsss_log(caplog):
 
     logger = logging.getLogger("wsss")
     logger.addHandler(caplog.handler)
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
+    # caplog's handler also sits on the root logger: a propagating record would be
+    # captured twice (whether it propagates depends on which CLI test ran before)
+    logger.propagate = False
     yield caplog
     logger.removeHandler(caplog.handler)
     logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def _warnings(caplog) -> list[str]:
