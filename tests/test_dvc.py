@@ -132,7 +132,7 @@ def test_dvc_repro_equals_snakemake_and_metrics_diff(reproduced, tmp_path):
     _set_params(project, "cam", "scales", [1.0, 0.5])
     out = _run([*DVC, "repro", "grid"], project)
     log = out.stdout + out.stderr
-    assert re.search(r"^rule cams_\w+:", log, re.M) and "rule train:" not in log
+    assert re.search(r"rule cams_\w+:", log) and "rule train:" not in log
     diff = json.loads(_run([*DVC, "metrics", "diff", "HEAD", "--json"], project).stdout)
     changed = diff["results/metrics.json"]
     assert any(key.endswith(".cam_miou") for key in changed), changed
@@ -189,7 +189,7 @@ def test_fresh_clone_pulls_instead_of_retraining(reproduced, tmp_path):
     assert "cams" in planned and not {"prepare_data", "train"} & planned, planned
     out = _run([*DVC, "repro", "grid"], clone)
     log = out.stdout + out.stderr
-    assert re.search(r"^rule cams_\w+:", log, re.M) and "rule evaluate_cams:" in log
+    assert re.search(r"rule cams_\w+:", log) and "rule evaluate_cams:" in log
     assert "rule train:" not in log and "rule prepare_data:" not in log
     assert {p: _sha(p) for p in models} == before
 
