@@ -100,7 +100,9 @@ def test_unreadable_files_are_named_with_the_fix(tmp_path):
     path = tmp_path / "cams.npz"
     _write(path, _records(np.random.default_rng(0)))
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"not a readable CAM file.*rerun the cams stage"):
+    with pytest.raises(
+        ValueError, match=r"not a readable CAM file.*make run. \(or .snakemake.\) extracts it again"
+    ):
         CamReader(path)
     with pytest.raises(FileNotFoundError, match="run the cams stage"):
         CamReader(tmp_path / "missing.npz")
@@ -120,7 +122,7 @@ def test_version_1_file_is_refused_with_how_to_regenerate(tmp_path):
             classes=np.array([1], np.int16),
             data=np.zeros(4, np.uint8),
         )
-    with pytest.raises(ValueError, match=r"version-1 CAM file.*delete it and rerun the cams"):
+    with pytest.raises(ValueError, match=r"version-1 CAM file.*delete it and rerun: .make run."):
         CamReader(old)
 
 

@@ -61,7 +61,7 @@ SHARDS_VERSION = 1
 _MEMBER_DIR = "cams/"
 # Fixed member timestamps: the same CAMs give the same bytes.
 _DATE_TIME = (1980, 1, 1, 0, 0, 0)
-_REGENERATE = "delete it and rerun the cams stage (`snakemake --forcerun cams ...`, or `wsss cams`)"
+_REGENERATE = "delete it and rerun: `make run` (or `snakemake`) extracts it again (rule cams_<run>, `wsss cams`)"
 
 
 def quantize(cam: np.ndarray) -> np.ndarray:

@@ -163,7 +163,6 @@ def extract_cam_variants(
         index, plan = shard
         ids = shard_ids(ids, index, plan, f"split {split!r} of {dataset.name}")
         what = f"{split} shard {index}"
-    source = dataset.label_source()
     started = time.perf_counter()
     with ExitStack() as stack:
         writers = {
@@ -171,39 +170,11 @@ def extract_cam_variants(
             for name, _, _, path in jobs
         }
         for number, group in enumerate(passes):
-            settings = group[0][2]
             desc = f"CAMs {what}" + (f" ({number + 1}/{len(passes)})" if len(passes) > 1 else "")
             with tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
-                chunk = CHUNK_BATCHES * settings.batch_size
-                for start in range(0, len(ids), chunk):
-                    for batch_ids, images in batches_by_size(
-                        dataset, ids[start : start + chunk], settings.batch_size
-                    ):
-                        labels = np.stack(
-                            [
-                                dataset.layout.image_labels(i, dataset.num_classes, source)
-                                for i in batch_ids
-                            ]
-                        )
-                        image_tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-                        label_tensor = torch.from_numpy(labels).to(device)
-                        cams = cams_for_batch_variants(
-                            model,
-                            method,
-                            [(refiner, s) for _, refiner, s, _ in group],
-                            image_tensor,
-                            label_tensor,
-                            image_ids=batch_ids,  # a non-finite CAM's error names image and class
-                            class_names=dataset.class_names,
-                        )
-                        present = [np.flatnonzero(label > 0) for label in labels]
-                        for (name, _, _, _), variant_cams in zip(group, cams, strict=True):
-                            writer = writers[name]
-                            for image_id, cam, classes in zip(
-                                batch_ids, variant_cams.cpu().numpy(), present, strict=True
-                            ):
-                                writer.add(image_id, classes + 1, quantize(cam[classes]))
-                        bar.update(len(batch_ids))
+                for batch_ids, images in _batches(dataset, ids, group[0][2].batch_size):
+                    _write_batch(model, method, group, writers, dataset, batch_ids, images, device)
+                    bar.update(len(batch_ids))
     seconds = time.perf_counter() - started
     log.info(
         "wrote %d CAMs for each of %d variant(s) (%s) in %d pass(es) over the images in %.1f s",
@@ -220,3 +191,35 @@ def extract_cam_variants(
         "seconds": seconds,
         "images_per_second": len(ids) / max(seconds, 1e-9),
     }
+
+
+def _batches(dataset, ids: list[str], batch_size: int):
+    """(image ids, uint8 images) batches of equal-size images, decoded a chunk at a time so
+    that memory does not grow with the split."""
+    chunk = CHUNK_BATCHES * batch_size
+    for start in range(0, len(ids), chunk):
+        yield from batches_by_size(dataset, ids[start : start + chunk], batch_size)
+
+
+def _write_batch(model, method, group, writers, dataset, batch_ids, images, device) -> None:
+    """Extract one batch's CAMs for the variants of one forward pass and add them to each
+    variant's CAM file (the GT classes of each image only)."""
+    source = dataset.label_source()
+    labels = np.stack(
+        [dataset.layout.image_labels(i, dataset.num_classes, source) for i in batch_ids]
+    )
+    cams = cams_for_batch_variants(
+        model,
+        method,
+        [(refiner, settings) for _, refiner, settings, _ in group],
+        torch.from_numpy(images).permute(0, 3, 1, 2).to(device),
+        torch.from_numpy(labels).to(device),
+        image_ids=batch_ids,  # a non-finite CAM's error names image and class
+        class_names=dataset.class_names,
+    )
+    present = [np.flatnonzero(label > 0) for label in labels]
+    for (name, _, _, _), variant_cams in zip(group, cams, strict=True):
+        for image_id, cam, classes in zip(
+            batch_ids, variant_cams.cpu().numpy(), present, strict=True
+        ):
+            writers[name].add(image_id, classes + 1, quantize(cam[classes]))
