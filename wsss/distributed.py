@@ -40,7 +40,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 log = logging.getLogger("wsss")
 T = TypeVar("T")
@@ -209,6 +209,34 @@ def loader_batching(
         return {"batch_size": batch_size, "shuffle": True, "drop_last": drop_last}
     sampler = RandomSampler(data, generator=generator)
     return {"batch_sampler": GlobalBatchSampler(sampler, batch_size, drop_last, group, key)}
+
+
+def training_loader(
+    data,
+    batch_size: int,
+    generator: torch.Generator,
+    group: Group,
+    key: str,
+    workers: int,
+    device: torch.device,
+) -> DataLoader:
+    """The training DataLoader of the classifier and the segmenter: ``data`` shuffled by
+    ``generator`` into global batches of ``batch_size`` (:func:`loader_batching`; the last
+    short batch dropped when there is more than one), ``workers`` worker processes, pinned
+    memory on CUDA. The caller owns ``generator``: the classifier carries its state across
+    epochs (and checkpoints it), the segmenter reseeds it every epoch.
+
+    Workers are not persistent: each holds a copy of the dataset, and the per-epoch
+    augmentation seed (``data.set_epoch``) only reaches fresh workers.
+    """
+    return DataLoader(
+        data,
+        **loader_batching(data, batch_size, len(data) > batch_size, generator, group, key),
+        num_workers=workers,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def average_gradients(model: torch.nn.Module, group: Group) -> None:

@@ -16,12 +16,9 @@ import torch
 from torch import nn
 
 from wsss.data.classification import normalize
-from wsss.data.datasets import OpenedDataset, batches_by_size
-from wsss.evaluation.cam_eval import summarize
-from wsss.evaluation.confusion import ConfusionAccumulator
-from wsss.evaluation.metrics import scores_from_confusion
+from wsss.data.datasets import OpenedDataset
+from wsss.evaluation.segmentation import score_segmentation
 from wsss.ops.multiscale import max_softmax_over_scales
-from wsss.runtime import progress as tqdm
 
 
 @torch.inference_mode()
@@ -66,22 +63,13 @@ def evaluate_segmenter(
 ) -> dict[str, Any]:
     """Predict every image of ``split`` and score it against the masks (summarize's dict)."""
     model.eval()
-    accumulator = ConfusionAccumulator(dataset.num_classes + 1)
-    ids = dataset.layout.split_ids(split)
-    if not ids:
-        raise ValueError(f"dataset {dataset.name}: split {split!r} is empty")
-    with tqdm(total=len(ids), desc=f"segment {split}", disable=not progress) as bar:
-        for batch_ids, images in batches_by_size(dataset, ids, batch_size):
-            tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-            labels = predict(model, tensor, scales, crf_settings)
-            for image_id, label in zip(batch_ids, labels, strict=True):
-                accumulator.update(dataset.layout.load_mask(image_id), label)
-            bar.update(len(batch_ids))
-    scores = scores_from_confusion(accumulator.matrix)
-    return {
-        "split": split,
-        "images": len(ids),
-        "scales": list(scales),
-        "crf": crf_settings is not None,
-        **summarize(scores, dataset.class_names),
-    }
+    result = score_segmentation(
+        lambda images: predict(model, images, scales, crf_settings),
+        dataset,
+        split,
+        device,
+        batch_size,
+        desc="segment",
+        progress=progress,
+    )
+    return {**result, "scales": list(scales), "crf": crf_settings is not None}

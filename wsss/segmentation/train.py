@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from wsss import checkpoint, distributed
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
@@ -184,17 +183,8 @@ def train_segmenter(
     batch_size = min(settings.batch_size, len(data))  # the global batch, over all ranks
     # Reseeded every epoch, so that a resumed run shuffles like an uninterrupted one.
     shuffle = torch.Generator()
-    loader = DataLoader(
-        data,
-        **distributed.loader_batching(
-            data, batch_size, len(data) > batch_size, shuffle, ranks, "segmentation.batch_size"
-        ),
-        num_workers=EXECUTION.workers,
-        generator=shuffle,
-        pin_memory=device.type == "cuda",
-        # Workers get a fresh copy of the dataset each epoch, so they see set_epoch's
-        # value (persistent workers would keep epoch 0's augmentation forever).
-        persistent_workers=False,
+    loader = distributed.training_loader(
+        data, batch_size, shuffle, ranks, "segmentation.batch_size", EXECUTION.workers, device
     )
     optimizer = _optimizer(model, settings)
     total_steps = settings.epochs * len(loader)

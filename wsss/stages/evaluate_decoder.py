@@ -11,14 +11,11 @@ import numpy as np
 import torch
 
 from wsss.data.classification import normalize
-from wsss.data.datasets import batches_by_size, open_dataset
-from wsss.evaluation.cam_eval import summarize
-from wsss.evaluation.confusion import ConfusionAccumulator
-from wsss.evaluation.metrics import scores_from_confusion
+from wsss.data.datasets import open_dataset
+from wsss.evaluation.segmentation import score_segmentation
 from wsss.io import write_json
 from wsss.methods.cam_inference import load_trained
 from wsss.ops.multiscale import max_softmax_over_scales, padded_logits_at
-from wsss.runtime import progress as tqdm
 from wsss.runtime import resolve_device
 from wsss.stages import add_common, json_arg
 
@@ -57,24 +54,15 @@ def evaluate_decoder(
     device = resolve_device()
     dataset = open_dataset(config["dataset"])
     model, method, _ = load_trained(model_path, device)
-    accumulator = ConfusionAccumulator(dataset.num_classes + 1)
-    ids = dataset.layout.split_ids(split)
-    with tqdm(total=len(ids), desc=f"decoder {split}", disable=not progress) as bar:
-        for batch_ids, images in batches_by_size(dataset, ids, batch_size):
-            tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-            preds = (
-                predict_segmentation(method, model, tensor, scales).cpu().numpy().astype(np.uint8)
-            )
-            for image_id, pred in zip(batch_ids, preds, strict=True):
-                accumulator.update(dataset.layout.load_mask(image_id), pred)
-            bar.update(len(batch_ids))
-    scores = scores_from_confusion(accumulator.matrix)
-    return {
-        "split": split,
-        "images": len(ids),
-        "scales": scales,
-        **summarize(scores, dataset.class_names),
-    }
+
+    def predict(images: torch.Tensor) -> np.ndarray:
+        labels = predict_segmentation(method, model, images, scales)
+        return labels.cpu().numpy().astype(np.uint8)
+
+    result = score_segmentation(
+        predict, dataset, split, device, batch_size, desc="decoder", progress=progress
+    )
+    return {**result, "scales": scales}
 
 
 HELP = "score a single-stage method's segmentation decoder"

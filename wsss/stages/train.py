@@ -80,20 +80,11 @@ def train(
         seed=seed,
     )
     batch_size = min(settings["batch_size"], len(data))  # the global batch, over all ranks
+    # Its state goes into every checkpoint: it draws each epoch's order from where the
+    # previous epoch left it, so a resumed run must continue it, not reseed it.
     shuffle = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        data,
-        **distributed.loader_batching(
-            data, batch_size, len(data) > batch_size, shuffle, ranks, "train.batch_size"
-        ),
-        num_workers=EXECUTION.workers,
-        # Its state goes into every checkpoint: it draws each epoch's order from where the
-        # previous epoch left it, so a resumed run must continue it, not reseed it.
-        generator=shuffle,
-        pin_memory=device.type == "cuda",
-        # Not persistent: workers hold a copy of the dataset, and the per-epoch
-        # augmentation seed (data.set_epoch) only reaches fresh workers.
-        persistent_workers=False,
+    loader = distributed.training_loader(
+        data, batch_size, shuffle, ranks, "train.batch_size", EXECUTION.workers, device
     )
     peak_lr = settings["lr"] * (batch_size / 512 if settings["lr_batch_scaling"] else 1.0)
     floor_lr = min(settings["min_lr"], peak_lr)
