@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
 def json_arg(text: str) -> dict[str, Any]:
-    """``--config`` values: a JSON object."""
+    """``--config`` values: a JSON object, given as its text (what the rules pass) or as
+    ``@FILE``, a file holding it. Raises ArgumentTypeError naming what is wrong."""
+    source = "--config"
+    if text.startswith("@"):
+        source = f"--config file {text[1:]}"
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"{source}: cannot read it ({err})") from err
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"--config is not valid JSON: {err}") from err
+        raise argparse.ArgumentTypeError(
+            f"{source} is not valid JSON: {err} (give the JSON text, or @FILE to read a file)"
+        ) from err
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--config must be a JSON object")
+        raise argparse.ArgumentTypeError(f"{source} must be a JSON object")
     return value
 
 

@@ -13,8 +13,10 @@ HELP = "score CAMs: mIoU, per-class IoU, precision/recall, threshold sweep"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=json_arg, required=True, help="{dataset, evaluate, meta}")
-    p.add_argument("--cams", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--cams", required=True, help="CAM file (.npz) or shard index (.shards.json) to score"
+    )
+    p.add_argument("--out", required=True, help="cam_metrics.json to write")
     add_common(p)
 
 

@@ -70,9 +70,9 @@ HELP = "score a single-stage method's segmentation decoder"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=json_arg, required=True, help="{dataset, scales, meta}")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model.pt of a method with a decoder")
     p.add_argument("--split", help="default: the dataset's seg_split")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="decoder_metrics.json to write")
     add_common(p)
 
 

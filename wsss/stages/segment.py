@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="{dataset, segmentation, scales, device, meta}",
     )
     p.add_argument("--labels", required=True, help="pseudo-label folder of the train split")
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="the run's seed (grid.seeds)")
     p.add_argument("--model", required=True, help="segmenter.pt to write")
     p.add_argument("--metrics", required=True, help="seg_metrics.json to write")
     add_common(p)

@@ -239,9 +239,19 @@ HELP = "train one (dataset, method, seed) classifier"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=json_arg, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument(
+        "--config",
+        type=json_arg,
+        required=True,
+        help="JSON {dataset, model, method, train} (wsss.config.training_config; "
+        "`snakemake -n -p` prints each job's), or @FILE holding it",
+    )
+    p.add_argument("--seed", type=int, required=True, help="the run's seed (grid.seeds)")
+    p.add_argument(
+        "--out-dir",
+        required=True,
+        help="run folder: model.pt, train_log.tsv, train_metrics.json (checkpoint.pt while training)",
+    )
     p.add_argument(
         "--upstream",
         action="append",
