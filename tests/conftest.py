@@ -1,3 +1,4 @@
+import copy
 import os
 from pathlib import Path
 
@@ -15,6 +16,34 @@ TINY_MODEL = {
     "drop_path_rate": 0.0,
     "overrides": {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
 }
+
+
+# The classifier recipe of the tests' training runs (train: block of a job config);
+# tiny_train_config overrides keys per test.
+TINY_TRAIN = {
+    "epochs": 2,
+    "batch_size": 6,
+    "lr": 1e-3,
+    "lr_batch_scaling": False,
+    "min_lr": 1e-5,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1,
+    "crop_scale": [0.6, 1.0],
+    "hflip": True,
+    "amp": False,
+}
+
+
+def tiny_train_config(dataset_config, method="mctformer_v2", params=None, model=None, **train):
+    """A `wsss train` job config (as wsss.config.training_config builds it) of the tiny model
+    (``model``: TINY_MODEL by default, copied) on ``dataset_config``; ``train`` overrides
+    TINY_TRAIN."""
+    return {
+        "dataset": dataset_config,
+        "model": copy.deepcopy(TINY_MODEL if model is None else model),
+        "train": {**copy.deepcopy(TINY_TRAIN), **train},
+        "method": {"name": method, "params": params or {}},
+    }
 
 
 def tiny_synthetic_dataset(root, **generator) -> dict:

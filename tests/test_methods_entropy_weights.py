@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_synthetic_dataset
+from conftest import tiny_synthetic_dataset, tiny_train_config
 
 from wsss.cli import main
 from wsss.data.datasets import prepare_dataset
@@ -26,26 +26,17 @@ def dataset_config(tmp_path_factory):
 
 
 def _train_config(dataset_config, tiny_model_config, method, params=None):
-    return {
-        "dataset": dataset_config,
-        "model": tiny_model_config,
-        "train": {
-            "epochs": 1,
-            "batch_size": 6,
-            "lr": 1e-3,
-            "lr_batch_scaling": False,
-            "min_lr": 1e-5,
-            "weight_decay": 0.05,
-            "warmup_epochs": 0,
-            "crop_scale": [0.6, 1.0],
-            "hflip": True,
-            "num_workers": 0,
-            "device": "cpu",
-            "amp": False,
-            "cache_images": True,
-        },
-        "method": {"name": method, "params": params or {}},
-    }
+    return tiny_train_config(
+        dataset_config,
+        method,
+        params,
+        tiny_model_config,
+        epochs=1,
+        warmup_epochs=0,
+        num_workers=0,
+        device="cpu",
+        cache_images=True,
+    )
 
 
 def _aream_params(entropy_weights):

@@ -1,10 +1,8 @@
 """The classifier training loop's fine-tuning options: layer-wise lr decay and frozen blocks."""
 
-import copy
-
 import pytest
 import torch
-from conftest import TINY_MODEL, tiny_synthetic_dataset
+from conftest import TINY_MODEL, tiny_synthetic_dataset, tiny_train_config
 
 from wsss.methods.base import TRAINING_METHODS
 from wsss.runtime import seed_everything
@@ -20,24 +18,7 @@ def dataset_config(tmp_path_factory):
 
 
 def _config(dataset_config, **train):
-    return {
-        "dataset": dataset_config,
-        "model": copy.deepcopy(TINY_MODEL),
-        "train": {
-            "epochs": 2,
-            "batch_size": 6,
-            "lr": 1e-3,
-            "lr_batch_scaling": False,
-            "min_lr": 1e-5,
-            "weight_decay": 0.05,
-            "warmup_epochs": 1,
-            "crop_scale": [0.6, 1.0],
-            "hflip": True,
-            "amp": False,
-            **train,
-        },
-        "method": {"name": "mctformer_v2", "params": {}},
-    }
+    return tiny_train_config(dataset_config, **train)
 
 
 class RecordingAdamW(torch.optim.AdamW):

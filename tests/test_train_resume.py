@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, tiny_synthetic_dataset
+from conftest import TINY_MODEL, tiny_synthetic_dataset, tiny_train_config
 
 import wsss
 from wsss.cli import main
@@ -72,26 +72,17 @@ def dataset_config(tmp_path_factory):
 def train_config(dataset_config, method, epochs=EPOCHS):
     # drop path on, so that every step draws from the global RNG
     model = dict(copy.deepcopy(TINY_MODEL), drop_path_rate=0.1)
-    return {
-        "dataset": dataset_config,
-        "model": model,
-        "train": {
-            "epochs": epochs,
-            "batch_size": 4,
-            "lr": 1e-3,
-            "lr_batch_scaling": False,
-            "min_lr": 1e-5,
-            "weight_decay": 0.05,
-            "warmup_epochs": 1,
-            "crop_scale": [0.6, 1.0],
-            "hflip": True,
-            "num_workers": 0,
-            "device": "cpu",
-            "amp": False,
-            "cache_images": True,
-        },
-        "method": {"name": method, "params": METHOD_PARAMS[method]},
-    }
+    return tiny_train_config(
+        dataset_config,
+        method,
+        METHOD_PARAMS[method],
+        model,
+        epochs=epochs,
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        cache_images=True,
+    )
 
 
 def train_args(config, out_dir):
