@@ -107,11 +107,12 @@ def before_rows(model_pt: Path, split: str, min_fraction: float, affinity_blocks
     init and the pretrained weights of its config, not fine-tuned."""
     import torch
 
+    from wsss import checkpoint
     from wsss.data.voc import VOCLayout
     from wsss.evaluation.attention_report import diagnose_model
     from wsss.models import build_model
 
-    state = torch.load(model_pt, map_location="cpu", weights_only=False)
+    state = checkpoint.load(model_pt, "cpu", what="trained model")
     config, num_classes = state["config"], len(state["class_names"])
     if not config["model"].get("weights"):
         raise ValueError(f"{model_pt}: its model config names no weights file (model.weights)")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss import checkpoint
 from wsss.data.classification import normalize
 from wsss.data.palette import load_label_png
 from wsss.data.voc import VOCLayout
@@ -185,7 +186,7 @@ def diagnose_checkpoint(
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"trained model {path} does not exist; run the train stage first")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.load(path, "cpu", what="trained model")
     missing = [k for k in ("model", "config", "class_names") if k not in state]
     if missing:
         raise ValueError(f"{path}: not a trained model.pt, missing key(s) {missing}")
