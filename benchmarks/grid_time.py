@@ -20,17 +20,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from wsss.config import rule_family  # the per-run CAM rules as one row
+
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 RULE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 JOBID = re.compile(r"^\s+jobid: (\d+)$")
 DONE = re.compile(r"^Finished jobid: (\d+)|^Finished job (\d+)\.")
-
-
-def rule_family(rule: str) -> str:
-    """The CAM rules of every trained run (cams_<run>, cams_shard_<run>) as one row."""
-    if rule.startswith("cams_shard_"):
-        return "cams_shard"
-    return "cams" if rule.startswith("cams_") else rule
 
 
 def job_times(log: Path) -> dict[str, list[float]]:

@@ -424,3 +424,14 @@ def test_block_indices_are_checked_only_for_the_runs_of_the_grid(params):
     smoke["grid"]["methods"].append("clustercam")
     with pytest.raises(ParamsError, match=r"methods.clustercam.cam.class_layers: 3 does not fit"):
         validate_params(deep_merge(params, smoke))
+
+
+def test_cam_rule_names_fold_back_into_the_cams_resources_key():
+    from wsss.config import cam_rule_name, rule_family
+
+    assert cam_rule_name("cams", "aream_entropy") == "cams_aream_entropy"
+    assert cam_rule_name("cams_shard", "my-run.v2") == "cams_shard_my_run_v2"
+    assert rule_family("cams_aream_entropy") == "cams"
+    assert rule_family("cams_shard_my_run_v2") == "cams_shard"
+    assert rule_family("train") == "train"
+    assert rule_family("cam_shard_plan") == "cam_shard_plan"

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import rule_family
 
-from wsss.config import deep_merge
+from wsss.config import deep_merge, rule_family
 from wsss.report.table import threshold_curves
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import _copy_project, rule_family
+from test_workflow import _copy_project
+
+from wsss.config import rule_family
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = "workflow/profiles/slurm"

@@ -26,7 +26,9 @@ import pytest
 import yaml
 from slurm_cluster import LocalSlurm, ensure_packages
 from test_profiles import _expected_resources, _merged
-from test_workflow import _copy_project, rule_family
+from test_workflow import _copy_project
+
+from wsss.config import rule_family
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = "workflow/profiles/slurm/snakemake-slurm"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsss.config import training_key
+from wsss.config import rule_family, training_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +46,6 @@ def _snakemake(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
-
-
-def rule_family(rule: str) -> str:
-    """A rule's name, with the CAM rules of every trained run (``cams_<run>``,
-    ``cams_shard_<run>``: workflow/rules/cams.smk) folded into ``cams`` / ``cams_shard``,
-    the key of their resources in params.yaml."""
-    if rule.startswith("cams_shard_"):
-        return "cams_shard"
-    return "cams" if rule.startswith("cams_") else rule
 
 
 def _job_counts(output: str) -> dict[str, int]:

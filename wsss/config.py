@@ -9,6 +9,7 @@ Snakemake's params trigger reruns exactly the jobs whose settings changed.
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -583,6 +584,21 @@ def cam_groups(params: dict[str, Any]) -> dict[str, list[str]]:
     for variant in params["grid"]["methods"]:
         groups.setdefault(training_key(params, variant), []).append(variant)
     return groups
+
+
+def cam_rule_name(prefix: str, run: str) -> str:
+    """The Snakemake rule of a trained run's CAM jobs: ``<prefix>_<run>`` (prefix ``cams`` or
+    ``cams_shard``), the run's name made an identifier, as rule names must be."""
+    return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', run)}"
+
+
+def rule_family(rule: str) -> str:
+    """A rule's name with the per-run CAM rules (:func:`cam_rule_name`) folded into
+    ``cams`` / ``cams_shard``: the key of their resources in params.yaml, and one row
+    when a run's jobs are counted or timed per rule."""
+    if rule.startswith("cams_shard_"):
+        return "cams_shard"
+    return "cams" if rule.startswith("cams_") else rule
 
 
 def shard_size(params: dict[str, Any], dataset: str) -> int:

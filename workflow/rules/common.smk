@@ -1,6 +1,5 @@
 # Helpers shared by the rules: validation, the grid, per-job settings, code inputs.
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -81,10 +80,7 @@ def cam_group_methods(variants):
 CAM_GROUPS = wsss_config.cam_groups(config)
 
 
-def cam_rule_name(prefix, run):
-    """``<prefix>_<run>``, the run's name made an identifier (rule names must be)."""
-    return f"{prefix}_{re.sub(r'[^0-9A-Za-z_]', '_', run)}"
-
+cam_rule_name = wsss_config.cam_rule_name
 
 _cam_rule_names = [cam_rule_name(p, r) for p in ("cams", "cams_shard") for r in CAM_GROUPS]
 if len(set(_cam_rule_names)) != len(_cam_rule_names):
