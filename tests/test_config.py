@@ -435,3 +435,15 @@ def test_cam_rule_names_fold_back_into_the_cams_resources_key():
     assert rule_family("cams_shard_my_run_v2") == "cams_shard"
     assert rule_family("train") == "train"
     assert rule_family("cam_shard_plan") == "cam_shard_plan"
+
+
+@pytest.mark.parametrize("variant", ["mctformer_v2", "aream_doei"])
+def test_a_variant_cam_shard_size_is_refused_once_naming_that_variant(params, variant):
+    """cam.shard_size is a setting of the split (its shards are shared by every method): a
+    variant's own is refused, on any variant (the first one too), in one line."""
+    params["methods"][variant]["cam"] = {"shard_size": 5}
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
+    message = str(err.value)
+    assert f"methods.{variant}.cam.shard_size: the shards of a split are shared" in message
+    assert message.count("cam.shard_size: the shards") == 1

@@ -155,16 +155,16 @@ def _check_names(params: dict[str, Any], source: str) -> None:
                 f"methods.{variant}.refine: unknown CAM refiner {refine!r} "
                 f"(registered: {', '.join(CAM_REFINERS.names())})"
             )
+        if "shard_size" in (spec.get("cam") or {}):
+            problems.append(
+                f"methods.{variant}.cam.shard_size: the shards of a split are shared by every "
+                "method; set cam.shard_size (or datasets.<name>.overrides.cam.shard_size)"
+            )
     for name in params["method_params"]:
         if name not in TRAINING_METHODS and name not in CAM_REFINERS:
             known = sorted(set(TRAINING_METHODS.names()) | set(CAM_REFINERS.names()))
             problems.append(
                 f"method_params.{name}: no registered method of that name (known: {', '.join(known)})"
-            )
-        if "shard_size" in spec.get("cam", {}):
-            problems.append(
-                f"methods.{variant}.cam.shard_size: the shards of a split are shared by every "
-                "method; set cam.shard_size (or datasets.<name>.overrides.cam.shard_size)"
             )
     runs: dict[str, tuple] = {}
     for variant in params["methods"]:
