@@ -15,11 +15,6 @@ def cam_group_outputs(variants, suffix):
     return {v: results(f"cams/{{dataset}}/{v}/seed{{seed}}/{{split}}{suffix}") for v in variants}
 
 
-def cam_group_config(variants):
-    """Params function: the config of the CAM job of ``variants`` (one trained model)."""
-    return lambda wc: as_json(wsss_config.cam_group_config(config, wc.dataset, variants))
-
-
 def cam_group_outs(variants):
     """Params function: the job's --out=NAME=FILE arguments, one per variant."""
     return lambda wc, output: " ".join(shlex.quote(f"--out={v}={output[v]}") for v in variants)
@@ -40,16 +35,11 @@ for cam_run, cam_variants in CAM_GROUPS.items():
         output:
             **cam_group_outputs(cam_variants, ".npz"),
         params:
-            cfg=cam_group_config(cam_variants),
+            cfg=job_config("cams", variants=cam_variants),
             outs=cam_group_outs(cam_variants),
         threads: rule_resources("cams")["threads"]
         resources:
-            gpu=rule_resources("cams")["gpu"],
-            mem_mb=rule_resources("cams")["mem_mb"],
-            runtime=rule_resources("cams")["runtime"],
-            device=lambda wc: execution_resources(wc)["device"],
-            workers=lambda wc: execution_resources(wc)["workers"],
-            cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+            **job_resources("cams", "train"),
         # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
         # output in results/cams, which DVC caches and pushes.
         log:
@@ -69,7 +59,7 @@ checkpoint cam_shard_plan:
     output:
         plan=results("cams/{dataset}/{split}.shard_plan.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.cam_shards_config(config, wc.dataset)),
+        cfg=job_config("cam-shards"),
     log:
         results("logs/cam_shard_plan/{dataset}/{split}.log"),
     shell:
@@ -89,16 +79,11 @@ for cam_run, cam_variants in CAM_GROUPS.items():
         output:
             **cam_group_outputs(cam_variants, ".shards/{shard}.npz"),
         params:
-            cfg=cam_group_config(cam_variants),
+            cfg=job_config("cams", variants=cam_variants),
             outs=cam_group_outs(cam_variants),
         threads: rule_resources("cams")["threads"]
         resources:
-            gpu=rule_resources("cams")["gpu"],
-            mem_mb=rule_resources("cams")["mem_mb"],
-            runtime=rule_resources("cams")["runtime"],
-            device=lambda wc: execution_resources(wc)["device"],
-            workers=lambda wc: execution_resources(wc)["workers"],
-            cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+            **job_resources("cams", "train"),
         log:
             log=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}.log"),
             timing=results(

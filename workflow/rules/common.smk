@@ -90,12 +90,20 @@ if len(set(_cam_rule_names)) != len(_cam_rule_names):
     )
 
 
-def execution_resources(wildcards, block="train"):
-    return wsss_config.execution(config, wildcards.dataset, block)
+def job_config(stage, **extra):
+    """Params function: the ``--config`` JSON of a ``wsss <stage>`` job with the job's
+    wildcards, built in one place (wsss.config.jobs; ``extra``: what the rule fixes, e.g.
+    the variants of a CAM rule)."""
+    return lambda wc: json.dumps(
+        wsss_config.job_config(config, stage, dict(wc.items()), **extra), sort_keys=True
+    )
 
 
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
+def job_resources(rule_name, execution=None):
+    """A rule's resources (wsss.config.job_resources): gpu, mem_mb, runtime of its family
+    in params.yaml, and with ``execution`` (the params block, train or segmentation) each
+    job's device, DataLoader workers and image cache."""
+    return wsss_config.job_resources(config, rule_name, execution)
 
 
 def train_key(wildcards):
@@ -131,35 +139,14 @@ def decoder_methods():
     return [m for m in METHODS if TRAINING_METHODS.get(config["methods"][m]["train"]).has_decoder]
 
 
-def run_meta(wildcards):
-    """Which run a metrics file belongs to; display labels reach only the report rules."""
-    return {"dataset": wildcards.dataset, "method": wildcards.method, "seed": int(wildcards.seed)}
-
-
 def method_labels():
     """METHOD=LABEL items for the report commands, shell-quoted."""
     return " ".join(shlex.quote(f"{m}={wsss_config.variant_label(config, m)}") for m in METHODS)
 
 
-# Rules whose jobs train data-parallel (wsss.distributed) when they ask for several GPUs.
-DATA_PARALLEL_RULES = ("train", "segment")
-
-
 def rule_resources(rule_name):
-    """Resources of a rule from params.yaml (falling back to resources.default). More than one
-    GPU only for the data-parallel training rules; at least one thread per GPU process."""
-    spec = {**config["resources"]["default"], **config["resources"].get(rule_name, {})}
-    if spec["gpu"] > 1 and rule_name not in DATA_PARALLEL_RULES:
-        raise ValueError(
-            f"resources.{rule_name}.gpu: {spec['gpu']}, but the {rule_name} job uses one GPU; "
-            f"only {' and '.join(DATA_PARALLEL_RULES)} train on several (give 0 or 1)"
-        )
-    if spec["gpu"] > 1 and spec["threads"] < spec["gpu"]:
-        raise ValueError(
-            f"resources.{rule_name}.threads: {spec['threads']} CPUs for {spec['gpu']} GPU "
-            "processes; the job's threads are shared by its processes (give at least one each)"
-        )
-    return spec
+    """Resources of a rule family (wsss.config.rule_resources): threads, gpu, mem_mb, runtime."""
+    return wsss_config.rule_resources(config, rule_name)
 
 
 def launcher(rule_name):
@@ -230,15 +217,3 @@ def gallery_cams(wildcards):
     split = eval_split(wildcards.dataset)
     return [cam_artifact(wildcards.dataset, method, SEEDS[0], split) for method in METHODS]
 
-
-def gallery_config(wildcards):
-    return as_json(
-        {
-            "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
-            "report": config["report"],
-            "methods": [
-                {"name": m, "label": wsss_config.variant_label(config, m)} for m in METHODS
-            ],
-            "seed": SEEDS[0],
-        }
-    )

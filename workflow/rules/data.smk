@@ -5,11 +5,9 @@ rule prepare_data:
     output:
         manifest=results("data/{dataset}.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.prepare_config(config, wc.dataset)),
+        cfg=job_config("prepare-data"),
     resources:
-        gpu=rule_resources("prepare_data")["gpu"],
-        mem_mb=rule_resources("prepare_data")["mem_mb"],
-        runtime=rule_resources("prepare_data")["runtime"],
+        **job_resources("prepare_data"),
     log:
         results("logs/prepare_data/{dataset}.log"),
     shell:
@@ -25,11 +23,10 @@ rule convert_coco:
     output:
         manifest=results("data/{dataset}.conversion.json"),
     params:
-        cfg=lambda wc: as_json({**config["datasets"][wc.dataset], "name": wc.dataset}),
+        cfg=job_config("convert-coco"),
     threads: 1
     resources:
-        mem_mb=rule_resources("convert_coco")["mem_mb"],
-        runtime=rule_resources("convert_coco")["runtime"],
+        **job_resources("convert_coco"),
     log:
         results("logs/convert_coco/{dataset}.log"),
     shell:

@@ -1,22 +1,6 @@
 # Attention diagnostics: one job per trained run (beside its model.pt), one figure per dataset.
 
 
-def attention_config(wildcards):
-    """An attention-diagnostics job: the dataset's eval_split, the attention_diagnostics block,
-    the blocks the patch affinity sums (the dataset's CAM recipe) and which run it is."""
-    cam = wsss_config.dataset_block(config, wildcards.dataset, "cam")
-    return {
-        "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
-        **config["attention_diagnostics"],
-        "affinity_layers": cam["affinity_layers"],
-        "meta": {
-            "dataset": wildcards.dataset,
-            "run": wildcards.train,
-            "seed": int(wildcards.seed),
-        },
-    }
-
-
 def attention_files(wildcards):
     """The diagnostics of every trained run of the grid on {dataset}."""
     return expand(
@@ -54,15 +38,10 @@ rule attention_diagnostics:
     output:
         diagnostics=results("runs/{dataset}/train/{train}/seed{seed}/attention_diagnostics.json"),
     params:
-        cfg=lambda wc: as_json(attention_config(wc)),
+        cfg=job_config("attention-diagnostics"),
     threads: rule_resources("attention_diagnostics")["threads"]
     resources:
-        gpu=rule_resources("attention_diagnostics")["gpu"],
-        mem_mb=rule_resources("attention_diagnostics")["mem_mb"],
-        runtime=rule_resources("attention_diagnostics")["runtime"],
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        **job_resources("attention_diagnostics", "train"),
     log:
         results("logs/attention_diagnostics/{dataset}/{train}/seed{seed}.log"),
     shell:

@@ -5,12 +5,10 @@ rule evaluate_cams:
     output:
         metrics=results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.evaluate_config(config, wc.dataset, run_meta(wc))),
+        cfg=job_config("evaluate"),
     threads: rule_resources("evaluate_cams")["threads"]
     resources:
-        gpu=rule_resources("evaluate_cams")["gpu"],
-        mem_mb=rule_resources("evaluate_cams")["mem_mb"],
-        runtime=rule_resources("evaluate_cams")["runtime"],
+        **job_resources("evaluate_cams"),
     log:
         results("logs/evaluate/{dataset}/{method}/seed{seed}.log"),
     shell:
@@ -25,15 +23,10 @@ rule evaluate_decoder:
     output:
         metrics=results("runs/{dataset}/{method}/seed{seed}/decoder_metrics.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.decoder_config(config, wc.dataset, run_meta(wc))),
+        cfg=job_config("evaluate-decoder"),
     threads: rule_resources("evaluate_decoder")["threads"]
     resources:
-        gpu=rule_resources("evaluate_decoder")["gpu"],
-        mem_mb=rule_resources("evaluate_decoder")["mem_mb"],
-        runtime=rule_resources("evaluate_decoder")["runtime"],
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        **job_resources("evaluate_decoder", "train"),
     log:
         results("logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log"),
     shell:

@@ -12,12 +12,10 @@ rule pretrain:
         weights=PRETRAINED,
         summary=PRETRAINED.removesuffix(".pth") + ".json",
     params:
-        cfg=lambda wc: as_json(config["pretrain"]),
+        cfg=job_config("pretrain"),
     threads: rule_resources("pretrain")["threads"]
     resources:
-        gpu=rule_resources("pretrain")["gpu"],
-        mem_mb=rule_resources("pretrain")["mem_mb"],
-        runtime=rule_resources("pretrain")["runtime"],
+        **job_resources("pretrain"),
     log:
         results("logs/pretrain.log"),
     shell:

@@ -43,24 +43,15 @@ rule table:
         metrics=results("metrics.json"),
         plots=[results("plots/cam_miou.csv"), results("plots/threshold_curves.csv")],
     params:
+        cfg=job_config("table"),
         out_dir=RESULTS,
-        order=" ".join(METHODS),
-        kinds=" ".join(f"{d}={config['datasets'][d]['kind']}" for d in DATASETS),
-        labels=method_labels(),
-        baselines=" ".join(
-            f"{m}={config['methods'][m]['baseline']}"
-            for m in METHODS
-            if config["methods"][m].get("baseline")
-        ),
-        runs=" ".join(f"{m}={wsss_config.training_key(config, m)}" for m in METHODS),
     log:
         results("logs/table.log"),
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
-        " --out-dir {params.out_dir} --method-order {params.order} --dataset-kinds {params.kinds}"
-        " --labels {params.labels} --baselines {params.baselines}"
-        " --attention-diagnostics {input.attention} --training-runs {params.runs}"
+        " --attention-diagnostics {input.attention}"
+        " --config {params.cfg:q} --out-dir {params.out_dir}"
         " > {log} 2>&1"
 
 
@@ -151,11 +142,9 @@ rule gallery:
             labels={"dataset": "{dataset}"},
         ),
     params:
-        cfg=gallery_config,
+        cfg=job_config("gallery"),
     resources:
-        gpu=rule_resources("gallery")["gpu"],
-        mem_mb=rule_resources("gallery")["mem_mb"],
-        runtime=rule_resources("gallery")["runtime"],
+        **job_resources("gallery"),
     log:
         results("logs/gallery/{dataset}.log"),
     shell:

@@ -12,13 +12,11 @@ rule pseudo_labels:
         labels=directory(results("pseudo_labels/{dataset}/{method}/seed{seed}")),
         metrics=results("runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.pseudo_label_config(config, wc.dataset, run_meta(wc))),
+        cfg=job_config("pseudo-labels"),
         cam_metrics=lambda wc, input: f"--cam-metrics {input.cam_metrics}" if input.cam_metrics else "",
     threads: rule_resources("pseudo_labels")["threads"]
     resources:
-        gpu=rule_resources("pseudo_labels")["gpu"],
-        mem_mb=rule_resources("pseudo_labels")["mem_mb"],
-        runtime=rule_resources("pseudo_labels")["runtime"],
+        **job_resources("pseudo_labels"),
     log:
         results("logs/pseudo_labels/{dataset}/{method}/seed{seed}.log"),
     shell:
@@ -35,16 +33,10 @@ rule segment:
         model=results("runs/{dataset}/{method}/seed{seed}/segmenter.pt"),
         metrics=results("runs/{dataset}/{method}/seed{seed}/seg_metrics.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.segmentation_config(config, wc.dataset, run_meta(wc))),
+        cfg=job_config("segment"),
     threads: rule_resources("segment")["threads"]
     resources:
-        gpu=rule_resources("segment")["gpu"],
-        mem_mb=rule_resources("segment")["mem_mb"],
-        runtime=rule_resources("segment")["runtime"],
-        nodes=1,  # torchrun --standalone: every GPU of a multi-GPU job on one node
-        device=lambda wc: execution_resources(wc, "segmentation")["device"],
-        workers=lambda wc: execution_resources(wc, "segmentation")["workers"],
-        cache_images=lambda wc: int(execution_resources(wc, "segmentation")["cache_images"]),
+        **job_resources("segment", "segmentation"),
     log:
         results("logs/segment/{dataset}/{method}/seed{seed}.log"),
     shell:

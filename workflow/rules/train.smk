@@ -8,20 +8,14 @@ rule train:
         model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),
         metrics=results("runs/{dataset}/train/{train}/seed{seed}/train_metrics.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.training_config(config, wc.dataset, wc.train)),
+        cfg=job_config("train"),
         out_dir=subpath(output.model, parent=True),
         upstream=lambda wc, input: " ".join(
             f"--upstream {param}={input[param]}" for param in upstream_files(wc)
         ),
     threads: rule_resources("train")["threads"]
     resources:
-        gpu=rule_resources("train")["gpu"],
-        mem_mb=rule_resources("train")["mem_mb"],
-        runtime=rule_resources("train")["runtime"],
-        nodes=1,  # torchrun --standalone: every GPU of a multi-GPU job on one node
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        **job_resources("train", "train"),
     log:
         results("logs/train/{dataset}/{train}/seed{seed}.log"),
     shell:
@@ -41,15 +35,10 @@ rule entropy_weights:
     output:
         weights=results("runs/{dataset}/train/{train}/seed{seed}/entropy_weights.json"),
     params:
-        cfg=lambda wc: as_json(wsss_config.entropy_config(config, wc.dataset, wc.train)),
+        cfg=job_config("entropy-weights"),
     threads: rule_resources("entropy_weights")["threads"]
     resources:
-        gpu=rule_resources("entropy_weights")["gpu"],
-        mem_mb=rule_resources("entropy_weights")["mem_mb"],
-        runtime=rule_resources("entropy_weights")["runtime"],
-        device=lambda wc: execution_resources(wc)["device"],
-        workers=lambda wc: execution_resources(wc)["workers"],
-        cache_images=lambda wc: int(execution_resources(wc)["cache_images"]),
+        **job_resources("entropy_weights", "train"),
     log:
         results("logs/entropy_weights/{dataset}/{train}/seed{seed}.log"),
     shell:

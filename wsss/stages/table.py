@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from wsss.report.table import write_report
-from wsss.stages import add_common, key_values
+from wsss.stages import add_common, json_arg
 
 HELP = "aggregate run metrics into results/table.{md,csv}, metrics.json, plots"
 
@@ -29,36 +29,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="attention_diagnostics.json of every trained run",
     )
     p.add_argument(
-        "--training-runs", nargs="*", default=[], help="METHOD=RUN: the trained run of each method"
-    )
-    p.add_argument(
-        "--dataset-kinds",
-        nargs="*",
-        default=[],
-        help="DATASET=KIND (voc, coco, synthetic): picks the papers' numbers shown beside ours",
-    )
-    p.add_argument("--labels", nargs="*", default=[], help="METHOD=LABEL, the display labels")
-    p.add_argument(
-        "--baselines", nargs="*", default=[], help="METHOD=BASELINE: the row each is compared with"
+        "--config",
+        type=json_arg,
+        required=True,
+        help="JSON {method_order, dataset_kinds, labels, baselines, training_runs} "
+        "(wsss.config.table_config): the row order; each dataset's kind (voc, coco, "
+        "synthetic: picks the papers' numbers shown beside ours); each method's display "
+        "label, the baseline it is compared with and its trained run",
     )
     p.add_argument("--out-dir", default="results")
-    p.add_argument("--method-order", nargs="*", default=None)
     add_common(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    config = args.config
     summary = write_report(
         args.metrics,
         args.out_dir,
-        method_order=args.method_order,
+        method_order=config.get("method_order"),
         decoder_files=args.decoder_metrics,
         pseudo_label_files=args.pseudo_label_metrics,
         seg_files=args.seg_metrics,
-        dataset_kinds=key_values(args.dataset_kinds, "--dataset-kinds"),
-        labels=key_values(args.labels, "--labels"),
-        baselines=key_values(args.baselines, "--baselines"),
+        dataset_kinds=config.get("dataset_kinds", {}),
+        labels=config.get("labels", {}),
+        baselines=config.get("baselines", {}),
         attention_files=args.attention_diagnostics,
-        training_runs=key_values(args.training_runs, "--training-runs"),
+        training_runs=config.get("training_runs", {}),
     )
     print(summary.to_string(index=False))
     return 0

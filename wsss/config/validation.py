@@ -1,0 +1,315 @@
+"""Checking a params mapping before any job runs: the schema, then what a schema cannot
+check (names in the registries, cross-key limits, block indices against the model's depth,
+dataset files). Every problem is a :class:`~wsss.config.schema.ParamsError` naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wsss.config.resolve import (
+    _training_recipe,
+    build_variant_methods,
+    dataset_block,
+    model_depth,
+    training_key,
+    variant_block,
+    variant_spec,
+)
+from wsss.config.schema import ParamsError, _schema
+
+
+def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:
+    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_format_schema_error(e) for e in errors[:10])
+        raise ParamsError(f"{source} is invalid:\n  {lines}")
+    _check_names(params, source)
+
+
+def _format_schema_error(error: Any) -> str:
+    import jsonschema
+
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        key = ".".join(filter(None, [path, missing[0] if missing else ""]))
+        return f"{key}: missing required key"
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(filter(None, [path, extra[0] if extra else ""]))
+        known = sorted(error.schema.get("properties", {}))
+        return f"{key}: unknown key (known here: {', '.join(known)})"
+    if error.validator == "oneOf" and "description" in error.schema:
+        # Each alternative fails on its own terms ("'best' was expected" for 1.5); the
+        # description says what is accepted, every alternative together.
+        return f"{path}: {error.instance!r} is not valid; expected {error.schema['description']}"
+    if error.context:  # oneOf/allOf: report the most specific sub-error
+        best = jsonschema.exceptions.best_match(error.context)
+        return _format_schema_error(best) if best.absolute_path else f"{path}: {best.message}"
+    return f"{path or '<top level>'}: {error.message}"
+
+
+def _check_names(params: dict[str, Any], source: str) -> None:
+    from wsss.methods import CAM_REFINERS, TRAINING_METHODS
+
+    problems = []
+    for dataset in params["grid"]["datasets"]:
+        if dataset not in params["datasets"]:
+            problems.append(
+                f"grid.datasets: {dataset!r} is not defined under datasets "
+                f"(defined: {', '.join(sorted(params['datasets']))})"
+            )
+    for variant in params["grid"]["methods"]:
+        if variant not in params["methods"]:
+            problems.append(
+                f"grid.methods: unknown method {variant!r} (defined under methods: "
+                f"{', '.join(sorted(params['methods']))})"
+            )
+    for variant, spec in params["methods"].items():
+        baseline = spec.get("baseline")
+        if baseline is not None and (baseline == variant or baseline not in params["methods"]):
+            problems.append(
+                f"methods.{variant}.baseline: {baseline!r} must name another variant under "
+                f"methods (defined: {', '.join(sorted(params['methods']))})"
+            )
+        if spec["train"] not in TRAINING_METHODS:
+            problems.append(
+                f"methods.{variant}.train: unknown training method {spec['train']!r} "
+                f"(registered: {', '.join(TRAINING_METHODS.names())})"
+            )
+        refine = spec.get("refine", "none")
+        if refine not in CAM_REFINERS:
+            problems.append(
+                f"methods.{variant}.refine: unknown CAM refiner {refine!r} "
+                f"(registered: {', '.join(CAM_REFINERS.names())})"
+            )
+        if "shard_size" in (spec.get("cam") or {}):
+            problems.append(
+                f"methods.{variant}.cam.shard_size: the shards of a split are shared by every "
+                "method; set cam.shard_size (or datasets.<name>.overrides.cam.shard_size)"
+            )
+    for name in params["method_params"]:
+        if name not in TRAINING_METHODS and name not in CAM_REFINERS:
+            known = sorted(set(TRAINING_METHODS.names()) | set(CAM_REFINERS.names()))
+            problems.append(
+                f"method_params.{name}: no registered method of that name (known: {', '.join(known)})"
+            )
+    runs: dict[str, tuple] = {}
+    for variant in params["methods"]:
+        key, recipe = training_key(params, variant), _training_recipe(params, variant)
+        if runs.setdefault(key, recipe) != recipe:
+            problems.append(
+                f"methods.{variant}: its training run {key!r} is also the run of a variant "
+                "with another training method, train_params or overrides; rename one of them"
+            )
+    problems.extend(_check_upstream(params))
+    thresholds = params["evaluate"]["thresholds"]
+    if thresholds["start"] > thresholds["stop"]:
+        problems.append("evaluate.thresholds: start must not exceed stop")
+    problems.extend(_check_ranges(params))
+    problems.extend(_check_generators(params))
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    for dataset in params["grid"]["datasets"]:
+        spec = params["datasets"][dataset]
+        if spec["kind"] == "coco":
+            _check_coco_source(dataset, spec, source)
+        elif spec["kind"] != "synthetic":  # synthetic data is generated by the pipeline
+            from wsss.data.voc import VOCLayout
+
+            try:
+                VOCLayout.locate(spec["root"], mask_dir=spec.get("mask_dir", "auto"))
+            except FileNotFoundError as err:
+                raise ParamsError(
+                    f"{source} is invalid:\n  datasets.{dataset}.root: {err}"
+                ) from err
+    # Constructing the methods checks their parameter names too.
+    for variant in params["methods"]:
+        try:
+            build_variant_methods(params, variant)
+        except ValueError as err:
+            raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
+    # Block indices against the depth of the model each run builds.
+    depth_problems = _check_blocks(params)
+    if depth_problems:
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(depth_problems))
+    # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
+    from wsss.stages.pseudo_labels import PseudoLabelSettings
+
+    for dataset in params["grid"]["datasets"]:
+        try:
+            PseudoLabelSettings.from_dict(dataset_block(params, dataset, "pseudo_labels"))
+        except ValueError as err:
+            raise ParamsError(f"{source} is invalid:\n  datasets.{dataset}: {err}") from err
+
+
+def _check_upstream(params: dict[str, Any]) -> list[str]:
+    """Every upstream run a method declares (:class:`wsss.methods.Upstream`) is a variant of
+    ``methods`` trained with the declared training method."""
+    problems = []
+    for variant in params["methods"]:
+        try:
+            method, _ = build_variant_methods(params, variant)
+        except (ValueError, KeyError):
+            continue  # an unknown name or parameter: reported with its key elsewhere
+        for upstream in method.upstream():
+            spec = params["methods"].get(upstream.run)
+            if spec is not None and spec["train"] == upstream.train:
+                continue
+            found = (
+                "no variant of that name is under methods"
+                if spec is None
+                else f"methods.{upstream.run} trains it with {spec['train']!r}"
+            )
+            problem = (
+                f"methods.{variant}: its training method {method.name!r} reads the "
+                f"{upstream.stage} of the trained run {upstream.run!r} ({upstream.param}), which "
+                f"must train with {upstream.train!r}, but {found}; add that variant or change "
+                f"method_params.{method.name}.{upstream.param}"
+            )
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+# [low, high] pairs, as (block, key): checked in the global block and in every override.
+ORDERED_RANGES = (("train", "crop_scale"), ("segmentation", "scale_range"))
+
+
+def _check_ranges(params: dict[str, Any]) -> list[str]:
+    """Every ``[low, high]`` pair (:data:`ORDERED_RANGES`) has ``low <= high``, wherever it is
+    set: the global block, a dataset's ``overrides`` or a variant's ``overrides``."""
+    places: list[tuple[str, dict[str, Any]]] = [("", params)]
+    for name, spec in params["datasets"].items():
+        places.append((f"datasets.{name}.overrides.", spec.get("overrides") or {}))
+    for name, spec in params["methods"].items():
+        places.append((f"methods.{name}.overrides.", spec.get("overrides") or {}))
+    problems = []
+    for prefix, blocks in places:
+        for block, key in ORDERED_RANGES:
+            value = (blocks.get(block) or {}).get(key)
+            if isinstance(value, list) and len(value) == 2 and value[0] > value[1]:
+                problems.append(
+                    f"{prefix}{block}.{key}: {value} is not an ordered range; expected "
+                    f"[low, high] with low <= high, e.g. {sorted(value)}"
+                )
+    return problems
+
+
+def _check_generators(params: dict[str, Any]) -> list[str]:
+    """A synthetic dataset's ``generator`` block builds its generator config (unknown keys and
+    bad values are named); other kinds have no generator."""
+    problems = []
+    for name, spec in params["datasets"].items():
+        if "generator" not in spec:
+            continue
+        if spec["kind"] != "synthetic":
+            problems.append(
+                f"datasets.{name}.generator: only a synthetic dataset has a generator "
+                f"(this one is kind {spec['kind']!r}); remove the block"
+            )
+            continue
+        from wsss.data.synthetic import SyntheticConfig
+
+        try:
+            SyntheticConfig.from_dict(spec["generator"])
+        except (ValueError, TypeError) as err:
+            message = str(err).removeprefix("synthetic generator: ")
+            problems.append(f"datasets.{name}.generator: {message}")
+    return problems
+
+
+# Method parameters that name blocks ("all", the last k, or a list of indices), by the
+# convention every registered method follows; keywords such as AReAM's "deep" are the
+# method's own and are checked by its ``blocks(depth)`` when it has one.
+BLOCK_PARAMS = (
+    "layers",
+    "blocks",
+    "cluster_blocks",
+    "pseudo_class_layers",
+    "loss_layers",
+    "refine_layers",
+)
+
+
+def _check_blocks(params: dict[str, Any]) -> list[str]:
+    """Every block selection a grid run makes fits its model's depth: ``cam.class_layers``
+    and ``cam.affinity_layers`` (global, dataset and variant CAM recipes) and the method
+    parameters that name blocks (:data:`BLOCK_PARAMS`, and AReAM-style ``blocks(depth)``).
+    One line per offending key, naming the runs it breaks."""
+    from wsss.models.attention import select_blocks
+
+    found: dict[str, list[str]] = {}  # problem -> the runs ("variant on dataset") it breaks
+
+    def check(key: str, spec: Any, depth: int, run: str) -> None:
+        if isinstance(spec, str) and spec != "all":
+            return  # a method keyword ("deep", "shallow"): the method's own check below
+        try:
+            select_blocks(depth, spec)
+        except (ValueError, TypeError) as err:
+            found.setdefault(f"{key}: {spec!r} does not fit a {depth}-block model ({err})", [])
+            found[f"{key}: {spec!r} does not fit a {depth}-block model ({err})"].append(run)
+
+    for dataset in params["grid"]["datasets"]:
+        cam_block = dataset_block(params, dataset, "cam")
+        cam_overrides = (params["datasets"][dataset].get("overrides") or {}).get("cam") or {}
+        for variant in params["grid"]["methods"]:
+            if variant not in params["methods"]:
+                continue  # reported by _check_names
+            depth = model_depth(variant_block(params, dataset, variant, "model"))
+            if depth is None or depth < 1:
+                continue  # an unbuildable backbone or depth 0: reported elsewhere
+            run = f"{variant} on {dataset}"
+            spec = variant_spec(params, variant)
+            raw = params["methods"][variant]
+            for key in ("class_layers", "affinity_layers"):
+                if key in spec["cam"]:
+                    check(f"methods.{variant}.cam.{key}", spec["cam"][key], depth, run)
+                elif key in cam_overrides:
+                    check(f"datasets.{dataset}.overrides.cam.{key}", cam_block[key], depth, run)
+                else:
+                    check(f"cam.{key}", cam_block[key], depth, run)
+            try:
+                method, refiner = build_variant_methods(params, variant)
+            except (ValueError, KeyError):
+                continue  # reported with its key elsewhere
+            for built, name, own in (
+                (method, spec["train"], "train_params"),
+                (refiner, spec["refine"], "refine_params"),
+            ):
+                for key in BLOCK_PARAMS:
+                    if key in built.params:
+                        where = (
+                            f"methods.{variant}.{own}.{key}"
+                            if key in (raw.get(own) or {})
+                            else f"method_params.{name}.{key}"
+                        )
+                        check(where, built.params[key], depth, run)
+                if callable(getattr(type(built), "blocks", None)):
+                    try:
+                        built.blocks(depth)
+                    except ValueError as err:
+                        found.setdefault(str(err), []).append(run)
+    return [f"{problem} (runs: {', '.join(runs)})" for problem, runs in found.items()]
+
+
+def _check_coco_source(name: str, spec: dict[str, Any], source: str) -> None:
+    """A coco dataset needs its raw files, unless its root already holds the conversion."""
+    from wsss.data.coco import MANIFEST, dataset_conversion
+
+    if (Path(spec["root"]).expanduser() / MANIFEST).is_file():
+        return
+    try:
+        problems = dataset_conversion({**spec, "name": name}).missing_inputs()
+    except ValueError as err:
+        raise ParamsError(f"{source} is invalid:\n  {err}") from err
+    if problems:
+        raise ParamsError(
+            f"{source} is invalid:\n  datasets.{name}.source: {spec['root']} holds no converted "
+            "COCO layout, and its raw inputs are missing:\n    " + "\n    ".join(problems)
+        )
