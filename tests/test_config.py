@@ -72,10 +72,10 @@ def test_malformed_params_name_the_key(params, mutate, message):
 
 def test_load_params_merges_override_files(tmp_path):
     override = tmp_path / "ci.yaml"
-    override.write_text("grid: {seeds: [3]}\ntrain: {epochs: 2}\n")
+    override.write_text("grid: {seeds: [3]}\ntrain: {epochs: 13}\n")
     params = load_params(REPO / "params.yaml", override)
     assert params["grid"]["seeds"] == [3]
-    assert params["train"]["epochs"] == 2
+    assert params["train"]["epochs"] == 13
     assert params["train"]["lr"] > 0  # untouched keys survive the merge
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "missing.yaml")
@@ -172,7 +172,7 @@ def test_missing_dataset_root_fails_validation(params, tmp_path):
 
 
 def test_variant_overrides_change_only_that_variants_training(params):
-    recipe = {"model": {"img_size": 96}, "train": {"epochs": 3, "batch_size": 5}}
+    recipe = {"model": {"img_size": 96}, "train": {"epochs": 13, "batch_size": 5}}
     for variant in ("clustercam", "clustercam_affinity"):
         params["methods"][variant]["overrides"] = copy.deepcopy(recipe)
     params["datasets"]["synthetic"]["overrides"] = {"train": {"epochs": 7, "lr": 0.5}}
@@ -181,7 +181,7 @@ def test_variant_overrides_change_only_that_variants_training(params):
     assert key == training_key(params, "clustercam") == "clustercam"  # still one shared model
     cfg = training_config(params, "synthetic", key)
     assert cfg["model"]["img_size"] == 96
-    assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (3, 5)  # variant wins
+    assert (cfg["train"]["epochs"], cfg["train"]["batch_size"]) == (13, 5)  # variant wins
     assert cfg["train"]["lr"] == 0.5  # the dataset's override still applies
     plain = training_config(params, "synthetic", "mctformer_v2")
     assert plain["train"]["epochs"] == 7
@@ -447,3 +447,113 @@ def test_a_variant_cam_shard_size_is_refused_once_naming_that_variant(params, va
     message = str(err.value)
     assert f"methods.{variant}.cam.shard_size: the shards of a split are shared" in message
     assert message.count("cam.shard_size: the shards") == 1
+
+
+@pytest.fixture
+def toy_refiner():
+    """A test-only refiner whose block parameter has a name no other method uses."""
+    from wsss.methods import CAM_REFINERS, CamRefiner, Param
+
+    class ToyRefiner(CamRefiner):
+        name = "toy_blocks"
+        params_spec = {"attn_blocks": Param("all", "blocks"), "strength": Param(1.0, "number")}
+
+    CAM_REFINERS.register("toy_blocks")(ToyRefiner)
+    yield ToyRefiner
+    CAM_REFINERS._entries.pop("toy_blocks")
+
+
+def test_every_declared_block_parameter_is_checked_against_the_depth(params, toy_refiner):
+    """No list of parameter names: a refiner's own ``attn_blocks: [7]`` on the 4-block
+    model is refused, because the refiner declares it as naming blocks."""
+    params["methods"]["toy"] = {"train": "mctformer_v2", "refine": "toy_blocks"}
+    params["grid"]["methods"].append("toy")
+    params["method_params"]["toy_blocks"] = {"attn_blocks": [1, 3]}
+    validate_params(params)
+    params["method_params"]["toy_blocks"] = {"attn_blocks": [7]}
+    with pytest.raises(
+        ParamsError, match=r"method_params.toy_blocks.attn_blocks: \[7\] does not fit a 4-block"
+    ):
+        validate_params(params)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda p: p["train"].update(epochs=5),
+            r"method_params.clustercam.seg_start_epoch: 12 is not less than train.epochs \(5\), "
+            r"so the decoder would never be trained.*\(runs: clustercam on synthetic, "
+            r"clustercam_affinity on synthetic\)",
+        ),
+        (
+            lambda p: p["train"].update(epochs=3),
+            r"method_params.aream.cls_epochs: 3 is not less than train.epochs \(3\)",
+        ),
+        (
+            lambda p: [
+                p["methods"][v].update(train_params={"seg_start_epoch": 25})
+                for v in ("clustercam", "clustercam_affinity")
+            ],
+            r"methods.clustercam.train_params.seg_start_epoch: 25 is not less than "
+            r"train.epochs \(20\)",
+        ),
+    ],
+)
+def test_methods_state_their_limits_against_the_train_block(params, mutate, message):
+    mutate(params)
+    with pytest.raises(ParamsError, match=message):
+        validate_params(params)
+
+
+def test_a_longer_run_of_the_variant_satisfies_its_method_limit(params):
+    params["train"]["epochs"] = 5
+    params["grid"]["methods"] = ["mctformer_v2", "clustercam"]
+    for variant in ("clustercam", "clustercam_affinity"):
+        params["methods"][variant]["overrides"] = {"train": {"epochs": 14}}
+    validate_params(params)
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("1e-1", 0.1), ("5e-4", 5e-4), ("1e-06", 1e-6), (1, 1.0), ("1", 1.0)]
+)
+def test_method_numbers_are_read_as_numbers(params, value, expected):
+    """AReAM's ``weight: 1e-1`` (a string to PyYAML) is the number 0.1 before any job, as
+    in the training job's config; not a string that crashes training at cls_epochs."""
+    params["method_params"]["aream"]["weight"] = value
+    validate_params(params)
+    config = training_config(params, "synthetic", "aream")
+    assert config["method"]["params"]["weight"] == expected
+    assert isinstance(config["method"]["params"]["weight"], float)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("weight", "heavy", r"method_params.aream.weight: expected a number, got 'heavy'"),
+        ("weight", -0.5, r"method_params.aream.weight: must be >= 0, got -0.5"),
+        ("cls_epochs", 2.5, r"method_params.aream.cls_epochs: expected an integer, got 2.5"),
+        ("par", "yes", r"method_params.aream.par: expected true or false, got 'yes'"),
+        ("shallow_reduce", "max", r"method_params.aream.shallow_reduce: expected one of"),
+    ],
+)
+def test_method_params_are_typed(params, key, value, message):
+    params["method_params"]["aream"][key] = value
+    with pytest.raises(ParamsError, match=message):
+        validate_params(params)
+
+
+def test_every_method_declares_each_parameter_with_a_type():
+    """The declaration is complete: every parameter of every registered method has a
+    declared type, and every parameter whose name says it selects blocks is declared as
+    ``blocks`` (so its depth is checked)."""
+    from wsss.methods import CAM_REFINERS, TRAINING_METHODS, Param
+
+    for registry in (TRAINING_METHODS, CAM_REFINERS):
+        for name in registry.names():
+            cls = registry.get(name)
+            assert set(cls.defaults) == set(cls.params_spec), name
+            for key, param in cls.params_spec.items():
+                assert isinstance(param, Param) and param.type in Param.TYPES, (name, key)
+                if key.endswith(("layers", "blocks")):
+                    assert param.type == "blocks", (name, key)

@@ -317,7 +317,7 @@ def test_refiners_registered():
         ("layers", [True]),
         ("refine", "sum"),
         ("power", -1),
-        ("power", "2"),
+        ("power", "two"),
         ("power", True),
         ("power", float("nan")),
         ("steps", -1),

@@ -312,7 +312,7 @@ def test_label_pass_bf16_runs_only_the_extra_passes_in_bf16(tiny_model_config, b
 
 def test_label_pass_bf16_must_be_a_boolean():
     with pytest.raises(
-        ValueError, match=r"method_params.aream.label_pass_bf16 must be true or false"
+        ValueError, match=r"method_params.aream.label_pass_bf16: expected true or false"
     ):
         AReAM({"label_pass_bf16": "yes"})
 

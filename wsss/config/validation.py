@@ -134,8 +134,9 @@ def _check_names(params: dict[str, Any], source: str) -> None:
             build_variant_methods(params, variant)
         except ValueError as err:
             raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
-    # Block indices against the depth of the model each run builds.
-    depth_problems = _check_blocks(params)
+    # Block indices against the depth of the model each run builds; each method's limits
+    # against the train block of each run (e.g. a start epoch within train.epochs).
+    depth_problems = _check_blocks(params) + _check_limits(params)
     if depth_problems:
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(depth_problems))
     # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
@@ -224,23 +225,11 @@ def _check_generators(params: dict[str, Any]) -> list[str]:
     return problems
 
 
-# Method parameters that name blocks ("all", the last k, or a list of indices), by the
-# convention every registered method follows; keywords such as AReAM's "deep" are the
-# method's own and are checked by its ``blocks(depth)`` when it has one.
-BLOCK_PARAMS = (
-    "layers",
-    "blocks",
-    "cluster_blocks",
-    "pseudo_class_layers",
-    "loss_layers",
-    "refine_layers",
-)
-
-
 def _check_blocks(params: dict[str, Any]) -> list[str]:
     """Every block selection a grid run makes fits its model's depth: ``cam.class_layers``
     and ``cam.affinity_layers`` (global, dataset and variant CAM recipes) and the method
-    parameters that name blocks (:data:`BLOCK_PARAMS`, and AReAM-style ``blocks(depth)``).
+    parameters each method declares as naming blocks (``Param(type="blocks")``, and
+    AReAM-style ``blocks(depth)``).
     One line per offending key, naming the runs it breaks."""
     from wsss.models.attention import select_blocks
 
@@ -282,8 +271,8 @@ def _check_blocks(params: dict[str, Any]) -> list[str]:
                 (method, spec["train"], "train_params"),
                 (refiner, spec["refine"], "refine_params"),
             ):
-                for key in BLOCK_PARAMS:
-                    if key in built.params:
+                for key in type(built).block_params():
+                    if built.params.get(key) is not None:
                         where = (
                             f"methods.{variant}.{own}.{key}"
                             if key in (raw.get(own) or {})
@@ -295,6 +284,31 @@ def _check_blocks(params: dict[str, Any]) -> list[str]:
                         built.blocks(depth)
                     except ValueError as err:
                         found.setdefault(str(err), []).append(run)
+    return [f"{problem} (runs: {', '.join(runs)})" for problem, runs in found.items()]
+
+
+def _check_limits(params: dict[str, Any]) -> list[str]:
+    """Each grid run's methods against its resolved train block (their
+    :meth:`~wsss.methods.TrainingMethod.limits`), one line per problem naming the runs."""
+    found: dict[str, list[str]] = {}
+    for dataset in params["grid"]["datasets"]:
+        for variant in params["grid"]["methods"]:
+            if variant not in params["methods"]:
+                continue
+            try:
+                built = build_variant_methods(params, variant)
+            except (ValueError, KeyError):
+                continue  # reported with its key elsewhere
+            train = variant_block(params, dataset, variant, "train")
+            raw = params["methods"][variant]
+            for method, own in zip(built, ("train_params", "refine_params"), strict=True):
+                for key, problem in method.limits(train):
+                    where = (
+                        f"methods.{variant}.{own}.{key}"
+                        if key in (raw.get(own) or {})
+                        else f"method_params.{method.name}.{key}"
+                    )
+                    found.setdefault(f"{where}: {problem}", []).append(f"{variant} on {dataset}")
     return [f"{problem} (runs: {', '.join(runs)})" for problem, runs in found.items()]
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from wsss.methods.base import CamRefiner, register_refiner
+from wsss.methods.base import CamRefiner, Param, register_refiner
 from wsss.models.attention import blocks_for, check_layers
 
 REFINES = ("product", "cooccurrence", "cosine", "none")
@@ -278,14 +278,18 @@ class ADCAMRefiner(CamRefiner):
     name = "adcam"
     label = "AD-CAM"
     reconstructed = True
-    defaults = {
-        "layers": "all",  # blocks for the patch attention: "all", k (last k) or a list of indices
-        "refine": "product",  # product: A ⊙ AAᵀ; cooccurrence: AAᵀ; cosine: A ⊙ cos; none
-        "power": 1.0,  # sharpening β >= 0 before row-normalisation
-        "steps": 2,  # diffusion steps t >= 0
-        "mode": "scatter",  # scatter: M <- Tᵀ M (mass-preserving); gather: M <- T M
-        "mix": 1.0,  # λ: M <- (1 - λ) M0 + λ diffused
-        "squaring": "auto",  # T^t by repeated squaring: "auto" (when cheaper), true or false
+    params_spec = {
+        # blocks for the patch attention: "all", k (last k) or a list of indices
+        "layers": Param("all", "blocks"),
+        # product: A ⊙ AAᵀ; cooccurrence: AAᵀ; cosine: A ⊙ cos; none
+        "refine": Param("product", "str", choices=REFINES),
+        "power": Param(1.0, "number", minimum=0),  # sharpening β >= 0 before row-normalisation
+        "steps": Param(2, "int", minimum=0),  # diffusion steps t >= 0
+        # scatter: M <- Tᵀ M (mass-preserving); gather: M <- T M
+        "mode": Param("scatter", "str", choices=MODES),
+        "mix": Param(1.0, "number", minimum=0, maximum=1),  # λ: M <- (1 - λ) M0 + λ diffused
+        # T^t by repeated squaring: "auto" (when cheaper), true or false (checked below)
+        "squaring": Param("auto"),
     }
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.data.palette import IGNORE_INDEX
-from wsss.methods.base import TrainingMethod, Upstream, register_training_method
+from wsss.methods.base import Param, TrainingMethod, Upstream, register_training_method
 from wsss.models import ModelOutput, MultiClassTokenViT
 from wsss.models.attention import class_to_patch, propagate, select_blocks
 from wsss.ops.normalize import minmax_per_class
@@ -251,26 +251,30 @@ class AReAM(TrainingMethod):
     name = "aream"
     label = "AReAM"
     reconstructed = False
-    defaults = {
-        "cls_epochs": 10,  # epochs (0-based index <) with the classification loss only
-        "layer_index": 7,  # blocks < layer_index are shallow (refine), >= are deep (loss)
-        "bg_low": 0.35,
-        "bg_high": 0.55,
-        "weight": 0.1,
+    params_spec = {
+        # epochs (0-based index <) with the classification loss only: less than train.epochs
+        "cls_epochs": Param(10, "int", minimum=0),
+        # blocks < layer_index are shallow (refine), >= are deep (loss)
+        "layer_index": Param(7, "int", minimum=1),
+        "bg_low": Param(0.35, "number", minimum=0, maximum=1),
+        "bg_high": Param(0.55, "number", minimum=0, maximum=1),
+        "weight": Param(0.1, "number", minimum=0),
         # .npy/.json path (or list) of per-block entropies; null = uniform; "baseline" = the
         # workflow's entropy_weights rule computes them from the trained run of the grid
         # variant `entropy_baseline` (an MCTformer-V2, as the official ent_voc_mctformer.py)
-        "entropy_weights": None,
-        "entropy_baseline": "mctformer_v2",
-        "shallow_reduce": "mean",
-        "cam_scales": [1.0],
-        "cam_flip": True,
+        "entropy_weights": Param(None, nullable=True),
+        "entropy_baseline": Param("mctformer_v2", "str"),
+        "shallow_reduce": Param("mean", "str", choices=("mean", "sum")),
+        "cam_scales": Param([1.0], "numbers", minimum=0, exclusive_minimum=True),
+        "cam_flip": Param(True, "bool"),
         # true: the extra no-grad passes (flip, other scales), which only feed the pseudo-labels,
         # run under bf16 autocast; false: in the training loop's precision (fp32, or bf16 with amp)
-        "label_pass_bf16": False,
-        "par": True,  # false: arg-max of the thresholded CAMs without PAR
-        "loss_layers": "deep",  # "deep" (code), "all" (paper figure) or block indices
-        "refine_layers": "shallow",  # "shallow" (code), "all" (paper figure) or block indices
+        "label_pass_bf16": Param(False, "bool"),
+        "par": Param(True, "bool"),  # false: arg-max of the thresholded CAMs without PAR
+        # "deep" (code), "all" (paper figure) or block indices
+        "loss_layers": Param("deep", "blocks", choices=("deep",)),
+        # "shallow" (code), "all" (paper figure) or block indices
+        "refine_layers": Param("shallow", "blocks", choices=("shallow",)),
     }
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
@@ -280,23 +284,24 @@ class AReAM(TrainingMethod):
             raise ValueError(
                 f"method_params.aream: need 0 <= bg_low <= bg_high, got {p['bg_low']}, {p['bg_high']}"
             )
-        if p["shallow_reduce"] not in ("mean", "sum"):
-            raise ValueError(
-                f"method_params.aream.shallow_reduce must be mean or sum, got {p['shallow_reduce']!r}"
-            )
-        if not p["cam_scales"] or any(float(s) <= 0 for s in p["cam_scales"]):
-            raise ValueError(
-                f"method_params.aream.cam_scales must be positive, got {p['cam_scales']}"
-            )
-        if not isinstance(p["label_pass_bf16"], bool):
-            raise ValueError(
-                f"method_params.{self.name}.label_pass_bf16 must be true or false, got {p['label_pass_bf16']!r}"
-            )
         self.par_module = PAR() if p["par"] else None
         self._entropy: np.ndarray | None = None
         self._weight_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- configuration ------------------------------------------------------
+
+    def limits(self, train: dict[str, Any]) -> list[tuple[str, str]]:
+        """The affinity loss starts after ``cls_epochs``: it must start within the run."""
+        if self.params["cls_epochs"] >= train["epochs"]:
+            return [
+                (
+                    "cls_epochs",
+                    f"{self.params['cls_epochs']} is not less than train.epochs "
+                    f"({train['epochs']}), so the affinity loss would never be trained; lower "
+                    "it or train longer",
+                )
+            ]
+        return []
 
     def blocks(self, depth: int) -> tuple[list[int], list[int]]:
         """(refine blocks, loss blocks) for a ``depth``-block model."""

@@ -8,6 +8,9 @@ refiners act on a trained model's CAM and attention without retraining.
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.models import ModelOutput, MultiClassTokenViT, build_model
-from wsss.models.attention import class_to_patch, patch_affinity
+from wsss.models.attention import check_layers, class_to_patch, patch_affinity
 from wsss.registry import Registry, scan_plugins
 
 
@@ -60,30 +63,170 @@ class Upstream:
     train: str
 
 
-def merge_params(
-    name: str, defaults: dict[str, Any], params: dict[str, Any] | None
+# A number as YAML 1.2 and JSON write it; PyYAML (YAML 1.1) reads ``1e-06`` or ``5e-4`` as a
+# string, which is how ``dvc exp run -S`` and hand-written params often give small values.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_INTEGER = re.compile(r"[-+]?\d+")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared method parameter: its default, type and allowed values. A method lists
+    them once (``params_spec``); its defaults, the checks before any job, the typed
+    reading of numbers and the block-index check against the model's depth all read it.
+
+    ``type``: ``int``, ``number`` (read as float), ``bool``, ``str``, ``blocks`` (``"all"``,
+    a count k >= 1 = the last k, or a list of block indices; checked against the depth of
+    every model of the grid; strings in ``choices`` are the method's own keywords),
+    ``numbers`` (a non-empty list of numbers), ``params`` (a nested block of ``fields``),
+    or ``any`` (checked by the method itself). ``minimum``/``maximum`` bound numbers
+    (inclusive; ``exclusive_minimum`` makes the lower bound strict); ``choices`` lists the
+    allowed values of a ``str`` (or extra keywords of ``blocks``); ``nullable`` admits null.
+    """
+
+    default: Any
+    type: str = "any"
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+    fields: dict[str, Param] | None = None
+
+    TYPES: ClassVar[tuple[str, ...]] = (
+        "int",
+        "number",
+        "bool",
+        "str",
+        "blocks",
+        "numbers",
+        "params",
+        "any",
+    )
+
+    def read(self, value: Any, key: str) -> Any:
+        """``value`` checked and normalised by type (numbers as floats, numeric strings as
+        numbers); raises ValueError naming ``key`` and what is expected."""
+        if value is None and (self.nullable or self.default is None):
+            return None
+        if self.type == "number":
+            return self._bounded(_as_number(value, key, float), key)
+        if self.type == "int":
+            return self._bounded(_as_number(value, key, int), key)
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{key}: expected true or false, got {value!r}")
+            return value
+        if self.type == "str":
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                expected = f"one of {list(self.choices)}" if self.choices else "a string"
+                raise ValueError(f"{key}: expected {expected}, got {value!r}")
+            return value
+        if self.type == "numbers":
+            if isinstance(value, (str, bool)) or not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"{key}: expected a non-empty list of numbers, got {value!r}")
+            return [self._bounded(_as_number(v, key, float), key) for v in value]
+        if self.type == "blocks":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+                value = int(value)
+            try:
+                return check_layers(value, key)
+            except ValueError:
+                if not self.choices:
+                    raise
+                raise ValueError(
+                    f'{key}: expected "all", {", ".join(map(repr, self.choices))}, a block '
+                    f"count k >= 1 or a list of block indices, got {value!r}"
+                ) from None
+        if self.type == "params":
+            return read_params(key, self.fields or {}, value)
+        return value
+
+    def _bounded(self, value: float, key: str) -> float:
+        low, high = self.minimum, self.maximum
+        if low is not None and (value < low or (self.exclusive_minimum and value == low)):
+            sign = ">" if self.exclusive_minimum else ">="
+            raise ValueError(f"{key}: must be {sign} {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ValueError(f"{key}: must be <= {high}, got {value!r}")
+        return value
+
+
+def _as_number(value: Any, key: str, kind: type) -> Any:
+    """``value`` as a ``kind`` (int or float): numbers, and strings that spell one (``1e-06``,
+    ``5e-4``); an int accepts no fraction. ValueError naming ``key`` otherwise."""
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        value = int(text) if _INTEGER.fullmatch(text) else float(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key}: expected {what}, got {value!r}")
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{key}: expected {what}, got {value!r}")
+            value = int(value)
+        return value
+    return float(value)
+
+
+def read_params(
+    where: str, spec: dict[str, Param], params: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """A method's ``defaults`` overridden by ``params``; an unknown key names ``method_params.<name>``."""
+    """The declared defaults overridden by ``params``, each value read by its declaration
+    (:meth:`Param.read`); an unknown key or a bad value raises ValueError naming
+    ``<where>.<key>``."""
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"{where}: expected a mapping of parameters, got {params!r}")
     params = dict(params or {})
-    unknown = set(params) - set(defaults)
+    unknown = set(params) - set(spec)
     if unknown:
-        raise ValueError(
-            f"method_params.{name}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}"
-        )
-    return {**defaults, **params}
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(spec)}")
+    return {
+        key: param.read(params[key], f"{where}.{key}")
+        if key in params
+        else copy.deepcopy(param.default)
+        for key, param in spec.items()
+    }
 
 
-class TrainingMethod:
+class _Declared:
+    """What training methods and refiners share: their parameters are declared once
+    (``params_spec``, :class:`Param`); ``defaults`` is derived from the declaration."""
+
+    name: ClassVar[str]
+    params_spec: ClassVar[dict[str, Param]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "params_spec" in cls.__dict__:
+            cls.defaults = {k: p.default for k, p in cls.params_spec.items()}
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params = read_params(f"method_params.{self.name}", self.params_spec, params)
+
+    @classmethod
+    def block_params(cls) -> list[str]:
+        """The declared parameters that name blocks (checked against each model's depth)."""
+        return [k for k, p in cls.params_spec.items() if p.type == "blocks"]
+
+    def limits(self, train: dict[str, Any]) -> list[tuple[str, str]]:
+        """Problems of these parameters with the run's resolved ``train`` block (cross-key
+        limits such as a start epoch against ``train.epochs``), as ``(parameter, what is
+        wrong)``; the caller names where the parameter was set. Default: none."""
+        return []
+
+
+class TrainingMethod(_Declared):
     """A training method. The defaults are MCTformer-V2's (every method here builds on it);
     subclasses change the model, the loss or the CAM."""
 
     label: ClassVar[str] = "MCTformer-V2"
     reconstructed: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {}
     has_decoder: ClassVar[bool] = False  # True: segment() is scored on the seg_split
-
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        self.params = merge_params(self.name, self.defaults, params)
 
     name: ClassVar[str] = "base"
 
@@ -139,16 +282,12 @@ class TrainingMethod:
         )
 
 
-class CamRefiner:
+class CamRefiner(_Declared):
     """Post-hoc refinement of a CAM with the model's own attention (no retraining)."""
 
     name: ClassVar[str] = "none"
     label: ClassVar[str] = ""
     reconstructed: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        self.params = merge_params(self.name, self.defaults, params)
 
     def __call__(
         self, cam: torch.Tensor, output: ModelOutput, method: TrainingMethod, recipe: CamRecipe

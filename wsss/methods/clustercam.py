@@ -56,9 +56,9 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from wsss.data.palette import IGNORE_INDEX
-from wsss.methods.base import CamRecipe, TrainingMethod, register_training_method
+from wsss.methods.base import CamRecipe, Param, TrainingMethod, register_training_method
 from wsss.models import ModelConfig, ModelOutput, MultiClassTokenViT
-from wsss.models.attention import check_layers, patch_affinity, propagate, select_blocks
+from wsss.models.attention import patch_affinity, propagate, select_blocks
 from wsss.models.mct_vit import block_forward, create_backbone
 from wsss.ops.multiscale import pad_to_multiple, scaled_size, to_image
 from wsss.ops.normalize import minmax_per_class
@@ -406,14 +406,6 @@ class ClusterCAMViT(MultiClassTokenViT):
 PAR_EPS = 1e-5  # ClusterCAM's PAR.py (ToCo's and AReAM's: 1e-8)
 
 
-def _check_int(params: dict[str, Any], key: str, low: int) -> None:
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(
-            f"method_params.clustercam.{key}: expected an integer >= {low}, got {value!r}"
-        )
-
-
 @register_training_method
 class ClusterCAM(TrainingMethod):
     """ClusterCAM: cluster-attention MCTformer-V2, CAM head on X_cat, online segmentation decoder."""
@@ -422,43 +414,51 @@ class ClusterCAM(TrainingMethod):
     label = "ClusterCAM"
     reconstructed = False
     has_decoder = True
-    defaults = {
-        "cluster_blocks": "all",  # "all" (run_e2e.sh st_attn_depth 12), k = last k (library default 3), or indices
-        "cluster_cell": 2,  # cluster init: one cluster per cell x cell patches (code: 2x2)
-        "cluster_iters": 3,  # soft-assignment iterations (code 3; paper text 10)
-        "cam_kernel": 3,  # CAM head conv (code 3x3; paper text 1x1)
-        "decoder_channels": 512,  # LargeFOV width (code 512)
-        "decoder_dilation": 5,
-        "seg_weight": 0.1,
-        "seg_start_epoch": 50,  # 0-based epoch from which L_seg is on (VOC: 50 of 80)
-        "cam_scales": [1.0, 0.75, 1.25],  # pseudo-label CAM scales, each with its flip
-        "cam_flip": True,
-        "pseudo_class_layers": 3,  # last k blocks of mixed c2p in the pseudo-label CAM
-        "pseudo_affinity": True,  # refine it with the all-block p2p sum (the code's cam_only default)
-        "bg_thr": 0.4,
-        "ignore_delta": 0.1,
-        "par": True,  # false: arg-max of the thresholded CAMs without PAR
+    params_spec = {
+        # "all" (run_e2e.sh st_attn_depth 12), k = last k (library default 3), or indices
+        "cluster_blocks": Param("all", "blocks"),
+        # cluster init: one cluster per cell x cell patches (code: 2x2)
+        "cluster_cell": Param(2, "int", minimum=1),
+        # soft-assignment iterations (code 3; paper text 10)
+        "cluster_iters": Param(3, "int", minimum=1),
+        "cam_kernel": Param(3, "int", minimum=1),  # CAM head conv (code 3x3; paper text 1x1)
+        "decoder_channels": Param(512, "int", minimum=1),  # LargeFOV width (code 512)
+        "decoder_dilation": Param(5, "int", minimum=1),
+        "seg_weight": Param(0.1, "number", minimum=0),
+        # 0-based epoch from which L_seg is on (VOC: 50 of 80): less than train.epochs
+        "seg_start_epoch": Param(50, "int", minimum=0),
+        # pseudo-label CAM scales, each with its flip
+        "cam_scales": Param([1.0, 0.75, 1.25], "numbers", minimum=0, exclusive_minimum=True),
+        "cam_flip": Param(True, "bool"),
+        # last k blocks of mixed c2p in the pseudo-label CAM
+        "pseudo_class_layers": Param(3, "blocks"),
+        # refine it with the all-block p2p sum (the code's cam_only default)
+        "pseudo_affinity": Param(True, "bool"),
+        "bg_thr": Param(0.4, "number", minimum=0, maximum=1),
+        "ignore_delta": Param(0.1, "number", minimum=0),
+        "par": Param(True, "bool"),  # false: arg-max of the thresholded CAMs without PAR
     }
+
+    def limits(self, train: dict[str, Any]) -> list[tuple[str, str]]:
+        """The decoder's loss starts at ``seg_start_epoch``: it must start within the run,
+        or the decoder that is scored is never trained."""
+        if self.params["seg_start_epoch"] >= train["epochs"]:
+            return [
+                (
+                    "seg_start_epoch",
+                    f"{self.params['seg_start_epoch']} is not less than train.epochs "
+                    f"({train['epochs']}), so the decoder would never be trained; lower it or "
+                    "train longer",
+                )
+            ]
+        return []
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         p = self.params
-        check_layers(p["cluster_blocks"], "method_params.clustercam.cluster_blocks")
-        check_layers(p["pseudo_class_layers"], "method_params.clustercam.pseudo_class_layers")
-        for key in ("cluster_cell", "cluster_iters", "decoder_channels", "decoder_dilation"):
-            _check_int(p, key, 1)
-        _check_int(p, "seg_start_epoch", 0)
         if p["cam_kernel"] not in (1, 3):
             raise ValueError(
                 f"method_params.clustercam.cam_kernel must be 1 or 3, got {p['cam_kernel']!r}"
-            )
-        if not p["cam_scales"] or any(float(s) <= 0 for s in p["cam_scales"]):
-            raise ValueError(
-                f"method_params.clustercam.cam_scales must be positive, got {p['cam_scales']}"
-            )
-        if float(p["seg_weight"]) < 0:
-            raise ValueError(
-                f"method_params.clustercam.seg_weight must be >= 0, got {p['seg_weight']}"
             )
         low, high = self.thresholds
         if not 0 <= low <= high:

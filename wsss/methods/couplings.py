@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from wsss.methods.base import CamRefiner, register_refiner
+from wsss.methods.base import CamRefiner, Param, register_refiner
 from wsss.models.attention import blocks_for, check_layers
 
 
@@ -59,9 +59,8 @@ class CamTimesAttention(CamRefiner):
 
     name = "cam_x_attention"
     label = "CAM × attention"
-    defaults = {
-        "layers": "all"
-    }  # blocks for the class->patch attention: "all", k (last k) or indices
+    # blocks for the class->patch attention: "all", k (last k) or indices
+    params_spec = {"layers": Param("all", "blocks")}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.methods.aream import AReAM
-from wsss.methods.base import TrainingMethod, register_training_method
+from wsss.methods.base import Param, TrainingMethod, register_training_method
 from wsss.models import MultiClassTokenViT
 from wsss.models.attention import check_layers, select_blocks
 from wsss.ops.par import denormalize
@@ -56,21 +56,40 @@ PROGRESSIVE = ("none", "depth", "epoch")
 PROGRESSIVE_ON = ("gamma", "eta", "both")
 SOURCES = ("input", "output")
 
-DOEI_DEFAULTS: dict[str, Any] = {
-    "blocks": "all",  # "all", k (the last k blocks) or a list of block indices
-    "components": ["hfa", "cpdo", "ppdo"],  # ablation: any subset
-    "hfa_weight": 1.0,  # λ: weight of the (row-normalised) hybrid term against Ā
-    "hfa_mode": "product",  # "product" (figure's ⊗) or "hadamard" (S ⊙ R, methods.md 6.3)
-    "colour_sigma": 0.1,  # σ of the colour affinity, RGB in [0, 1]
-    "gamma": 0.5,  # amplify x(1+γ) at/above the threshold, suppress x(1-γ) below; in [0, 1]
-    "threshold": "mean",  # per-row threshold: "mean" or a quantile in (0, 1)
-    "eta": 0.1,  # η: X_out = Block(X) + η [X_cls'; X_pat']
-    "source": "input",  # tokens re-embedded: block "input" (6.3) or block "output" (figure)
-    "progressive": "depth",  # "none", "depth" (linear in selected-block rank) or "epoch"
-    "progressive_on": "gamma",  # what grows: "gamma", "eta" or "both"
-    "ramp_epochs": 10,  # progressive "epoch": full strength from epoch ramp_epochs - 1 on
-    "detach": True,  # re-weighting matrices carry no gradient (tokens do)
+DOEI_SPEC: dict[str, Param] = {
+    "blocks": Param("all", "blocks"),  # "all", k (the last k blocks) or a list of block indices
+    "components": Param(["hfa", "cpdo", "ppdo"]),  # ablation: any subset (checked by DOEIConfig)
+    "hfa_weight": Param(
+        1.0, "number", minimum=0
+    ),  # λ: weight of the (row-normalised) hybrid term against Ā
+    "hfa_mode": Param(
+        "product", "str", choices=HFA_MODES
+    ),  # "product" (figure's ⊗) or "hadamard" (S ⊙ R, methods.md 6.3)
+    "colour_sigma": Param(
+        0.1, "number", minimum=0, exclusive_minimum=True
+    ),  # σ of the colour affinity, RGB in [0, 1]
+    "gamma": Param(
+        0.5, "number", minimum=0, maximum=1
+    ),  # amplify x(1+γ) at/above the threshold, suppress x(1-γ) below
+    "threshold": Param(
+        "mean"
+    ),  # per-row threshold: "mean" or a quantile in (0, 1) (checked by DOEIConfig)
+    "eta": Param(0.1, "number", minimum=0),  # η: X_out = Block(X) + η [X_cls'; X_pat']
+    "source": Param(
+        "input", "str", choices=SOURCES
+    ),  # tokens re-embedded: block "input" (6.3) or block "output" (figure)
+    "progressive": Param(
+        "depth", "str", choices=PROGRESSIVE
+    ),  # "none", "depth" (linear in selected-block rank) or "epoch"
+    "progressive_on": Param(
+        "gamma", "str", choices=PROGRESSIVE_ON
+    ),  # what grows: "gamma", "eta" or "both"
+    "ramp_epochs": Param(
+        10, "int", minimum=1
+    ),  # progressive "epoch": full strength from epoch ramp_epochs - 1 on
+    "detach": Param(True, "bool"),  # re-weighting matrices carry no gradient (tokens do)
 }
+DOEI_DEFAULTS: dict[str, Any] = {key: param.default for key, param in DOEI_SPEC.items()}
 
 
 # ----------------------------------------------------------------- configuration
@@ -431,7 +450,7 @@ class DOEI(DOEIMixin, TrainingMethod):
     name = "doei"
     label = "DOEI"
     reconstructed = True
-    defaults: ClassVar[dict[str, Any]] = dict(DOEI_DEFAULTS)
+    params_spec = DOEI_SPEC
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -446,7 +465,10 @@ class AReAMDOEI(DOEIMixin, AReAM):
     label = "AReAM + DOEI"
     reconstructed = True
     doei_key = "doei"
-    defaults: ClassVar[dict[str, Any]] = {**AReAM.defaults, "doei": dict(DOEI_DEFAULTS)}
+    params_spec = {
+        **AReAM.params_spec,
+        "doei": Param(dict(DOEI_DEFAULTS), "params", fields=DOEI_SPEC),
+    }
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = dict(params or {})
