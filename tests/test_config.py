@@ -557,3 +557,26 @@ def test_every_method_declares_each_parameter_with_a_type():
                 assert isinstance(param, Param) and param.type in Param.TYPES, (name, key)
                 if key.endswith(("layers", "blocks")):
                     assert param.type == "blocks", (name, key)
+
+
+@pytest.mark.parametrize(
+    "block, key, value, expected",
+    [
+        ("train", "lr", "1e-06", 1e-06),  # what `dvc exp run -S train.lr=0.000001` writes
+        ("train", "lr", "5e-4", 5e-4),  # YAML 1.1 reads it as a string
+        ("train", "epochs", "20", 20),
+        ("train", "crop_scale", ["0.6", "1.0"], [0.6, 1.0]),
+        ("pseudo_labels", "bg_threshold", "3e-1", 0.3),
+    ],
+)
+def test_numbers_written_as_strings_are_read_as_numbers(params, block, key, value, expected):
+    params[block][key] = value
+    validate_params(params)
+    assert params[block][key] == expected
+    assert type(params[block][key]) is type(expected)
+
+
+def test_a_string_that_is_no_number_is_still_refused(params):
+    params["train"]["lr"] = "fast"
+    with pytest.raises(ParamsError, match=r"train.lr: 'fast' is not of type 'number'"):
+        validate_params(params)

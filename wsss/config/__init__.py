@@ -53,7 +53,7 @@ from wsss.config.resolve import (
     variant_label,
     variant_spec,
 )
-from wsss.config.schema import ParamsError, deep_merge, results_dir
+from wsss.config.schema import ParamsError, deep_merge, normalise_params, results_dir
 from wsss.config.validation import validate_params
 
 __all__ = [
@@ -81,6 +81,7 @@ __all__ = [
     "job_resources",
     "load_params",
     "model_depth",
+    "normalise_params",
     "prepare_config",
     "pretrain_config",
     "pseudo_label_config",

@@ -7,6 +7,7 @@ checks a schema cannot make are in :mod:`wsss.config.validation`.
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -41,3 +42,81 @@ def results_dir(params: dict[str, Any]) -> str:
 def _schema() -> dict[str, Any]:
     package, name = SCHEMA_RESOURCE
     return yaml.safe_load(resources.files(package).joinpath(name).read_text())
+
+
+# A number as YAML 1.2 and JSON spell it. PyYAML (YAML 1.1) reads ``1e-06`` or ``5e-4`` as a
+# string: `dvc exp run -S train.lr=0.000001` writes the first, papers write the second.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+# Whether an int written for a ``number`` leaf is read as a float (``1`` -> ``1.0``).
+INTS_AS_FLOATS = False
+
+
+def normalise_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Read every value the schema types as a number as one, in place (and return
+    ``params``): ``number`` leaves become floats (``1`` -> ``1.0``, ``"1e-06"`` -> ``1e-06``),
+    ``integer`` leaves ints (``"3"`` or ``3.0`` -> ``3``). Equal values then serialise
+    alike in the job configs, so Snakemake reruns nothing for ``crop_scale: [0.6, 1]`` against
+    ``[0.6, 1.0]``. A value that spells no number is left for validation to name."""
+    root = _schema()
+    for key, value in list(params.items()):
+        schema = root.get("properties", {}).get(key)
+        if schema is not None:
+            params[key] = _normalise(value, schema, root)
+    return params
+
+
+def _normalise(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    if "$ref" in schema:
+        ref = schema["$ref"].removeprefix("#/").split("/")
+        target = root
+        for part in ref:
+            target = target[part]
+        value = _normalise(value, target, root)
+    for sub in schema.get("allOf", ()):
+        value = _normalise(value, sub, root)
+    alternatives = schema.get("oneOf", ()) or schema.get("anyOf", ())
+    if alternatives:
+        types = {t for alt in alternatives for t in _types(alt)}
+        return _as_typed(value, types, lambda v: _first_fit(v, alternatives, root))
+    types = _types(schema)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in list(value.items()):
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = _normalise(item, sub, root)
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_normalise(item, schema["items"], root) for item in value]
+    return _as_typed(value, types, lambda v: v)
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    return set(kind) if isinstance(kind, list) else {kind} if kind else set()
+
+
+def _first_fit(value: Any, alternatives: Any, root: dict[str, Any]) -> Any:
+    """A container under oneOf/anyOf: normalised by the first alternative of its kind."""
+    kind = "object" if isinstance(value, dict) else "array" if isinstance(value, list) else None
+    for alt in alternatives:
+        if kind in _types(alt):
+            return _normalise(value, alt, root)
+    return value
+
+
+def _as_typed(value: Any, types: set[str], otherwise: Any) -> Any:
+    if isinstance(value, bool) or not ({"number", "integer"} & types):
+        return otherwise(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value.strip())
+    if not isinstance(value, (int, float)):
+        return otherwise(value)
+    if "integer" in types and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if INTS_AS_FLOATS and "number" in types and "integer" not in types and isinstance(value, int):
+        return float(value)
+    return value

@@ -16,13 +16,16 @@ from wsss.config.resolve import (
     variant_block,
     variant_spec,
 )
-from wsss.config.schema import ParamsError, _schema
+from wsss.config.schema import ParamsError, _schema, normalise_params
 
 
 def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:
-    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`."""
+    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`.
+    Numbers written as strings (``1e-06`` from ``dvc exp run -S``) are first read as numbers
+    where the schema types a number, in place (:func:`~wsss.config.schema.normalise_params`)."""
     import jsonschema
 
+    normalise_params(params)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
