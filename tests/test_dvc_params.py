@@ -1,0 +1,49 @@
+"""dvc.yaml's hand-written params list is checked against the params schema, so that
+`dvc exp run -S <key>` reruns the grid for every setting that changes a result."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsss.config.schema import _schema
+
+REPO = Path(__file__).resolve().parents[1]
+# Top-level keys the grid stage leaves out, and why.
+GRID_PARAM_EXCEPTIONS = {
+    "pretrain": "its own DVC stage (pretrain) builds the proxy weights",
+    "resources": "cluster resources: how a job runs, never what it computes",
+    "results_dir": "where the outputs go; the grid stage's outs name the default folder",
+}
+
+
+def grid_params(dvc: dict) -> set[str]:
+    return set(dvc["stages"]["grid"]["params"])
+
+
+def missing_and_extra(dvc: dict) -> tuple[set[str], set[str]]:
+    expected = set(_schema()["properties"]) - set(GRID_PARAM_EXCEPTIONS)
+    listed = grid_params(dvc)
+    return expected - listed, listed - expected
+
+
+@pytest.fixture
+def dvc():
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def test_the_grid_stage_lists_every_schema_key_but_the_documented_exceptions(dvc):
+    assert missing_and_extra(dvc) == (set(), set())
+    assert set(GRID_PARAM_EXCEPTIONS) <= set(_schema()["properties"])
+
+
+@pytest.mark.parametrize("key", ["attention_diagnostics", "train"])
+def test_the_check_fails_when_a_key_is_dropped(dvc, key):
+    """The drift test itself: dropping a key from the list is caught, naming it."""
+    dvc["stages"]["grid"]["params"].remove(key)
+    assert missing_and_extra(dvc) == ({key}, set())
+
+
+def test_the_check_fails_when_an_exception_is_listed(dvc):
+    dvc["stages"]["grid"]["params"].append("resources")
+    assert missing_and_extra(dvc) == (set(), {"resources"})
