@@ -47,3 +47,34 @@ def test_the_check_fails_when_a_key_is_dropped(dvc, key):
 def test_the_check_fails_when_an_exception_is_listed(dvc):
     dvc["stages"]["grid"]["params"].append("resources")
     assert missing_and_extra(dvc) == (set(), {"resources"})
+
+
+# The wsss command each DVC stage runs (through Snakemake); the grid stage runs them all.
+STAGE_COMMANDS = {"pretrain": ["pretrain"]}
+
+
+def uncovered(deps: list[str], command: str) -> list[str]:
+    """The code inputs of ``wsss <command>`` that no dep (a file or a folder) covers."""
+    from wsss.code_deps import code_inputs
+
+    return [
+        f for f in code_inputs(command) if not any(f == d or f.startswith(f"{d}/") for d in deps)
+    ]
+
+
+def test_every_dvc_stage_depends_on_the_code_its_command_runs(dvc):
+    from wsss.cli import commands
+
+    stages = dvc["stages"]
+    assert set(STAGE_COMMANDS) | {"grid"} == set(stages)
+    for command in commands():  # the grid stage runs every stage of the DAG
+        assert uncovered(stages["grid"]["deps"], command) == [], command
+    for stage, stage_commands in STAGE_COMMANDS.items():
+        for command in stage_commands:
+            assert uncovered(stages[stage]["deps"], command) == [], (stage, command)
+
+
+@pytest.mark.parametrize("dropped", ["wsss/runtime.py", "wsss/checkpoint.py", "wsss/models"])
+def test_the_deps_check_fails_when_a_dep_is_dropped(dvc, dropped):
+    deps = [d for d in dvc["stages"]["pretrain"]["deps"] if d != dropped]
+    assert uncovered(deps, "pretrain")
