@@ -580,3 +580,10 @@ def test_a_string_that_is_no_number_is_still_refused(params):
     params["train"]["lr"] = "fast"
     with pytest.raises(ParamsError, match=r"train.lr: 'fast' is not of type 'number'"):
         validate_params(params)
+
+
+def test_an_empty_override_file_is_refused_with_its_name(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ParamsError, match=rf"{empty}: the params file is empty"):
+        load_params(REPO / "params.yaml", empty)

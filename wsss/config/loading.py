@@ -19,9 +19,13 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
         if not file.is_file():
             raise ParamsError(f"{file}: params file not found")
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.safe_load(file.read_text())
         except yaml.YAMLError as err:
             raise ParamsError(_yaml_error(file, err)) from err
+        if data is None:
+            # An empty override changes nothing: most likely the wrong file, or one whose
+            # content was lost; refused here rather than reported valid.
+            raise ParamsError(f"{file}: the params file is empty; expected a mapping of keys")
         if not isinstance(data, dict):
             raise ParamsError(
                 f"{file}: expected a mapping at the top level, got {type(data).__name__}"
