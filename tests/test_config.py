@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -587,3 +588,20 @@ def test_an_empty_override_file_is_refused_with_its_name(tmp_path):
     empty.write_text("# nothing here\n")
     with pytest.raises(ParamsError, match=rf"{empty}: the params file is empty"):
         load_params(REPO / "params.yaml", empty)
+
+
+@pytest.mark.parametrize("name", ["aream+doei", "aream(v2)", "aream v2", "-x"])
+def test_unsafe_variant_names_are_refused_naming_the_key(params, name):
+    params["methods"][name] = {"train": "mctformer_v2"}
+    params["grid"]["methods"].append(name)
+    with pytest.raises(ParamsError, match=rf"methods: {re.escape(repr(name))} is not a safe name"):
+        validate_params(params)
+
+
+def test_unsafe_dataset_names_and_results_dir_are_refused(params):
+    params["datasets"]["syn thetic"] = params["datasets"]["synthetic"]
+    params["results_dir"] = "my results"
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
+    assert "datasets: 'syn thetic' is not a safe name" in str(err.value)
+    assert "results_dir: 'my results' is not a safe path" in str(err.value)

@@ -4,6 +4,7 @@ dataset files). Every problem is a :class:`~wsss.config.schema.ParamsError` nami
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,34 @@ def _format_schema_error(error: Any) -> str:
     return f"{path or '<top level>'}: {error.message}"
 
 
+# Names of grid variants and datasets: they become folder names, Snakemake wildcard values and
+# rule names, and are written unquoted into shell commands (a "+", "()" or a space breaks that).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SAFE_NAME_TEXT = "a letter or digit, then letters, digits, _ . or - (e.g. aream_v2)"
+SAFE_PATH = re.compile(r"[A-Za-z0-9_.~/-]+")
+
+
 def _check_names(params: dict[str, Any], source: str) -> None:
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
 
-    problems = []
+    problems = [
+        f"{key}: {name!r} is not a safe name; expected {SAFE_NAME_TEXT} (it becomes part of "
+        "file paths, rule names and shell commands)"
+        for key, names in (
+            ("methods", params["methods"]),
+            ("datasets", params["datasets"]),
+            ("grid.methods", params["grid"]["methods"]),
+            ("grid.datasets", params["grid"]["datasets"]),
+        )
+        for name in names
+        if not SAFE_NAME.fullmatch(str(name))
+    ]
+    folder = params.get("results_dir")
+    if folder is not None and not SAFE_PATH.fullmatch(str(folder)):
+        problems.append(
+            f"results_dir: {folder!r} is not a safe path; expected letters, digits and _ . - / "
+            "(no spaces, quotes or shell characters: it is written unquoted into commands)"
+        )
     for dataset in params["grid"]["datasets"]:
         if dataset not in params["datasets"]:
             problems.append(
