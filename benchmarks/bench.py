@@ -289,7 +289,8 @@ def bench_cams(
 ) -> dict:
     from wsss.data.classification import normalize
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
-    from wsss.methods.cam_inference import CamSettings, _pad_to_multiple, cams_for_batch
+    from wsss.methods.cam_inference import CamSettings, cams_for_batch
+    from wsss.ops.multiscale import pad_to_multiple
 
     torch.manual_seed(0)
     method = TRAINING_METHODS.get("mctformer_v2")()
@@ -313,7 +314,7 @@ def bench_cams(
                 )
                 if settings.flip:
                     xs = torch.cat([xs, xs.flip(-1)])
-                model(_pad_to_multiple(xs, model.patch_size))
+                model(pad_to_multiple(xs, model.patch_size))
 
     floor = _timeit(plain)
     result: dict[str, Any] = {
