@@ -9,8 +9,9 @@ same two steps are DAG jobs:
    resized to the model's training input size (no augmentation, as the official
    script on train_aug at 224 x 224), and writes the normalised weights with the
    raw entropies beside them (:func:`baseline_entropy_weights`).
-2. ``wsss train --entropy-weights FILE`` puts the file's values in place of the
-   keyword in the training config (:func:`with_entropy_weights`). The values,
+2. ``wsss train --upstream entropy_weights=FILE`` puts the file's values in place
+   of the keyword in the training config (:func:`wsss.stages.train.with_upstream`,
+   which asks the method, :meth:`~wsss.methods.aream.AReAM.read_upstream`). The values,
    not the path, are then part of the config: the resume digest and the saved
    ``model.pt`` both carry them, so a checkpoint trained with other weights is
    never resumed, and CAM extraction needs no file.
