@@ -592,7 +592,7 @@ def _voc_like_dataset(root: Path, images: int, seed: int = 0) -> dict:
 
 
 def _extract(config: dict, model_path: str, out: str) -> dict:
-    from wsss.stages.cams import extract_cams
+    from wsss.methods.cam_extraction import extract_cams
 
     return extract_cams(config, model_path, "bench", out, progress=False)
 

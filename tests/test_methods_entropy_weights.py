@@ -13,7 +13,7 @@ from wsss.cli import main
 from wsss.data.datasets import prepare_dataset
 from wsss.methods.aream import AReAM, load_entropy_weights
 from wsss.runtime import config_digest
-from wsss.stages.entropy_weights import ResizedImages, baseline_entropy_weights
+from wsss.methods.entropy_weights import ResizedImages, baseline_entropy_weights
 from wsss.stages.train import with_upstream
 
 DEPTH = 3
