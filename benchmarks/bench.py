@@ -39,6 +39,12 @@ import torch.nn.functional as F
 
 VOC_TRAIN_AUG = 10_582
 
+# --quick: a check that every section runs, in seconds, not a measurement. The model keeps
+# the grid's depth (methods name blocks) with a narrow width and small input; sections run
+# in this process (their peak RSS is then the process's so far).
+QUICK_MODEL = {"img_size": 32, "embed_dim": 32, "num_heads": 2}
+_IN_PROCESS = False
+
 
 def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeat`` runs after ``warmup`` runs."""
@@ -95,7 +101,9 @@ def _with_baseline_ratio(
 
 
 def _in_subprocess(target: Callable[..., dict], *args: Any) -> dict:
-    """Run one section in a fresh process; add its peak RSS (MiB)."""
+    """Run one section in a fresh process; add its peak RSS (MiB). (--quick: in this one.)"""
+    if _IN_PROCESS:
+        return _run_section(target, args)
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(_run_section, (target, args))
@@ -289,7 +297,8 @@ def bench_cams(
 ) -> dict:
     from wsss.data.classification import normalize
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
-    from wsss.methods.cam_inference import CamSettings, _pad_to_multiple, cams_for_batch
+    from wsss.methods.cam_inference import CamSettings, cams_for_batch
+    from wsss.ops.multiscale import pad_to_multiple
 
     torch.manual_seed(0)
     method = TRAINING_METHODS.get("mctformer_v2")()
@@ -313,7 +322,7 @@ def bench_cams(
                 )
                 if settings.flip:
                     xs = torch.cat([xs, xs.flip(-1)])
-                model(_pad_to_multiple(xs, model.patch_size))
+                model(pad_to_multiple(xs, model.patch_size))
 
     floor = _timeit(plain)
     result: dict[str, Any] = {
@@ -364,9 +373,9 @@ def bench_cams(
 # ---------------------------------------------------------------- evaluation
 
 
-def _voc_mask_paths(shared_data: Path) -> list[Path]:
+def _voc_mask_paths(shared_data: Path, limit: int | None = None) -> list[Path]:
     folder = shared_data / "voc_masks" / "SegmentationClassAug"
-    paths = sorted(folder.glob("*.png"))
+    paths = sorted(folder.glob("*.png"))[:limit]
     if not paths:
         raise FileNotFoundError(
             f"no VOC masks under {folder}; set --shared-data to the folder holding voc_masks/"
@@ -381,11 +390,11 @@ def _derived_prediction(mask: np.ndarray) -> np.ndarray:
     return pred
 
 
-def bench_evaluation(shared_data: str, rounds: int = 5) -> dict:
+def bench_evaluation(shared_data: str, rounds: int = 5, limit: int | None = None) -> dict:
     from wsss.data.palette import load_label_png
     from wsss.evaluation import ConfusionAccumulator
 
-    paths = _voc_mask_paths(Path(shared_data))
+    paths = _voc_mask_paths(Path(shared_data), limit)
     # Predictions are made once, outside the timings: in the pipeline they are
     # the arrays the previous stage produced, so only reading the ground truth
     # and scoring belong to evaluation.
@@ -446,12 +455,14 @@ def _fake_cams(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return classes, cams
 
 
-def bench_sweep(shared_data: str, reference_images: int, steps: int) -> dict:
+def bench_sweep(
+    shared_data: str, reference_images: int, steps: int, limit: int | None = None
+) -> dict:
     from wsss.cam_store import CamReader, CamWriter, quantize
     from wsss.data.palette import load_label_png
     from wsss.evaluation import ThresholdSweep, confusion_matrix, threshold_grid
 
-    paths = _voc_mask_paths(Path(shared_data))
+    paths = _voc_mask_paths(Path(shared_data), limit)
     rng = np.random.default_rng(0)
     thresholds = threshold_grid(0.0, (steps - 1) / 100, 0.01)
     masks = {p.stem: load_label_png(p) for p in paths}
@@ -581,7 +592,7 @@ def _voc_like_dataset(root: Path, images: int, seed: int = 0) -> dict:
 
 
 def _extract(config: dict, model_path: str, out: str) -> dict:
-    from wsss.stages.cams import extract_cams
+    from wsss.methods.cam_extraction import extract_cams
 
     return extract_cams(config, model_path, "bench", out, progress=False)
 
@@ -710,13 +721,15 @@ def aream_decomposition(train_specs: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
-    from wsss.config import cam_config, dataset_block, training_config, training_key, variant_spec
+    from wsss.config import cam_config, training_config, training_key, variant_spec
     from wsss.methods import TRAINING_METHODS
     from wsss.models import build_model
 
+    global _IN_PROCESS
+    _IN_PROCESS = quick
     grid = params["grid"]
     dataset = grid["datasets"][0]
-    model_config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
+    model_config = _model_config(params, dataset, quick)
     num_classes = params["datasets"][dataset].get("generator", {}).get("num_classes", 20)
     train_specs = {}
     depth = build_model(model_config, num_classes).depth
@@ -738,7 +751,12 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
         )
     cam = cam_config(params, dataset, grid["methods"][0])["cam"]
     size = model_config["img_size"]
-    report: dict[str, Any] = {"machine": _machine(), "dataset": dataset, "model": model_config}
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "dataset": dataset,
+        "model": model_config,
+        "quick": quick,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         data = _bench_dataset(params, dataset, scratch, quick)
         report["training"] = _in_subprocess(
@@ -746,9 +764,9 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
             model_config,
             step_specs,
             num_classes,
-            32,
-            2 if quick else 5,
-            2 if quick else 5,
+            8 if quick else 32,
+            1 if quick else 5,
+            1 if quick else 5,
             data,
         )
         if data is not None:
@@ -761,10 +779,13 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
                 1 if quick else 3,
             )
     report["cams"] = _in_subprocess(
-        bench_cams, model_config, cam, refiners, num_classes, 32 if quick else 128, size, size
+        bench_cams, model_config, cam, refiners, num_classes, 4 if quick else 128, size, size
     )
-    report["evaluation"] = _in_subprocess(bench_evaluation, shared_data, 2 if quick else 5)
-    report["sweep"] = _in_subprocess(bench_sweep, shared_data, 20 if quick else 100, 80)
+    masks = 8 if quick else None
+    report["evaluation"] = _in_subprocess(bench_evaluation, shared_data, 1 if quick else 5, masks)
+    report["sweep"] = _in_subprocess(
+        bench_sweep, shared_data, 4 if quick else 100, 10 if quick else 80, masks
+    )
     report["cam_memory"] = run_cam_memory(params, quick)
     return report
 
@@ -772,15 +793,32 @@ def run_bench(params: dict, shared_data: str, quick: bool = False) -> dict:
 def run_cam_memory(params: dict, quick: bool = False, sizes: tuple[int, ...] | None = None) -> dict:
     """The CAM-memory section alone: the grid's first dataset's model shape with patch 16
     (the presets' patch; the smoke shape's patch 8 would spend the time on attention)."""
-    from wsss.config import cam_config, dataset_block
+    from wsss.config import cam_config
 
     dataset = params["grid"]["datasets"][0]
-    model_config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
+    model_config = _model_config(params, dataset, quick)
     model_config["overrides"] = {**model_config.get("overrides", {}), "patch_size": 16}
     cam = {**cam_config(params, dataset, params["grid"]["methods"][0])["cam"], "batch_size": 8}
-    sizes = sizes or ((50, 500) if quick else (500, 5000))
+    if quick:
+        cam["scales"] = [1.0]
+    sizes = sizes or ((2, 4) if quick else (500, 5000))
     with tempfile.TemporaryDirectory() as scratch:
         return bench_cam_memory(model_config, cam, sizes, scratch)
+
+
+def _model_config(params: dict, dataset: str, quick: bool) -> dict:
+    """The dataset's model config with random weights; --quick: QUICK_MODEL's shape."""
+    from wsss.config import dataset_block
+
+    config = {**dataset_block(params, dataset, "model"), "pretrained": False, "weights": None}
+    if quick:
+        config["img_size"] = QUICK_MODEL["img_size"]
+        config["overrides"] = {
+            **config.get("overrides", {}),
+            "embed_dim": QUICK_MODEL["embed_dim"],
+            "num_heads": QUICK_MODEL["num_heads"],
+        }
+    return config
 
 
 def _bench_dataset(params: dict, dataset: str, scratch: str, quick: bool) -> dict | None:
@@ -794,8 +832,8 @@ def _bench_dataset(params: dict, dataset: str, scratch: str, quick: bool) -> dic
         return None
     generator = dict(config.get("generator", {}))
     if quick:
-        generator["num_train"] = min(generator.get("num_train", 96), 96)
-        generator["num_val"] = min(generator.get("num_val", 8), 8)
+        generator["num_train"] = min(generator.get("num_train", 96), 8)
+        generator["num_val"] = min(generator.get("num_val", 8), 2)
     config = {**config, "root": str(Path(scratch) / dataset), "generator": generator}
     prepare_dataset(config, progress=False)
     return {"dataset": config, "train": dataset_block(params, dataset, "train")}
@@ -857,6 +895,11 @@ def markdown(report: dict) -> str:
     )
     rows.append(f"| peak RSS (MiB) | {mem} | | |")
     text = "\n".join(rows) + "\n"
+    if report.get("quick"):
+        text = (
+            "**--quick: a check that every section runs (smallest sizes, one process), "
+            "not a measurement.**\n\n" + text
+        )
     if "cam_memory" in report:
         text += "\n" + markdown_cam_memory(report["cam_memory"])
     return text
@@ -891,7 +934,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", default="results")
     parser.add_argument(
-        "--quick", action="store_true", help="fewer repetitions (a check, not a measurement)"
+        "--quick",
+        action="store_true",
+        help="every section at the smallest size, in this process, in seconds "
+        "(a check that it runs, not a measurement)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(

@@ -2,7 +2,7 @@
 log) against the start-up of one job (interpreter + `wsss <command>` imports, measured
 here as `wsss <command> --help`, which imports exactly the command's stage module).
 
-    python benchmarks/grid_time.py .snakemake/log/<run>.log [--repeat 3] [--out results/bench_grid.md]
+    python benchmarks/grid_time.py .snakemake/log/<run>.log [--repeat 3 | --quick] [--out results/bench_grid.md]
 
 Start-up is measured on this machine when the script runs; the jobs' wall times are
 those of the logged run. Both depend on the machine and its load: compare shares, not
@@ -80,8 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one start-up run per command (a check, not a measurement)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat = 1
     walls = job_times(args.log)
     rows, total_wall, total_startup = [], 0.0, 0.0
     for rule, times in sorted(walls.items(), key=lambda kv: -sum(kv[1])):

@@ -129,3 +129,14 @@ def test_cam_memory_section_measures_each_stage_per_size(tmp_path, tiny_model_co
     assert set(section["peak_ratio_large_to_small"]) == {"cams", "evaluate"}
     text = markdown_cam_memory(section)
     assert "| 5 |" in text and "Largest over smallest split" in text
+
+
+def test_cam_section_runs(tiny_model_config):
+    """The CAM section (it once imported a helper that had moved, and raised ImportError)."""
+    from bench import bench_cams
+
+    cam = {"scales": [1.0, 0.5], "flip": True, "batch_size": 2}
+    result = bench_cams(tiny_model_config, cam, {"none": {"name": "none"}}, 3, 2, 32, 32)
+    assert result["images"] == 2 and result["plain_forward_images_per_s"] > 0
+    assert result["refiners"]["none"]["ratio_to_unrefined"] == 1.0
+    assert result["reference_one_image_at_a_time"]["images_per_s"] > 0

@@ -194,7 +194,7 @@ def test_a_non_finite_cam_names_the_image_and_the_class():
 def test_the_cams_stage_names_the_image_and_class_of_a_non_finite_cam(tmp_path, monkeypatch):
     from conftest import tiny_synthetic_dataset
 
-    import wsss.stages.cams as stage
+    import wsss.methods.cam_extraction as stage
     from wsss.data.datasets import open_dataset
 
     config = tiny_synthetic_dataset(tmp_path / "data", num_train=3, num_val=1, image_size=32)
@@ -247,7 +247,7 @@ def test_sharded_extraction_reads_as_the_unsharded_split(tmp_path, tiny_model_co
 
     from wsss.cam_store import CamReader, plan_shards, write_shard_index
     from wsss.data.datasets import open_dataset
-    from wsss.stages.cams import extract_cams
+    from wsss.methods.cam_extraction import extract_cams
 
     dataset = tiny_synthetic_dataset(tmp_path / "data", num_train=10, num_val=2, image_size=32)
     model_path = _tiny_trained(tmp_path, tiny_model_config)
@@ -283,7 +283,7 @@ def test_one_job_writes_each_variant_bitwise_as_its_own_job(tmp_path, tiny_model
     from conftest import tiny_synthetic_dataset
 
     from wsss.cam_store import CamReader
-    from wsss.stages.cams import extract_cam_variants, extract_cams
+    from wsss.methods.cam_extraction import extract_cam_variants, extract_cams
 
     dataset = tiny_synthetic_dataset(tmp_path / "data", num_train=7, num_val=1, image_size=32)
     model_path = _tiny_trained(tmp_path, tiny_model_config)
@@ -317,7 +317,7 @@ def test_one_job_writes_each_variant_bitwise_as_its_own_job(tmp_path, tiny_model
 
 
 def test_variants_with_outputs_pairs_each_variant_with_one_file():
-    from wsss.stages.cams import variants_with_outputs
+    from wsss.methods.cam_extraction import variants_with_outputs
 
     config = {"dataset": {"kind": "x"}, "variants": {"a": {"cam": 1}, "b": {"cam": 2}}}
     dataset, jobs = variants_with_outputs(config, ["b=B.npz", "a=A.npz"])

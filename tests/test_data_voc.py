@@ -334,3 +334,21 @@ def test_failure_mode_maps_are_optional_and_a_missing_one_is_named(tmp_path):
     save_label_png(tmp_path / "SegmentationPart" / "a.png", part)
     got_context, got_part = layout.load_failure_maps("a")
     assert np.array_equal(got_context, context) and np.array_equal(got_part, part)
+
+
+def test_an_id_list_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "train_aug.txt"
+    path.write_bytes("\ufeffa\r\nb\r\n".encode())
+    assert read_id_list(path) == ["a", "b"]
+    path.write_bytes(b"a\n\xff\xfeb\n")
+    with pytest.raises(ValueError, match=r"train_aug.txt: not UTF-8"):
+        read_id_list(path)
+
+
+def test_an_id_listed_twice_is_refused_naming_the_file_and_lines(tmp_path):
+    path = tmp_path / "train_aug.txt"
+    path.write_text("a\nb\nc\na\n")
+    with pytest.raises(
+        ValueError, match=r"train_aug.txt: 1 id\(s\) listed more than once: 'a' on lines 1, 4"
+    ):
+        read_id_list(path)

@@ -466,3 +466,14 @@ def test_real_masks_indicator_cams_sweep(voc_real):
     all_background = scores_from_confusion(sweep.confusion_at(1.0))
     assert all_background.num_counted == 21
     assert all_background.recall[0] == 1.0 and not all_background.iou[1:].any()
+
+
+def test_mean_average_precision_by_hand():
+    from wsss.evaluation.metrics import mean_average_precision
+
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.1, 0.2]])
+    labels = np.array([[1, 0], [0, 1], [1, 0]])
+    # class 0: ranks 1 (hit), 2 (miss), 3 (hit) -> (1/1 + 2/3) / 2; class 1: rank 1 hit -> 1
+    expected = ((1 + 2 / 3) / 2 + 1.0) / 2
+    assert mean_average_precision(scores, labels) == pytest.approx(expected)
+    assert np.isnan(mean_average_precision(scores, np.zeros_like(labels)))

@@ -16,7 +16,7 @@ from wsss.methods.clustercam import (
     map_to_patches,
     mix_attention,
 )
-from wsss.stages.evaluate_decoder import segmentation_probabilities
+from wsss.methods.decoder_evaluation import segmentation_probabilities
 
 NUM_CLASSES = 4
 LABELS = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])

@@ -12,8 +12,8 @@ from conftest import tiny_synthetic_dataset, tiny_train_config
 from wsss.cli import main
 from wsss.data.datasets import prepare_dataset
 from wsss.methods.aream import AReAM, load_entropy_weights
+from wsss.methods.entropy_weights import ResizedImages, baseline_entropy_weights
 from wsss.runtime import config_digest
-from wsss.stages.entropy_weights import ResizedImages, baseline_entropy_weights
 from wsss.stages.train import with_upstream
 
 DEPTH = 3

@@ -17,7 +17,7 @@ from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, load_label_png
 from wsss.evaluation.confusion import confusion_matrix
 from wsss.evaluation.sweep import ThresholdSweep
-from wsss.stages.pseudo_labels import (
+from wsss.segmentation.pseudo_labels import (
     PseudoLabelSettings,
     _UnlabelledAwareScorer,
     fuse_labels,
@@ -243,7 +243,7 @@ def test_plain_rule_does_not_import_torch(dataset_config, tmp_path):
     config = {"dataset": dataset_config, "pseudo_labels": {"bg_threshold": 0.2}}
     code = (
         "import json, sys\n"
-        "from wsss.stages.pseudo_labels import make_pseudo_labels\n"
+        "from wsss.segmentation.pseudo_labels import make_pseudo_labels\n"
         f"make_pseudo_labels(json.loads({json.dumps(json.dumps(config))}), "
         f"{str(cams)!r}, {str(tmp_path / 'labels')!r}, progress=False)\n"
         "print('torch' in sys.modules)\n"

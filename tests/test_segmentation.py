@@ -334,3 +334,31 @@ def test_loader_workers_see_the_epoch(synthetic):
     finally:
         set_execution()
     assert [h["loss"] for h in with_workers] == pytest.approx([h["loss"] for h in in_process])
+
+
+def test_a_failed_evaluation_keeps_the_training(synthetic, tmp_path, monkeypatch):
+    """The segment job keeps its trained weights until the evaluation succeeds: the rerun
+    after a failed evaluation trains no step and gives the result of an unbroken run."""
+    import wsss.segmentation.train as seg_train
+
+    config, labels = synthetic
+    model_path = tmp_path / "segmenter.pt"
+    evaluate = seg_train.evaluate_segmenter
+
+    def broken(*args, **kwargs):
+        raise ValueError("val image truncated")
+
+    monkeypatch.setattr(seg_train, "evaluate_segmenter", broken)
+    with pytest.raises(ValueError, match="truncated"):
+        run_segmentation(_job(config, epochs=2), labels, 0, model_path, progress=False)
+    assert (tmp_path / "segmenter_checkpoint.pt").is_file()
+    model_path.unlink()  # as Snakemake removes a failed job's outputs
+
+    monkeypatch.setattr(seg_train, "evaluate_segmenter", evaluate)
+    steps, loss = [], seg_train.segmentation_loss
+    monkeypatch.setattr(seg_train, "segmentation_loss", lambda *a: steps.append(1) or loss(*a))
+    result = run_segmentation(_job(config, epochs=2), labels, 0, model_path, progress=False)
+    assert steps == [] and not (tmp_path / "segmenter_checkpoint.pt").exists()
+    monkeypatch.setattr(seg_train, "segmentation_loss", loss)
+    fresh = run_segmentation(_job(config, epochs=2), labels, 0, tmp_path / "b.pt", progress=False)
+    assert json.dumps(result, sort_keys=True) == json.dumps(fresh, sort_keys=True)

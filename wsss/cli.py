@@ -43,6 +43,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def worker_message(err: BaseException) -> str:
+    """The message of ``err``; for an error torch re-raised from a DataLoader worker (its
+    text is "Caught ValueError in DataLoader worker process 0." and the worker's whole
+    traceback), the worker's own message, which names the file, with the worker named."""
+    text = str(err)
+    head, sep, rest = text.partition("\nOriginal Traceback (most recent call last):\n")
+    prefix = f"{type(err).__name__}: "
+    if not sep or not head.startswith("Caught "):
+        return text
+    # The worker's traceback: indented frame lines, then the exception's (maybe multi-line)
+    # message; with a chained exception, the last one raised comes last.
+    lines = rest.split("\n")
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.startswith(prefix) and i > 0 and lines[i - 1].startswith(" ")
+    ]
+    if not starts:
+        return text
+    own = "\n".join(lines[starts[-1] :])[len(prefix) :].rstrip("\n")
+    where = head.removeprefix(f"Caught {type(err).__name__} ").rstrip(".")
+    return f"{own} ({where})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     known = commands()
@@ -63,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         # too. Bugs still raise.
         if os.environ.get("WSSS_DEBUG"):
             raise
-        print(f"wsss {args.command}: error: {err}", file=sys.stderr)
+        message = worker_message(err)
+        print(f"wsss {args.command}: error: {message}", file=sys.stderr)
         if getattr(args, "log", None):
             with open(args.log, "a") as f:
-                f.write(f"error: {err}\n")
+                f.write(f"error: {message}\n")
         return 1
     finally:
         # Interpreter shutdown runs garbage collections over every object torch and timm

@@ -92,16 +92,28 @@ def read_id_list(path: PathLike) -> list[str]:
     """Read an id list: one id per line, surrounding whitespace and blank lines ignored.
 
     A line holding more than one field (e.g. the ``<image> <mask>`` pairs of
-    DeepLab-style lists) is rejected rather than guessed at.
+    DeepLab-style lists) is rejected rather than guessed at, and so is an id listed
+    twice (ValueError naming the file, the id and its lines: a hand-merged list would
+    otherwise weigh that image twice). The text is UTF-8; a leading byte-order mark
+    (Windows editors write one) is not part of the first id. Not UTF-8: ValueError
+    naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"id list {path} does not exist")
-    return _parse_id_lines(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); an id list is one "
+            "image id per line, saved as UTF-8"
+        ) from err
+    return _parse_id_lines(text, str(path))
 
 
 def _parse_id_lines(text: str, origin: str) -> list[str]:
     ids = []
+    lines: dict[str, list[int]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         item = line.strip()
         if not item:
@@ -109,6 +121,17 @@ def _parse_id_lines(text: str, origin: str) -> list[str]:
         if len(item.split()) != 1:
             raise ValueError(f"{origin}:{number}: expected one id per line, got {line!r}")
         ids.append(item)
+        lines.setdefault(item, []).append(number)
+    repeated = {i: n for i, n in lines.items() if len(n) > 1}
+    if repeated:
+        shown = "; ".join(
+            f"{i!r} on lines {', '.join(map(str, n))}" for i, n in list(repeated.items())[:10]
+        )
+        more = f" (and {len(repeated) - 10} more)" if len(repeated) > 10 else ""
+        raise ValueError(
+            f"{origin}: {len(repeated)} id(s) listed more than once: {shown}{more}; "
+            "list each image once"
+        )
     return ids
 
 

@@ -126,7 +126,7 @@ def summed_affinity(attention: Any, blocks: Sequence[int] | None = None) -> np.n
 
     The head-mean patch -> patch attention summed over ``blocks`` (None: all),
     never renormalised, as the official MCTformer code builds it (and
-    ``wsss.cams.attention.patch_affinity`` with ``layers="all", reduce="sum"``).
+    ``wsss.models.attention.patch_affinity`` with ``layers="all", reduce="sum"``).
     """
     stack = head_mean(attention)
     chosen = range(stack.shape[0]) if blocks is None else list(blocks)

@@ -95,3 +95,25 @@ def scores_from_confusion(conf: np.ndarray) -> SegmentationScores:
         pixel_accuracy=float(tp.sum() / total) if total > 0 else math.nan,
         num_counted=num_counted,
     )
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-label mean average precision (the classifier's training-split mAP).
+
+    ``scores``: (N, C) float, any range (higher = more confident); ``labels``: (N, C),
+    > 0 where the class is present. Per class with at least one positive image: the mean,
+    over its positives, of the precision at each positive's rank (images sorted by score,
+    descending, ties in image order: a stable sort), i.e. the non-interpolated AP of
+    scikit-learn's ``average_precision_score`` without tie grouping. Returns the mean over
+    those classes in [0, 1], NaN when no class has a positive.
+    """
+    aps = []
+    for c in range(labels.shape[1]):
+        positives = labels[:, c] > 0
+        if not positives.any():
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = positives[order]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum() / hits.sum()))
+    return float(np.mean(aps)) if aps else float("nan")

@@ -166,7 +166,7 @@ def compute_entropy_weights(
     (normalised images, labels); save them with :func:`save_entropy_weights` and point
     ``method_params.aream.entropy_weights`` at the file. In the workflow,
     ``entropy_weights: baseline`` has the ``entropy_weights`` rule do this
-    (:mod:`wsss.stages.entropy_weights`)."""
+    (:mod:`wsss.methods.entropy_weights`)."""
     return normalize_entropy(mean_block_entropy(model, method, loader, device))
 
 

@@ -56,7 +56,7 @@ STAGE_COLUMNS = {
 }
 
 
-# Per-run attention diagnostic (wsss.stages.attention_diagnostics): the summed patch
+# Per-run attention diagnostic (wsss.methods.model_diagnostics): the summed patch
 # affinity's background-to-object ratio of the run's trained model (1 = uniform attention;
 # above 1 the affinity refinement pulls CAMs into the background). Shared by the variants
 # of one trained model; empty where the dataset has no instance masks.

@@ -248,7 +248,9 @@ def train_segmenter(
             row["loss"],
             row["seconds"],
         )
-        if ckpt is not None and epoch + 1 < settings.epochs and ranks.is_main:
+        # The last epoch too: run_segmentation keeps the checkpoint until the trained model
+        # has been scored, so a failed evaluation does not lose the training.
+        if ckpt is not None and ranks.is_main:
             save_checkpoint(ckpt, digest, model, optimizer, epoch + 1, history)
     model.eval()
     return model, history
@@ -272,6 +274,9 @@ def run_segmentation(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train on the pseudo-labels, write ``model_path``, score on the seg split.
+
+    The training checkpoint (``<model>_checkpoint.pt``) is removed only after the scoring
+    succeeds: a rerun after a failed evaluation does not train again.
 
     ``config``: ``{"dataset", "segmentation", "scales", "device"}`` (wsss.config.segmentation_config).
     Returns the ``seg`` entry of ``seg_metrics.json``; None on ranks other than 0 of a
@@ -298,7 +303,6 @@ def run_segmentation(
             "num_labels": model.num_labels,
         },
     )
-    checkpoint_path.unlink(missing_ok=True)
     dataset = open_dataset(config["dataset"])
     device = next(model.parameters()).device
     result = evaluate_segmenter(
@@ -311,6 +315,10 @@ def run_segmentation(
         crf_settings=crf_settings,
         progress=progress,
     )
+    # Scored: only now is the training checkpoint redundant. Until here a failed evaluation
+    # (a bad seg_split image, say) leaves it, and the rerun resumes past the last epoch and
+    # only evaluates (Snakemake deletes the failed job's declared outputs, not this file).
+    checkpoint_path.unlink(missing_ok=True)
     # Wall-clock times go to the rule's log only: seg_metrics.json is a tracked output and
     # must not change between runs with the same params.
     log.info("segmenter trained in %.1f s", train_seconds)

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -34,6 +33,7 @@ from wsss import checkpoint, distributed
 from wsss.checkpoint import resume_checkpoint, save_checkpoint
 from wsss.data.classification import ClassificationDataset
 from wsss.data.datasets import open_dataset
+from wsss.evaluation.metrics import mean_average_precision
 from wsss.io import atomic_path, remove_temporaries, write_json
 from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
 from wsss.models.param_groups import param_groups
@@ -220,19 +220,6 @@ def train_map(model, method: TrainingMethod, data: ClassificationDataset, device
         scores.append(method.forward(model, images.to(device), epoch=-1).class_logits.float().cpu())
         labels.append(target)
     return mean_average_precision(torch.cat(scores).numpy(), torch.cat(labels).numpy())
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    aps = []
-    for c in range(labels.shape[1]):
-        positives = labels[:, c] > 0
-        if not positives.any():
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = positives[order]
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append(float((precision * hits).sum() / hits.sum()))
-    return float(np.mean(aps)) if aps else float("nan")
 
 
 HELP = "train one (dataset, method, seed) classifier"

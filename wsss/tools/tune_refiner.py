@@ -22,8 +22,8 @@ import pandas as pd
 from wsss.config import cam_config, load_params, training_key
 from wsss.evaluation.cam_eval import evaluate_cams
 from wsss.io import atomic_path
+from wsss.methods.cam_extraction import extract_cams
 from wsss.stages import add_common
-from wsss.stages.cams import extract_cams
 
 
 def tune_refiner(
