@@ -1,8 +1,9 @@
 """The results table, DVC metrics and plot data, from the per-run metrics files.
 
 Each row (a method on a dataset) gets, besides mean ± std over seeds, a 95%
-stratified-bootstrap interval of its CAM mIoU and the paired difference to its
-baseline with that difference's interval (wsss.evaluation.bootstrap). A row's
+interval of its CAM mIoU over training seeds and images, the paired difference to
+its baseline with that difference's interval (wsss.evaluation.bootstrap), and the
+smallest difference its seed count could detect. A row's
 baseline is the variant named by ``methods.<variant>.baseline`` in params.yaml
 (the table rule passes it with ``--baselines``); the default grid names
 ``mctformer_v2``, the model every other method modifies. A row is marked better
@@ -24,7 +25,9 @@ import pandas as pd
 from wsss.evaluation.bootstrap import (
     N_RESAMPLES,
     Interval,
+    detectable_difference,
     miou_interval,
+    one_sided_t_test,
     paired_miou_difference,
 )
 from wsss.evaluation.per_image import PerImageCounts
@@ -224,6 +227,17 @@ def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) ->
     return summary.reset_index(drop=True)
 
 
+# What the intervals cover and what not, in the table's legend (README repeats it).
+INTERVALS_COVER = (
+    "95%: a t-interval over seeds whose variance adds the image-sampling variance the "
+    "seeds share, one image bootstrap draw shared by every seed; docs/statistics.md). "
+    "The intervals cover the noise a rerun redraws: the training seeds and the evaluation "
+    "images. They do not cover the choice of the background threshold (each run's is held "
+    "fixed) or a change of platform (CPU kernels, thread count), which moves runs like "
+    "another seed would but is not sampled here."
+)
+
+
 # Columns added by add_intervals (fractions, like the mIoU columns).
 INTERVAL_COLUMNS = (
     "cam_miou_ci_low",
@@ -231,6 +245,8 @@ INTERVAL_COLUMNS = (
     "diff_vs_baseline",
     "diff_ci_low",
     "diff_ci_high",
+    "detectable_diff",
+    "seed_t_test_p",
 )
 
 
@@ -246,7 +262,10 @@ def add_intervals(
     a row has no baseline in the table) and ``vs_baseline``: ``better``, ``worse``,
     ``no difference`` (the difference's interval contains 0), ``baseline`` (a row that
     other rows are compared with and that has no baseline itself), ``baseline not in
-    grid`` or empty. The pairs are the seeds both rows ran (they must be the same
+    grid``, ``one seed: no interval`` or empty. ``detectable_diff``: the smallest true
+    difference the interval calls at 80% power (wsss.evaluation.bootstrap
+    .detectable_difference), from the observed spread; ``seed_t_test_p``: the one-sided
+    t-test over the per-seed paired differences, which every verdict agrees with. The pairs are the seeds both rows ran (they must be the same
     seeds) and, within a seed, the same images. ``seed`` seeds the resampling.
     Raises ValueError for a row without counts, a baseline naming its own row, seed sets
     that differ, or counts whose mIoU is not the run's reported one.
@@ -272,6 +291,7 @@ def add_intervals(
                 f"mean CAM mIoU ({row.cam_miou_mean:.6f}); the metrics files are inconsistent"
             )
         diff, verdict = Interval(math.nan, math.nan, math.nan), ""
+        t_test_p = math.nan
         baseline = row.baseline if isinstance(row.baseline, str) else None
         if baseline == row.method:
             raise ValueError(f"{name}: names itself as its baseline (methods.{baseline}.baseline)")
@@ -291,9 +311,13 @@ def add_intervals(
                 for run, s in zip(runs, seeds, strict=True)
             ]
             diff = paired_miou_difference(pairs, n_resamples=n_resamples, seed=seed)
-            verdict = diff.verdict()
+            verdict = diff.verdict() or "one seed: no interval"
+            t_test_p = one_sided_t_test([run.miou() - base.miou() for run, base in pairs])
+        detectable = detectable_difference(diff.se, diff.df)
         for column, value in zip(
-            INTERVAL_COLUMNS, (ci.low, ci.high, diff.estimate, diff.low, diff.high), strict=True
+            INTERVAL_COLUMNS,
+            (ci.low, ci.high, diff.estimate, diff.low, diff.high, detectable, t_test_p),
+            strict=True,
         ):
             values[column].append(value)
         values["vs_baseline"].append(verdict)
@@ -325,10 +349,16 @@ def _ci_cell(low: float, high: float) -> str:
     return "" if math.isnan(low) else f"[{low * 100:.1f}, {high * 100:.1f}]"
 
 
+def _detectable_cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value * 100:.1f}"
+
+
 def _diff_cell(row: Any) -> str:
     """``+1.2 [+0.3, +2.1] **better**``, a note (baseline, not in grid), or empty."""
     if math.isnan(row.diff_vs_baseline):
         return row.vs_baseline
+    if math.isnan(row.diff_ci_low):
+        return f"{_signed(row.diff_vs_baseline)} ({row.vs_baseline})"
     text = (
         f"{_signed(row.diff_vs_baseline)} [{_signed(row.diff_ci_low)}, {_signed(row.diff_ci_high)}]"
     )
@@ -376,16 +406,14 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        "95% CI: a stratified bootstrap interval of the CAM mIoU over images and seeds "
-        "(each seed's images resampled with replacement, mIoU recomputed from the summed "
-        f"per-image intersections and unions; percentile interval, {N_RESAMPLES} resamples). "
-        "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's on "
-        "the same images and seeds, with the interval of that paired difference; **better** "
-        "or **worse** only where the interval excludes 0. Baselines (params.yaml "
-        f"`methods.<variant>.baseline`): {_baseline_names(summary)}. The intervals hold each "
-        "run's threshold fixed and cover image sampling given these seeds and trained "
-        "models; the seed spread is the std. Neither covers training noise from the "
-        "platform (CPU kernels, thread count; README), which can move a run by points.",
+        f"95% CI: an interval of the CAM mIoU over training seeds and images ({INTERVALS_COVER}) "
+        "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's, "
+        "paired by seed and image, with the interval of that paired difference; **better** "
+        "or **worse** only where the interval excludes 0 (each such verdict is also a "
+        "one-sided 95% t-test over the per-seed differences). Baselines (params.yaml "
+        f"`methods.<variant>.baseline`): {_baseline_names(summary)}. Detectable Δ: the "
+        "smallest true difference to the baseline that the interval would call with 80% "
+        "power at this row's seed count and observed spread (more seeds shrink it).",
         "",
         "Best threshold: (edge n/N) marks a row whose best background threshold is the "
         "first or last value of the sweep (`evaluate.thresholds`) in n of its N seeds: the "
@@ -431,8 +459,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         ]
     paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
     lines += [
-        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | affinity bg→object | seeds |{paper_head}",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | affinity bg→object | seeds | detectable Δ |{paper_head}",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         + ("---|---|" if with_paper else ""),
     ]
     for row in summary.itertuples():
@@ -456,7 +484,7 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
             f"| {_pm_or_empty(row.seg_miou_mean, row.seg_miou_std)} "
             f"| {_ratio_cell(row.affinity_bg_to_object_mean, row.affinity_bg_to_object_std)} "
-            f"| {row.seeds} |{paper_cells}"
+            f"| {row.seeds} | {_detectable_cell(row.detectable_diff)} |{paper_cells}"
         )
     lines += ["", "Reference predictions (same masks, no model):", ""]
     lines += ["| dataset | all background | uniform CAM over GT classes |", "|---|---|---|"]
@@ -485,8 +513,16 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
 def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
-    """Nested {dataset: {method: {...}}} for ``dvc metrics show/diff``."""
+    """Nested {dataset: {method: {...}}} for ``dvc metrics show/diff``.
+
+    Every leaf is a scalar (DVC drops lists): the interval is ``cam_miou_ci_low`` /
+    ``cam_miou_ci_high``, the paired difference ``vs_baseline.diff`` with
+    ``diff_ci_low`` / ``diff_ci_high``; null where undefined (one seed)."""
     tree: dict[str, Any] = {}
     for row in summary.itertuples():
         entry = {
@@ -494,10 +530,8 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
             "cam_miou_std": None
             if math.isnan(row.cam_miou_std)
             else round(float(row.cam_miou_std), 6),
-            "cam_miou_ci": [
-                round(float(row.cam_miou_ci_low), 6),
-                round(float(row.cam_miou_ci_high), 6),
-            ],
+            "cam_miou_ci_low": _rounded(row.cam_miou_ci_low),
+            "cam_miou_ci_high": _rounded(row.cam_miou_ci_high),
             "threshold": round(float(row.threshold_mean), 4),
             "threshold_at_edge_runs": int(row.edge_runs),
             "precision": round(float(row.precision_mean), 6),
@@ -507,8 +541,10 @@ def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
         if not math.isnan(row.diff_vs_baseline):
             entry["vs_baseline"] = {
                 "baseline": row.baseline,
-                "diff": round(float(row.diff_vs_baseline), 6),
-                "ci": [round(float(row.diff_ci_low), 6), round(float(row.diff_ci_high), 6)],
+                "diff": _rounded(row.diff_vs_baseline),
+                "diff_ci_low": _rounded(row.diff_ci_low),
+                "diff_ci_high": _rounded(row.diff_ci_high),
+                "detectable_diff": _rounded(row.detectable_diff),
                 "verdict": row.vs_baseline,
             }
         if not math.isnan(row.decoder_miou_mean):
