@@ -260,7 +260,7 @@ def test_intervals_paired_difference_and_edge_marks(runs, tmp_path):
     assert a["cam_miou_ci_high"] == pytest.approx(0.31 + 0.181, abs=0.015)
     assert summary.loc["clustercam", "vs_baseline"] == "baseline"
     assert math.isnan(summary.loc["clustercam", "diff_vs_baseline"])
-    assert list(summary["edge_runs"]) == [1, 0]
+    assert list(summary["threshold_at_edge_runs"]) == [1, 0]
 
     table = (out / "table.md").read_text()
     row = _row(table, "| synthetic | a |")
@@ -385,3 +385,45 @@ def test_inconsistent_or_old_metrics_are_refused(tmp_path):
         write_report(files, tmp_path / "out", baselines={"c": "b"})
     with pytest.raises(ValueError, match="names itself"):
         write_report([_cam(tmp_path, "d", 0, 0.3)], tmp_path / "out", baselines={"d": "d"})
+
+
+def test_a_new_column_is_one_spec(runs, tmp_path, monkeypatch):
+    """One Column line puts a run metric into runs.csv, table.csv, table.md (both tables)
+    and metrics.json: here ``cam.fp_rate``, which every cam_metrics.json carries."""
+    from wsss.report import table
+
+    for i, path in enumerate(runs["cam"]):
+        run = json.loads(path.read_text())
+        run["cam"]["fp_rate"] = 0.1 + 0.1 * (i % 2)
+        path.write_text(json.dumps(run))
+    spec = table.Column("fp_rate", "FP rate", "cam", ("cam", "fp_rate"))
+    monkeypatch.setattr(table, "COLUMNS", (*table.COLUMNS, spec))
+    out = tmp_path / "results"
+    write_report(runs["cam"], out, baselines=RUN_BASELINES)
+
+    with open(out / "runs.csv") as f:
+        assert [float(r["fp_rate"]) for r in csv.DictReader(f)] == pytest.approx([0.1, 0.2] * 2)
+    with open(out / "table.csv") as f:
+        assert all(float(r["fp_rate_mean"]) == pytest.approx(0.15) for r in csv.DictReader(f))
+    text = (out / "table.md").read_text()
+    header = _row(text, "| dataset | method | CAM")
+    assert header[-1] == "FP rate" and _row(text, "| synthetic | a |")[-1] == "15.0 ± 7.1"
+    assert _row(text, "| dataset | method | seed |")[-1] == "FP rate"
+    assert _row(text, "| synthetic | a | 1 |")[-1] == "20.0"
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]["a"]
+    assert metrics["fp_rate"] == pytest.approx(0.15)
+    assert metrics["fp_rate_std"] == pytest.approx(0.070711, abs=1e-6)
+
+
+def test_every_column_spec_is_well_formed():
+    from wsss.report.table import _RUN_CELLS, _SUMMARY_CELLS, COLUMNS, OUTPUTS, SOURCES
+
+    keys = [c.key for c in COLUMNS]
+    assert len(keys) == len(set(keys))
+    for column in COLUMNS:
+        assert column.source in SOURCES and column.shows <= set(OUTPUTS), column
+        if "table.md" in column.shows:
+            assert column.fmt in _SUMMARY_CELLS and column.header, column
+        if "runs.md" in column.shows:
+            assert column.fmt in _RUN_CELLS, column
+        assert column.aggregate in ("mean", "sum", "first"), column
