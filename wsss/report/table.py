@@ -372,8 +372,6 @@ def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) ->
 
 # What the intervals cover and what not, in the table's legend (README repeats it).
 INTERVALS_COVER = (
-    "95%: a t-interval over seeds whose variance adds the image-sampling variance the "
-    "seeds share, one image bootstrap draw shared by every seed; docs/statistics.md). "
     "The intervals cover the noise a rerun redraws: the training seeds and the evaluation "
     "images. They do not cover the choice of the background threshold (each run's is held "
     "fixed) or a change of platform (CPU kernels, thread count), which moves runs like "
@@ -588,7 +586,10 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        f"95% CI: an interval of the CAM mIoU over training seeds and images ({INTERVALS_COVER}) "
+        "95% CI: an interval of the CAM mIoU over training seeds and images: a t-interval "
+        "over the seeds whose variance adds the image-sampling variance the seeds share (one "
+        "image bootstrap draw shared by every seed; docs/statistics.md). "
+        f"{INTERVALS_COVER} "
         "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's, "
         "paired by seed and image, with the interval of that paired difference; **better** "
         "or **worse** only where the interval excludes 0 (each such verdict is also a "
