@@ -12,9 +12,9 @@ pretrained proxy backbone"):
    own-object lift, other-object lift, background-to-object ratio; then per block the
    own-object lift and the normalised entropy; then the summed affinity of each other
    trained run (``--other-runs``, default AReAM's and ClusterCAM's); mean over seeds;
-2. CAM mIoU (%) of each variant: the mean over seeds with its 95% stratified bootstrap
-   interval over images (:func:`wsss.evaluation.bootstrap.miou_interval`, the results
-   table's), the best threshold of each seed (``*``: at an end of the sweep), and the
+2. CAM mIoU (%) of each variant: the mean over seeds with its 95% interval over seeds
+   and images (:func:`wsss.evaluation.bootstrap.miou_interval`, the results table's;
+   nan with one seed), the best threshold of each seed (``*``: at an end of the sweep), and the
    paired difference of the ``--paired`` variant to the first recipe (same images and
    seeds, :func:`wsss.evaluation.bootstrap.paired_miou_difference`).
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -274,14 +275,16 @@ def tables(
             c = cams[name][v]
             ci = c["interval"]
             thr = ", ".join(f"{t:.2f}{'*' if edge else ''}" for t, edge in c["thresholds"])
-            cells.append(f"{_pct(ci.estimate)} [{_pct(ci.low)}, {_pct(ci.high)}] ({thr})")
+            bounds = "one seed" if math.isnan(ci.low) else f"{_pct(ci.low)}, {_pct(ci.high)}"
+            cells.append(f"{_pct(ci.estimate)} [{bounds}] ({thr})")
         if name == recipes[0][0]:
             cells.append("")
         else:
             d = paired_miou_difference(
                 list(zip(cams[name][paired]["counts"], reference, strict=True))
             )
-            cells.append(f"{100 * d.estimate:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
+            bounds = "one seed" if math.isnan(d.low) else f"{100 * d.low:+.1f}, {100 * d.high:+.1f}"
+            cells.append(f"{100 * d.estimate:+.1f} [{bounds}]")
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 

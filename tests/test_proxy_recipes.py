@@ -78,10 +78,10 @@ def test_tables_show_blocks_miou_thresholds_and_paired_difference(tmp_path):
     early = "0.50 / 1.00 | 0.50 / 1.00 | 0.50 / 1.00"
     assert f"| scratch | {early} | 4.00 / 2.00 | 8.00 | 1.50 | 2.00 | 0.900 |" in text
     assert f"| frozen | {early} | 0.20 / 2.00 | 8.00 | 1.50 | 0.10 | 0.900 |" in text
-    # identical images: mIoU (1 + 0.6) / 2 = 80.0 with a degenerate interval; the frozen
-    # recipe's (1 + 0.2) / 2 = 60.0 at the sweep end, 20 points below, paired
-    assert "| scratch | 80.0 [80.0, 80.0] (0.30) |  |" in text
-    assert "| frozen | 60.0 [60.0, 60.0] (0.99*) | -20.0 [-20.0, -20.0] |" in text
+    # identical images: mIoU (1 + 0.6) / 2 = 80.0; the frozen recipe's (1 + 0.2) / 2 = 60.0
+    # at the sweep end, 20 points below, paired; one seed: no interval over seeds
+    assert "| scratch | 80.0 [one seed] (0.30) |  |" in text
+    assert "| frozen | 60.0 [one seed] (0.99*) | -20.0 [one seed] |" in text
 
 
 def test_missing_file_is_named(tmp_path):

@@ -243,23 +243,29 @@ def test_intervals_paired_difference_and_edge_marks(runs, tmp_path):
         runs["cam"], out, method_order=["clustercam", "a"], baselines=RUN_BASELINES
     ).set_index("method")
     a = summary.loc["a"]
-    # Every image of "a" has IoU 0.1 above the same image of its baseline, with equal unions:
-    # every resample's paired difference is exactly mean(0.30 - 0.20, 0.32 - 0.24) = 0.09.
+    # Every image of "a" has IoU 0.10 (seed 0) or 0.08 (seed 1) above the same image of its
+    # baseline: no resample of images moves a seed's difference, so the interval is the
+    # t-interval over the two seeds' differences: 0.09 ± t(0.975, 1 df) * 0.01.
+    half = 12.7062047 * 0.01
     assert (a["diff_vs_baseline"], a["diff_ci_low"], a["diff_ci_high"]) == pytest.approx(
-        (0.09, 0.09, 0.09)
+        (0.09, 0.09 - half, 0.09 + half)
     )
-    assert a["vs_baseline"] == "better" and a["baseline"] == "clustercam"
-    # The interval of "a" itself: resamples range from all-low to all-high images,
-    # (0.20 + 0.22) / 2 .. (0.40 + 0.42) / 2.
-    assert 0.21 <= a["cam_miou_ci_low"] < 0.31 < a["cam_miou_ci_high"] <= 0.41
+    assert a["vs_baseline"] == "no difference" and a["baseline"] == "clustercam"
+    # The interval of "a" itself: seed variance 0.0002 / 2, plus the image noise both seeds
+    # share: each image is 0.1 above or below its seed's mIoU, so a 4-image resample with h
+    # high images moves both seeds by 0.1 * (2h/4 - 1), variance 0.01 * 4 * 1/16 = 0.0025,
+    # times 4/3 for the plug-in bias: C = 0.00333; se = sqrt(0.0001 + C) = 0.0586,
+    # df = se^4 / (0.0001^2 / 1 + C^2 / 3) = 3.17, t = 3.086: half-width 0.181.
+    assert a["cam_miou_ci_low"] == pytest.approx(0.31 - 0.181, abs=0.015)
+    assert a["cam_miou_ci_high"] == pytest.approx(0.31 + 0.181, abs=0.015)
     assert summary.loc["clustercam", "vs_baseline"] == "baseline"
     assert math.isnan(summary.loc["clustercam", "diff_vs_baseline"])
-    assert list(summary["edge_runs"]) == [1, 0]
+    assert list(summary["threshold_at_edge_runs"]) == [1, 0]
 
     table = (out / "table.md").read_text()
     row = _row(table, "| synthetic | a |")
     assert row[3] == f"[{a['cam_miou_ci_low'] * 100:.1f}, {a['cam_miou_ci_high'] * 100:.1f}]"
-    assert row[4] == "+9.0 [+9.0, +9.0] **better**"
+    assert row[4] == "+9.0 [−3.7, +21.7]"
     assert row[5] == "0.20 ± 0.00"
     cluster = _row(table, "| synthetic | clustercam |")
     assert cluster[4] == "baseline" and cluster[5] == "0.20 ± 0.00 (edge 1/2)"
@@ -268,12 +274,45 @@ def test_intervals_paired_difference_and_edge_marks(runs, tmp_path):
     assert "clustercam for every row that has one" in table
 
     metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
-    assert metrics["a"]["vs_baseline"]["verdict"] == "better"
-    assert metrics["a"]["vs_baseline"]["ci"] == pytest.approx([0.09, 0.09])
+    vs = metrics["a"]["vs_baseline"]
+    assert vs["verdict"] == "no difference"
+    # Scalar leaves only, which `dvc metrics diff` shows (it drops lists).
+    assert (vs["diff"], vs["diff_ci_low"], vs["diff_ci_high"]) == pytest.approx(
+        (0.09, 0.09 - half, 0.09 + half), abs=1e-6
+    )
+    assert metrics["a"]["cam_miou_ci_low"] == pytest.approx(a["cam_miou_ci_low"], abs=1e-6)
+    assert metrics["a"]["seeds"] == 2
+    for entry in metrics.values():
+        for value in [*entry.values(), *entry.get("vs_baseline", {}).values()]:
+            assert not isinstance(value, list)
     assert metrics["clustercam"]["threshold_at_edge_runs"] == 1
     with open(out / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
-    assert float(rows["a"]["diff_ci_low"]) == pytest.approx(0.09)
+    assert float(rows["a"]["diff_ci_low"]) == pytest.approx(0.09 - half, abs=1e-6)
+
+
+def test_verdict_with_three_consistent_seeds_and_its_t_test(tmp_path):
+    files = []
+    for seed, gain in enumerate((0.10, 0.09, 0.11)):
+        files.append(_cam(tmp_path, "base", seed, 0.30))
+        files.append(_cam(tmp_path, "row", seed, 0.30 + gain))
+    summary = write_report(files, tmp_path / "out", baselines={"row": "base"})
+    row = summary.set_index("method").loc["row"]
+    # Differences 0.10, 0.09, 0.11 on every image: mean 0.10, se 0.01 / sqrt(3), t(2 df).
+    half = 4.3026527 * 0.01 / math.sqrt(3)
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((0.10 - half, 0.10 + half))
+    assert row["vs_baseline"] == "better"
+    # The one-sided t-test over the per-seed differences agrees: t = 17.3, 2 df.
+    assert row["seed_t_test_p"] < 0.05
+    # Detectable at 80% power: noncentral-t solution, between the normal approximation
+    # (t quantiles 4.30 + 0.82) and a wider bound.
+    assert 5.1 * 0.01 / math.sqrt(3) < row["detectable_diff"] < 8 * 0.01 / math.sqrt(3)
+    table = (tmp_path / "out" / "table.md").read_text()
+    header = _row(table, "| dataset | method | CAM")
+    cells = dict(zip(header, _row(table, "| synthetic | row |"), strict=True))
+    assert cells["seeds"] == "3"
+    assert cells["detectable Δ"] == f"{row['detectable_diff'] * 100:.1f}"
+    assert "training seeds and the evaluation images" in table  # the legend says what it covers
 
 
 def test_no_difference_and_missing_baseline(tmp_path):
@@ -346,3 +385,45 @@ def test_inconsistent_or_old_metrics_are_refused(tmp_path):
         write_report(files, tmp_path / "out", baselines={"c": "b"})
     with pytest.raises(ValueError, match="names itself"):
         write_report([_cam(tmp_path, "d", 0, 0.3)], tmp_path / "out", baselines={"d": "d"})
+
+
+def test_a_new_column_is_one_spec(runs, tmp_path, monkeypatch):
+    """One Column line puts a run metric into runs.csv, table.csv, table.md (both tables)
+    and metrics.json: here ``cam.fp_rate``, which every cam_metrics.json carries."""
+    from wsss.report import table
+
+    for i, path in enumerate(runs["cam"]):
+        run = json.loads(path.read_text())
+        run["cam"]["fp_rate"] = 0.1 + 0.1 * (i % 2)
+        path.write_text(json.dumps(run))
+    spec = table.Column("fp_rate", "FP rate", "cam", ("cam", "fp_rate"))
+    monkeypatch.setattr(table, "COLUMNS", (*table.COLUMNS, spec))
+    out = tmp_path / "results"
+    write_report(runs["cam"], out, baselines=RUN_BASELINES)
+
+    with open(out / "runs.csv") as f:
+        assert [float(r["fp_rate"]) for r in csv.DictReader(f)] == pytest.approx([0.1, 0.2] * 2)
+    with open(out / "table.csv") as f:
+        assert all(float(r["fp_rate_mean"]) == pytest.approx(0.15) for r in csv.DictReader(f))
+    text = (out / "table.md").read_text()
+    header = _row(text, "| dataset | method | CAM")
+    assert header[-1] == "FP rate" and _row(text, "| synthetic | a |")[-1] == "15.0 ± 7.1"
+    assert _row(text, "| dataset | method | seed |")[-1] == "FP rate"
+    assert _row(text, "| synthetic | a | 1 |")[-1] == "20.0"
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]["a"]
+    assert metrics["fp_rate"] == pytest.approx(0.15)
+    assert metrics["fp_rate_std"] == pytest.approx(0.070711, abs=1e-6)
+
+
+def test_every_column_spec_is_well_formed():
+    from wsss.report.table import _RUN_CELLS, _SUMMARY_CELLS, COLUMNS, OUTPUTS, SOURCES
+
+    keys = [c.key for c in COLUMNS]
+    assert len(keys) == len(set(keys))
+    for column in COLUMNS:
+        assert column.source in SOURCES and column.shows <= set(OUTPUTS), column
+        if "table.md" in column.shows:
+            assert column.fmt in _SUMMARY_CELLS and column.header, column
+        if "runs.md" in column.shows:
+            assert column.fmt in _RUN_CELLS, column
+        assert column.aggregate in ("mean", "sum", "first"), column

@@ -78,3 +78,14 @@ def test_defaults_give_one_scale_and_freeze_nothing(dataset_config, tmp_path, mo
 def test_freezing_more_blocks_than_the_model_has_names_the_key(dataset_config, tmp_path):
     with pytest.raises(ValueError, match=r"train.freeze_blocks must be in 0..3"):
         train_stage.train(_config(dataset_config, freeze_blocks=4), 0, tmp_path, progress=False)
+
+
+def test_train_metrics_record_the_training_platform_and_threads(dataset_config, tmp_path):
+    import json
+
+    train_stage.train(_config(dataset_config, epochs=1), 0, tmp_path, progress=False)
+    metrics = json.loads((tmp_path / "train_metrics.json").read_text())
+    platform = metrics["platform"]  # top level, as the README names it
+    assert platform["torch_threads"] == torch.get_num_threads()
+    assert platform["device"] == "cpu" and platform["processes"] == 1
+    assert platform["versions"]["torch"] and "cpu" in platform

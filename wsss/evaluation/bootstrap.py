@@ -1,30 +1,52 @@
 """Confidence intervals of a row's CAM mIoU and of its difference to a baseline row.
 
-A row of the results table is one method on one dataset over several seeds; its
-value is the mean over seeds of each run's mIoU on the same images. Two sources of
-variation are in it: which images were scored, and which seed trained the model.
-The interval is a **stratified bootstrap** (the scheme of rliable-style benchmark
-reporting, Agarwal et al., "Deep RL at the edge of the statistical precipice",
-NeurIPS 2021): each seed is a stratum, and each resample draws that seed's images
-with replacement (as many as it has) and recomputes the statistic. With few seeds
-the strata stay fixed, so the interval covers image sampling given these seeds;
-the seed spread shows in the std column beside it.
+A row of the results table is one method on one dataset over several training seeds;
+its value is the mean over seeds of each run's mIoU, every run scored on the same
+images. A rerun would redraw two things: the **training seeds** (the models) and the
+**images** (the evaluation sample). The interval covers both (docs/statistics.md):
+
+``Var(mean) = s^2 / S + C``
+
+- ``s^2 / S``: the sample variance over the S seeds of the per-seed statistic (a run's
+  mIoU, or a paired difference row minus baseline of the same seed), over S. It holds
+  the seed-to-seed variation and the part of the image noise that differs by seed.
+- ``C``: the image noise the seeds share, because every seed scores the same images.
+  It is the mean covariance, between different seeds, of the per-seed statistic under
+  a bootstrap of the images in which **one image draw is shared by every seed** (and,
+  for a difference, by the row and its baseline). Clipped at 0. A covariance, not the
+  variance, so the per-seed image noise already in ``s^2`` is not counted twice.
+
+The interval is ``mean ± t(df) * sqrt(s^2/S + C)`` with the Welch-Satterthwaite
+degrees of freedom ``df = (s^2/S + C)^2 / ((s^2/S)^2 / (S - 1) + C^2 / (n - 1))``
+(n images; C is scaled by n / (n - 1), the plug-in bootstrap's bias): with few seeds
+and seed noise dominating it is Student's t over seeds (df = S - 1), with image noise
+dominating a t with n - 1 df. This scheme was
+chosen by its measured coverage on simulated tables with known seed- and image-level
+variance (wsss.evaluation.coverage; numbers in docs/statistics.md), where a
+percentile bootstrap over 3 seeds under-covers. At least 2 seeds are needed; with
+one seed the interval is undefined (NaN) and no verdict is given.
 
 mIoU is a ratio of sums over images, so a resample's mIoU is recomputed from the
 summed per-image intersection and union counts (wsss.evaluation.per_image), never
-averaged from per-image IoUs. Resampling and the percentile interval are
-``scipy.stats.bootstrap`` (``method="percentile"``: the 2.5% and 97.5% quantiles of
-the resampled statistic for a 95% interval); the counts are held fixed at each run's
-selected background threshold, so the threshold choice is not resampled.
+averaged from per-image IoUs. Resampling is ``scipy.stats.bootstrap``. The counts are
+held fixed at each run's selected background threshold, so the threshold choice is
+not resampled, and the platform (CPU kernels, thread count) is covered only as far
+as it acts like another seed.
 
-The **paired difference** to a baseline uses the same resampled images for the row
-and its baseline in every seed (same images, same seeds), so what the two share
-(hard images, easy images) cancels. A row is called better (worse) than its
-baseline only when the whole interval of the difference lies above (below) 0.
+A row is called better (worse) than its baseline only when the whole interval of the
+difference lies above (below) 0; such a verdict implies a one-sided 95% t-test over
+the per-seed paired differences rejects 0 in that direction (tests check it).
+:func:`detectable_difference` gives the smallest true difference the interval would
+call at 80% power.
+
+:func:`image_only_miou_interval` and :func:`image_only_paired_difference` are the
+earlier image-only scheme (seeds as fixed strata, each seed's images drawn on their
+own, percentile interval), kept only so the coverage comparison can be rerun.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,21 +55,30 @@ import numpy as np
 from wsss.evaluation.per_image import PerImageCounts, miou_from_sums
 
 CONFIDENCE = 0.95
+POWER = 0.80
 N_RESAMPLES = 4000
 BATCH = 250  # resamples per vectorised call: memory ~ BATCH x images x labels x 8 bytes
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A statistic on the full data (``estimate``) and its bootstrap interval [low, high]."""
+    """A statistic on the full data (``estimate``) and its interval [low, high].
+
+    ``seeds``: how many seeds it pools; ``se``: its standard error and ``df`` the degrees
+    of freedom of the t quantile used (NaN for the image-only scheme)."""
 
     estimate: float
     low: float
     high: float
+    seeds: int = 0
+    se: float = math.nan
+    df: float = math.nan
 
     def verdict(self) -> str:
-        """``better`` if the interval lies above 0, ``worse`` if below, else ``no difference``
-        (an interval that touches or contains 0 does not tell the two apart)."""
+        """``better`` if the interval lies above 0, ``worse`` if below, ``no difference``
+        when it touches or contains 0, empty when it is undefined (one seed)."""
+        if math.isnan(self.low):
+            return ""
         if self.low > 0:
             return "better"
         if self.high < 0:
@@ -70,27 +101,192 @@ def _miou(weights: np.ndarray, counts: PerImageCounts) -> np.ndarray:
     return miou_from_sums(weights @ counts.intersection, weights @ counts.union)
 
 
-def _check_strata(strata: Sequence[PerImageCounts], what: str) -> None:
-    if not strata:
+def _aligned(groups: Sequence[Sequence[PerImageCounts]], what: str) -> list[list[PerImageCounts]]:
+    """Every run reordered to the first run's image order; ValueError unless all share images."""
+    if not groups:
         raise ValueError(f"{what}: no runs to bootstrap")
-    for counts in strata:
-        if len(counts.ids) < 2:
-            raise ValueError(
-                f"{what}: a run has {len(counts.ids)} image(s); the bootstrap needs at least 2"
-            )
+    ids = groups[0][0].ids
+    if len(ids) < 2:
+        raise ValueError(f"{what}: a run has {len(ids)} image(s); the bootstrap needs at least 2")
+    out = []
+    for group in groups:
+        aligned = []
+        for run in group:
+            if run.ids != ids:
+                if set(run.ids) != set(ids):
+                    differ = sorted(set(run.ids) ^ set(ids))[:5]
+                    raise ValueError(
+                        f"{what}: runs were scored on different images (e.g. {differ}); "
+                        "every seed and a row's baseline must score the same split"
+                    )
+                order = [run.ids.index(i) for i in ids]
+                run = PerImageCounts(ids, run.intersection[order], run.union[order], run.threshold)
+            aligned.append(run)
+        out.append(aligned)
+    return out
 
 
-def _bootstrap(
-    sizes: list[int],
-    statistic,
+def _combine(
+    per_seed: np.ndarray, shared_cov: float, images: int, confidence: float
+) -> tuple[float, float, float, float, float]:
+    """(estimate, low, high, se, df) from the per-seed values and the shared image covariance
+    (estimated from ``images`` images: n - 1 degrees of freedom)."""
+    seeds = len(per_seed)
+    estimate = float(np.mean(per_seed))
+    if seeds < 2:
+        return estimate, math.nan, math.nan, math.nan, math.nan
+    from scipy.stats import t
+
+    seed_part = float(np.var(per_seed, ddof=1)) / seeds
+    image_part = max(float(shared_cov), 0.0)
+    var = seed_part + image_part
+    if var == 0:
+        return estimate, estimate, estimate, 0.0, math.inf
+    df = var**2 / (seed_part**2 / (seeds - 1) + image_part**2 / (images - 1))
+    se = math.sqrt(var)
+    half = float(t.ppf(0.5 + confidence / 2, df)) * se
+    return estimate, estimate - half, estimate + half, se, df
+
+
+def _two_level(
+    groups: list[list[PerImageCounts]],
+    contrast: tuple[float, ...],
     confidence: float,
     n_resamples: int,
     seed: int,
-) -> tuple[float, float]:
+) -> Interval:
+    """Interval of mean_s sum_k contrast[k] * mIoU(groups[s][k]) over seeds and images."""
     from scipy.stats import bootstrap
 
-    # The data are image indices, one array per stratum; scipy resamples each array on
-    # its own (paired=False), which is the stratified scheme.
+    n = len(groups[0][0].ids)
+    per_seed = np.array(
+        [sum(c * run.miou() for c, run in zip(contrast, g, strict=True)) for g in groups]
+    )
+    shared_cov = 0.0
+    if len(groups) >= 2:
+
+        def statistic(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+            # One image draw (``indices``) shared by every seed and every run of a pair.
+            weights = _resample_weights(indices, n)
+            return np.stack(
+                [
+                    sum(c * _miou(weights, run) for c, run in zip(contrast, g, strict=True))
+                    for g in groups
+                ]
+            )
+
+        result = bootstrap(
+            (np.arange(n),),
+            statistic,
+            n_resamples=n_resamples,
+            batch=BATCH,
+            vectorized=True,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        cov = np.atleast_2d(np.cov(result.bootstrap_distribution))
+        seeds = len(groups)
+        # n / (n - 1): the bootstrap's plug-in covariance is biased low by (n - 1) / n.
+        shared_cov = float((cov.sum() - np.trace(cov)) / (seeds * (seeds - 1))) * n / (n - 1)
+    estimate, low, high, se, df = _combine(per_seed, shared_cov, n, confidence)
+    return Interval(estimate, low, high, len(groups), se, df)
+
+
+def miou_interval(
+    runs: Sequence[PerImageCounts],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Mean over seeds of the mIoU, with its interval over seeds and images.
+
+    ``runs``: one :class:`PerImageCounts` per seed, all on the same images (at least 2;
+    ValueError otherwise). ``seed`` seeds the resampling, so a table is reproducible.
+    Fractions in [0, 1]; NaN bounds with one seed.
+    """
+    groups = _aligned([[run] for run in runs], "miou_interval")
+    return _two_level(groups, (1.0,), confidence, n_resamples, seed)
+
+
+def paired_miou_difference(
+    pairs: Sequence[tuple[PerImageCounts, PerImageCounts]],
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Mean over seeds of mIoU(row) - mIoU(baseline), paired by seed and by image.
+
+    ``pairs``: one ``(row, baseline)`` per seed, the row's and its baseline's run of that
+    seed, all scored on the same images (ValueError otherwise). Positive: the row
+    scores higher. NaN bounds with one seed.
+    """
+    groups = _aligned([list(pair) for pair in pairs], "paired_miou_difference")
+    return _two_level(groups, (1.0, -1.0), confidence, n_resamples, seed)
+
+
+def detectable_difference(
+    se: float, df: float, confidence: float = CONFIDENCE, power: float = POWER
+) -> float:
+    """Smallest true difference the interval would call (exclude 0) with probability ``power``.
+
+    For an estimate with standard error ``se`` and ``df`` degrees of freedom (from
+    :func:`paired_miou_difference`): the delta solving ``P(T > t_crit) = power`` with T
+    noncentral t(df, delta / se) and ``t_crit`` the two-sided quantile of the interval
+    (normal when df is infinite). Same units as ``se``; NaN when se is NaN.
+    """
+    if math.isnan(se) or math.isnan(df):
+        return math.nan
+    if se == 0:
+        return 0.0
+    from scipy.optimize import brentq
+    from scipy.stats import nct, norm, t
+
+    if math.isinf(df) or df > 1e4:
+        return float((norm.ppf(0.5 + confidence / 2) + norm.ppf(power)) * se)
+    crit = float(t.ppf(0.5 + confidence / 2, df))
+    ncp = brentq(lambda d: nct.sf(crit, df, d) - power, 0.0, 100.0 * (crit + 10))
+    return float(ncp * se)
+
+
+def one_sided_t_test(values: Sequence[float]) -> float:
+    """p-value of a one-sided one-sample t-test of mean 0, in the direction of the mean.
+
+    ``values``: per-seed paired differences (at least 2; NaN otherwise, or when all are
+    equal). The check a verdict must agree with (p < 0.05)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return math.nan
+    from scipy.stats import ttest_1samp
+
+    side = "greater" if values.mean() > 0 else "less"
+    return float(ttest_1samp(values, 0.0, alternative=side).pvalue)
+
+
+# The earlier image-only scheme, for the coverage comparison (docs/statistics.md) only.
+
+
+def _image_only(
+    groups: list[list[PerImageCounts]],
+    contrast: tuple[float, ...],
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> Interval:
+    from scipy.stats import bootstrap
+
+    sizes = [len(g[0].ids) for g in groups]
+
+    def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        # Each seed's images drawn on their own (paired=False): seeds are fixed strata.
+        per_seed = []
+        for ix, g in zip(indices, groups, strict=True):
+            weights = _resample_weights(ix, len(g[0].ids))
+            per_seed.append(
+                sum(c * _miou(weights, run) for c, run in zip(contrast, g, strict=True))
+            )
+        return np.mean(per_seed, axis=0)
+
     result = bootstrap(
         [np.arange(n) for n in sizes],
         statistic,
@@ -102,64 +298,30 @@ def _bootstrap(
         method="percentile",
         rng=np.random.default_rng(seed),
     )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    estimate = float(
+        np.mean([sum(c * r.miou() for c, r in zip(contrast, g, strict=True)) for g in groups])
+    )
+    low, high = result.confidence_interval
+    return Interval(estimate, float(low), float(high), len(groups))
 
 
-def miou_interval(
-    strata: Sequence[PerImageCounts],
+def image_only_miou_interval(
+    runs: Sequence[PerImageCounts],
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> Interval:
-    """Mean over strata (seeds) of the mIoU, with its stratified percentile-bootstrap interval.
-
-    ``strata``: one :class:`PerImageCounts` per seed (at least 2 images each). ``seed``
-    seeds the resampling, so a table is reproducible. The estimate is the mean of the
-    runs' mIoUs on all their images; the interval is in the same units (fraction).
-    """
-    _check_strata(strata, "miou_interval")
-
-    def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
-        per_seed = [
-            _miou(_resample_weights(ix, len(c.ids)), c)
-            for ix, c in zip(indices, strata, strict=True)
-        ]
-        return np.mean(per_seed, axis=0)
-
-    estimate = float(np.mean([c.miou() for c in strata]))
-    low, high = _bootstrap([len(c.ids) for c in strata], statistic, confidence, n_resamples, seed)
-    return Interval(estimate, low, high)
+    """The earlier scheme's row interval (images only, seeds fixed; under-covers)."""
+    groups = _aligned([[run] for run in runs], "image_only_miou_interval")
+    return _image_only(groups, (1.0,), confidence, n_resamples, seed)
 
 
-def paired_miou_difference(
+def image_only_paired_difference(
     pairs: Sequence[tuple[PerImageCounts, PerImageCounts]],
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> Interval:
-    """Mean over seeds of mIoU(row) - mIoU(baseline), resampling the same images for both.
-
-    ``pairs``: one ``(row, baseline)`` per seed, both scored on the same images (same
-    ids; ValueError otherwise). Positive: the row scores higher.
-    """
-    for row, base in pairs:
-        if row.ids != base.ids:
-            missing = sorted(set(row.ids) ^ set(base.ids))[:5]
-            raise ValueError(
-                "paired_miou_difference: a run and its baseline were scored on different "
-                f"images (e.g. {missing}); pair runs of the same split"
-            )
-    _check_strata([row for row, _ in pairs], "paired_miou_difference")
-
-    def statistic(*indices: np.ndarray, axis: int = -1) -> np.ndarray:
-        per_seed = []
-        for ix, (row, base) in zip(indices, pairs, strict=True):
-            weights = _resample_weights(ix, len(row.ids))
-            per_seed.append(_miou(weights, row) - _miou(weights, base))
-        return np.mean(per_seed, axis=0)
-
-    estimate = float(np.mean([row.miou() - base.miou() for row, base in pairs]))
-    low, high = _bootstrap(
-        [len(row.ids) for row, _ in pairs], statistic, confidence, n_resamples, seed
-    )
-    return Interval(estimate, low, high)
+    """The earlier scheme's paired difference (images only, seeds fixed; under-covers)."""
+    groups = _aligned([list(pair) for pair in pairs], "image_only_paired_difference")
+    return _image_only(groups, (1.0, -1.0), confidence, n_resamples, seed)

@@ -1,8 +1,13 @@
 """The results table, DVC metrics and plot data, from the per-run metrics files.
 
 Each row (a method on a dataset) gets, besides mean ± std over seeds, a 95%
-stratified-bootstrap interval of its CAM mIoU and the paired difference to its
-baseline with that difference's interval (wsss.evaluation.bootstrap). A row's
+interval of its CAM mIoU over training seeds and images, the paired difference to
+its baseline with that difference's interval (wsss.evaluation.bootstrap), and the
+smallest difference its seed count could detect.
+
+Every column is declared once, in :data:`COLUMNS` (key, header, source file, format,
+which outputs show it); runs.csv, table.csv, table.md and metrics.json all iterate
+that list, so a new column is one :class:`Column` line (and its test). A row's
 baseline is the variant named by ``methods.<variant>.baseline`` in params.yaml
 (the table rule passes it with ``--baselines``); the default grid names
 ``mctformer_v2``, the model every other method modifies. A row is marked better
@@ -16,6 +21,7 @@ failure-mode maps.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,84 +30,222 @@ import pandas as pd
 from wsss.evaluation.bootstrap import (
     N_RESAMPLES,
     Interval,
+    detectable_difference,
     miou_interval,
+    one_sided_t_test,
     paired_miou_difference,
 )
 from wsss.evaluation.per_image import PerImageCounts
 from wsss.io import atomic_path, read_json, write_json, write_text
 
-# Columns of the per-run table: (name in the table, key in a run's cam metrics).
-CAM_COLUMNS = {
-    "cam_miou": "miou",
-    "threshold": "threshold",
-    "precision": "precision",
-    "recall": "recall",
+# The outputs a column can appear in. table.csv and runs.csv are the data behind the
+# markdown: they hold every column (a per-run column as <key> in runs.csv and
+# <key>_mean / <key>_std in table.csv), so ``shows`` decides the markdown and JSON only.
+OUTPUTS = ("table.md", "runs.md", "metrics.json", "reference")
+SHOWN = frozenset({"table.md", "runs.md", "metrics.json"})
+
+# Where a column's values come from: the per-run files of one stage (the table job's
+# argument that lists them) or the summary computed here.
+SOURCES = {
+    "cam": "cam_metrics.json (--metrics)",
+    "decoder": "decoder_metrics.json (--decoder-metrics)",
+    "pseudo_labels": "pseudo_label_metrics.json (--pseudo-label-metrics)",
+    "seg": "seg_metrics.json (--seg-metrics)",
+    "attention": "attention_diagnostics.json of the trained run (--attention-diagnostics)",
+    "intervals": "per-image counts of cam_metrics.json (add_intervals)",
+    "paper": "wsss/resources/paper_numbers.yaml (add_paper_numbers)",
 }
+RUN_SOURCES = ("cam", "decoder", "pseudo_labels", "seg", "attention")
 
 
-# Failure-mode rates of a run (wsss.evaluation.failure_modes): (column, key in its
-# cam.failure_modes). None there (a dataset without failure-mode maps) is NaN here.
-FAILURE_COLUMNS = {
-    "context_fp": "context_fp_rate",
-    "part_recall": "part_recall",
-    "body_recall": "body_recall",
-}
+@dataclass(frozen=True)
+class Column:
+    """One column of the results, declared once; every output iterates :data:`COLUMNS`.
+
+    ``key``: its name in runs.csv / table.csv. ``header``: in table.md (``{split}`` is
+    replaced by the split the column is scored on). ``source``: a key of :data:`SOURCES`.
+    ``path``: the keys leading to the value in that source's file (per-run sources).
+    ``fmt``: how table.md shows it (a key of ``_SUMMARY_CELLS`` / ``_RUN_CELLS``).
+    ``shows``: which of :data:`OUTPUTS` show it. ``optional``: a None value (a dataset
+    without that measurement) is NaN, an empty cell, and left out of metrics.json.
+    ``aggregate``: over seeds, ``mean`` (with std), ``sum`` (a count of flags) or
+    ``first`` (the same value for every run of a dataset).
+    """
+
+    key: str
+    header: str
+    source: str
+    path: tuple[str, ...] = ()
+    fmt: str = "percent"
+    shows: frozenset[str] = SHOWN
+    optional: bool = False
+    aggregate: str = "mean"
+    split_note: str = ""  # the split named in the header when the files give none
 
 
-# Per-run scores read from other stages' files: (column, the file's top-level key).
-STAGE_COLUMNS = {
-    "decoder_miou": "decoder",
-    "pseudo_label_miou": "pseudo_labels",
-    "seg_miou": "seg",
-}
+COLUMNS: tuple[Column, ...] = (
+    Column("cam_miou", "CAM mIoU", "cam", ("cam", "miou")),
+    Column("cam_miou_ci", "95% CI", "intervals", fmt="ci", shows=frozenset({"table.md"})),
+    Column(
+        "diff_vs_baseline",
+        "Δ vs baseline [95% CI]",
+        "intervals",
+        fmt="diff",
+        shows=frozenset({"table.md", "metrics.json"}),
+    ),
+    Column("threshold", "best threshold", "cam", ("cam", "threshold"), fmt="threshold"),
+    Column(
+        "threshold_at_edge",
+        "",
+        "cam",
+        ("cam", "threshold_at_edge"),
+        fmt="flag",
+        shows=frozenset({"metrics.json"}),
+        aggregate="sum",
+    ),
+    Column("precision", "precision", "cam", ("cam", "precision")),
+    Column("recall", "recall", "cam", ("cam", "recall")),
+    # Failure-mode rates (wsss.evaluation.failure_modes); None without failure-mode maps.
+    Column(
+        "context_fp",
+        "context FP",
+        "cam",
+        ("cam", "failure_modes", "context_fp_rate"),
+        optional=True,
+    ),
+    Column(
+        "part_recall", "part recall", "cam", ("cam", "failure_modes", "part_recall"), optional=True
+    ),
+    Column(
+        "body_recall", "body recall", "cam", ("cam", "failure_modes", "body_recall"), optional=True
+    ),
+    Column("decoder_miou", "decoder mIoU", "decoder", ("decoder", "miou"), optional=True),
+    Column(
+        "pseudo_label_miou",
+        "pseudo-label mIoU{split}",
+        "pseudo_labels",
+        ("pseudo_labels", "miou"),
+        optional=True,
+        split_note="eval split",
+    ),
+    Column(
+        "seg_miou", "seg mIoU{split}", "seg", ("seg", "miou"), optional=True, split_note="seg split"
+    ),
+    # The summed patch affinity's background-to-object ratio of the run's trained model
+    # (wsss.methods.model_diagnostics; 1 = uniform, above 1 the affinity refinement
+    # pulls CAMs into the background); shared by the variants of one trained model.
+    Column(
+        "affinity_bg_to_object",
+        "affinity bg→object",
+        "attention",
+        ("affinity", "background_to_object_ratio"),
+        fmt="ratio",
+        optional=True,
+    ),
+    Column(
+        "seeds", "seeds", "intervals", fmt="count", shows=frozenset({"table.md", "metrics.json"})
+    ),
+    Column(
+        "detectable_diff",
+        "detectable Δ",
+        "intervals",
+        fmt="detectable",
+        shows=frozenset({"table.md"}),
+    ),
+    # Reference predictions on the same masks (one per dataset).
+    Column(
+        "all_background_miou",
+        "all background",
+        "cam",
+        ("cam", "reference", "all_background"),
+        shows=frozenset({"reference"}),
+        aggregate="first",
+    ),
+    Column(
+        "uniform_gt_miou",
+        "uniform CAM over GT classes",
+        "cam",
+        ("cam", "reference", "uniform_gt_classes"),
+        shows=frozenset({"reference"}),
+        aggregate="first",
+    ),
+    # The papers' numbers beside ours (only in tables of real benchmarks).
+    Column(
+        "paper_cam_miou",
+        "paper CAM",
+        "paper",
+        ("cam_miou",),
+        fmt="paper",
+        shows=frozenset({"table.md"}),
+    ),
+    Column(
+        "paper_seg_miou_val",
+        "paper seg (val)",
+        "paper",
+        ("seg_miou_val",),
+        fmt="paper",
+        shows=frozenset({"table.md"}),
+    ),
+)
 
 
-# Per-run attention diagnostic (wsss.methods.model_diagnostics): the summed patch
-# affinity's background-to-object ratio of the run's trained model (1 = uniform attention;
-# above 1 the affinity refinement pulls CAMs into the background). Shared by the variants
-# of one trained model; empty where the dataset has no instance masks.
-ATTENTION_COLUMN = "affinity_bg_to_object"
+def run_columns(source: str | None = None) -> list[Column]:
+    """The columns read from per-run files (of ``source`` only, when given)."""
+    return [c for c in COLUMNS if c.source in RUN_SOURCES and source in (None, c.source)]
 
 
-def _attention_by_run(files: list[str | Path]) -> dict[tuple[str, str, int], float]:
-    """{(dataset, trained run, seed): affinity background-to-object ratio} (NaN when skipped)."""
-    values = {}
-    for path in files:
-        run = read_json(path)
-        meta = _required(run, ("meta",), path)
-        if run.get("skipped"):
-            value = math.nan
-        else:
-            value = _required(run, ("affinity", "background_to_object_ratio"), path)
-        key = (meta["dataset"], meta["run"], int(meta["seed"]))
-        values[key] = math.nan if value is None else float(value)
-    return values
+def _missing(path: str | Path, keys: tuple[str, ...]) -> ValueError:
+    return ValueError(
+        f"{path}: no {'.'.join(keys)}; the file was written by an older stage, rerun it "
+        "(snakemake reruns it when the code changed)"
+    )
 
 
-def _scores_by_run(files: list[str | Path], key: str) -> tuple[dict, dict[str, set[str]]]:
-    """{(dataset, method, seed): mIoU} of one kind of metrics file, and the splits per dataset."""
-    scores, splits = {}, {}
-    for path in files:
-        run = read_json(path)
-        meta = run["meta"]
-        if key not in run:
-            raise ValueError(f"{path}: expected a {key!r} entry (is it the right kind of file?)")
-        scores[(meta["dataset"], meta["method"], int(meta["seed"]))] = run[key]["miou"]
-        if "split" in run[key]:
-            splits.setdefault(meta["dataset"], set()).add(run[key]["split"])
-    return scores, splits
-
-
-def _required(run: dict, keys: tuple[str, ...], path: str | Path) -> Any:
-    value = run
-    for key in keys:
+def _value(run: dict, column: Column, path: str | Path) -> Any:
+    """The column's value in one run file; NaN for None in an optional column."""
+    value: Any = run
+    for i, key in enumerate(column.path):
         if not isinstance(value, dict) or key not in value:
-            raise ValueError(
-                f"{path}: no {'.'.join(keys)}; the file was written by an older evaluate "
-                "stage, rerun it (snakemake reruns it when the evaluation code changed)"
-            )
+            raise _missing(path, column.path[: i + 1])
         value = value[key]
+    if value is None:
+        if not column.optional:
+            raise ValueError(f"{path}: {'.'.join(column.path)} is null")
+        return math.nan
     return value
+
+
+def _run_key(run: dict, path: str | Path) -> tuple[str, str, int]:
+    meta = run.get("meta")
+    if not isinstance(meta, dict) or not {"dataset", "method", "seed"} <= set(meta):
+        raise _missing(path, ("meta",))
+    return meta["dataset"], meta["method"], int(meta["seed"])
+
+
+def _stage_files(files: list[str | Path], top: str) -> tuple[dict, dict[str, set[str]]]:
+    """{(dataset, method, seed): parsed file} of one stage's files, and its splits per dataset."""
+    runs, splits = {}, {}
+    for path in files:
+        run = read_json(path)
+        if top not in run:
+            raise ValueError(f"{path}: expected a {top!r} entry (is it the right kind of file?)")
+        key = _run_key(run, path)
+        runs[key] = (path, run)
+        if isinstance(run[top], dict) and "split" in run[top]:
+            splits.setdefault(key[0], set()).add(run[top]["split"])
+    return runs, splits
+
+
+def _attention_files(files: list[str | Path]) -> dict[tuple[str, str, int], tuple]:
+    """{(dataset, trained run, seed): (path, parsed file)}; a skipped run has no values."""
+    runs = {}
+    for path in files:
+        run = read_json(path)
+        meta = run.get("meta")
+        if not isinstance(meta, dict) or not {"dataset", "run", "seed"} <= set(meta):
+            raise _missing(path, ("meta",))
+        runs[(meta["dataset"], meta["run"], int(meta["seed"]))] = (path, run)
+    return runs
 
 
 def collect_counts(metric_files: list[str | Path]) -> dict[tuple[str, str, int], PerImageCounts]:
@@ -109,11 +253,8 @@ def collect_counts(metric_files: list[str | Path]) -> dict[tuple[str, str, int],
     counts = {}
     for path in metric_files:
         run = read_json(path)
-        meta = run["meta"]
-        entry = _required(run, ("cam", "per_image"), path)
-        counts[(meta["dataset"], meta["method"], int(meta["seed"]))] = PerImageCounts.from_json(
-            entry, f"{path}: cam.per_image"
-        )
+        entry = _value(run, Column("per_image", "", "cam", ("cam", "per_image")), path)
+        counts[_run_key(run, path)] = PerImageCounts.from_json(entry, f"{path}: cam.per_image")
     return counts
 
 
@@ -127,7 +268,8 @@ def collect_runs(
     attention_files: list[str | Path] = (),
     training_runs: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """One row per run. ``runs.attrs["splits"]``: {column: {dataset: split names}}.
+    """One row per run, a column per :func:`run_columns` spec (runs.csv).
+    ``runs.attrs["splits"]``: {column: {dataset: split names}}.
 
     ``attention_files``: the trained runs' attention diagnostics, and ``training_runs``
     the trained run of each grid method (required for every method when files are given).
@@ -135,39 +277,37 @@ def collect_runs(
     ``labels`` and ``baselines``: display label and baseline variant
     (``methods.<v>.baseline``) per grid method. The report rules pass them; metrics files
     carry neither, so renaming a method or changing its baseline reruns only the report."""
-    stage_files = {
-        "decoder_miou": decoder_files,
-        "pseudo_label_miou": pseudo_label_files,
-        "seg_miou": seg_files,
-    }
+    stage_inputs = {"decoder": decoder_files, "pseudo_labels": pseudo_label_files, "seg": seg_files}
     stages, splits = {}, {}
-    for column, files in stage_files.items():
-        stages[column], splits[column] = _scores_by_run(files, STAGE_COLUMNS[column])
-    attention = _attention_by_run(list(attention_files))
+    for source, files in stage_inputs.items():
+        stages[source], found = _stage_files(list(files), run_columns(source)[0].path[0])
+        for column in run_columns(source):
+            splits[column.key] = found
+    attention = _attention_files(list(attention_files))
     rows = []
     for path in metric_files:
         run = read_json(path)
+        dataset, method, seed = _run_key(run, path)
         row: dict[str, Any] = {
-            "dataset": run["meta"]["dataset"],
-            "method": run["meta"]["method"],
-            "label": (labels or {}).get(run["meta"]["method"], run["meta"]["method"]),
-            "seed": int(run["meta"]["seed"]),
+            "dataset": dataset,
+            "method": method,
+            "label": (labels or {}).get(method, method),
+            "seed": seed,
+            "baseline": (baselines or {}).get(method),
         }
-        row.update({column: run["cam"][key] for column, key in CAM_COLUMNS.items()})
-        row["threshold_at_edge"] = _required(run, ("cam", "threshold_at_edge"), path)
-        modes = _required(run, ("cam", "failure_modes"), path)
-        for column, key in FAILURE_COLUMNS.items():
-            row[column] = float("nan") if modes.get(key) is None else float(modes[key])
-        row["baseline"] = (baselines or {}).get(row["method"])
-        row["all_background_miou"] = run["cam"]["reference"]["all_background"]
-        row["uniform_gt_miou"] = run["cam"]["reference"]["uniform_gt_classes"]
-        run_key = (row["dataset"], row["method"], row["seed"])
-        for column, scores in stages.items():
-            row[column] = scores.get(run_key, float("nan"))
-        if attention and row["method"] not in (training_runs or {}):
-            raise ValueError(f"{path}: no trained run given for method {row['method']!r}")
-        trained = (row["dataset"], (training_runs or {}).get(row["method"]), row["seed"])
-        row[ATTENTION_COLUMN] = attention.get(trained, float("nan"))
+        if attention and method not in (training_runs or {}):
+            raise ValueError(f"{path}: no trained run given for method {method!r}")
+        trained = (dataset, (training_runs or {}).get(method), seed)
+        for column in run_columns():
+            if column.source == "cam":
+                row[column.key] = _value(run, column, path)
+            elif column.source == "attention":
+                found = attention.get(trained)
+                skipped = found is None or found[1].get("skipped")
+                row[column.key] = math.nan if skipped else float(_value(found[1], column, found[0]))
+            else:
+                found = stages[column.source].get((dataset, method, seed))
+                row[column.key] = math.nan if found is None else _value(found[1], column, found[0])
         rows.append(row)
     if not rows:
         raise ValueError("no run metrics given to the table")
@@ -180,36 +320,42 @@ def collect_runs(
     return runs
 
 
-# Paper numbers shown beside ours: (column, metric in wsss/resources/paper_numbers.yaml).
-PAPER_COLUMNS = {"paper_cam_miou": "cam_miou", "paper_seg_miou_val": "seg_miou_val"}
-
-
 def add_paper_numbers(summary: pd.DataFrame, dataset_kinds: dict[str, str]) -> pd.DataFrame:
     """The papers' reported mIoU (as a fraction, like ours) for each (dataset, method) row;
     NaN where the paper reports none or the dataset's kind is not given (e.g. synthetic)."""
     from wsss.report.paper import paper_numbers
 
     summary = summary.copy()
-    for column, metric in PAPER_COLUMNS.items():
+    for column in (c for c in COLUMNS if c.source == "paper"):
         values = []
         for row in summary.itertuples():
             kind = dataset_kinds.get(row.dataset)
-            entry = paper_numbers(kind, row.method).get(metric) if kind else None
+            entry = paper_numbers(kind, row.method).get(column.path[0]) if kind else None
             values.append(entry["value"] / 100.0 if entry else float("nan"))
-        summary[column] = values
+        summary[column.key] = values
     return summary
 
 
 def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) -> pd.DataFrame:
-    """Mean and standard deviation over seeds for each (dataset, method)."""
-    values = [*CAM_COLUMNS, *FAILURE_COLUMNS, *STAGE_COLUMNS, ATTENTION_COLUMN]
-    grouped = runs.groupby(["dataset", "method", "label"], sort=False)[values]
-    summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    """Per (dataset, method), each run column aggregated over seeds as its spec says:
+    ``<key>_mean`` and ``<key>_std`` (sample std), ``<key>_runs`` (a count of flags) or
+    ``<key>`` (the same for every run); ``seeds``: how many runs."""
+    by = ["dataset", "method", "label"]
+    grouped = runs.groupby(by, sort=False)
+    means = [c.key for c in run_columns() if c.aggregate == "mean"]
+    summary = (
+        grouped[means]
+        .mean()
+        .add_suffix("_mean")
+        .join(grouped[means].std(ddof=1).add_suffix("_std"))
+    )
+    for column in run_columns():
+        if column.aggregate == "sum":
+            summary[f"{column.key}_runs"] = grouped[column.key].sum().astype(int)
+        elif column.aggregate == "first":
+            summary[column.key] = grouped[column.key].first()
     summary["seeds"] = grouped.size()
-    summary["edge_runs"] = runs.groupby(["dataset", "method", "label"], sort=False)[
-        "threshold_at_edge"
-    ].sum()
-    baselines = runs.groupby(["dataset", "method", "label"], sort=False)["baseline"]
+    baselines = grouped["baseline"]
     for (dataset, method, _), values in baselines:
         if values.map(repr).nunique() > 1:
             raise ValueError(
@@ -224,6 +370,15 @@ def summarize_runs(runs: pd.DataFrame, method_order: list[str] | None = None) ->
     return summary.reset_index(drop=True)
 
 
+# What the intervals cover and what not, in the table's legend (README repeats it).
+INTERVALS_COVER = (
+    "The intervals cover the noise a rerun redraws: the training seeds and the evaluation "
+    "images. They do not cover the choice of the background threshold (each run's is held "
+    "fixed) or a change of platform (CPU kernels, thread count), which moves runs like "
+    "another seed would but is not sampled here."
+)
+
+
 # Columns added by add_intervals (fractions, like the mIoU columns).
 INTERVAL_COLUMNS = (
     "cam_miou_ci_low",
@@ -231,6 +386,8 @@ INTERVAL_COLUMNS = (
     "diff_vs_baseline",
     "diff_ci_low",
     "diff_ci_high",
+    "detectable_diff",
+    "seed_t_test_p",
 )
 
 
@@ -246,7 +403,10 @@ def add_intervals(
     a row has no baseline in the table) and ``vs_baseline``: ``better``, ``worse``,
     ``no difference`` (the difference's interval contains 0), ``baseline`` (a row that
     other rows are compared with and that has no baseline itself), ``baseline not in
-    grid`` or empty. The pairs are the seeds both rows ran (they must be the same
+    grid``, ``one seed: no interval`` or empty. ``detectable_diff``: the smallest true
+    difference the interval calls at 80% power (wsss.evaluation.bootstrap
+    .detectable_difference), from the observed spread; ``seed_t_test_p``: the one-sided
+    t-test over the per-seed paired differences, which every verdict agrees with. The pairs are the seeds both rows ran (they must be the same
     seeds) and, within a seed, the same images. ``seed`` seeds the resampling.
     Raises ValueError for a row without counts, a baseline naming its own row, seed sets
     that differ, or counts whose mIoU is not the run's reported one.
@@ -272,6 +432,7 @@ def add_intervals(
                 f"mean CAM mIoU ({row.cam_miou_mean:.6f}); the metrics files are inconsistent"
             )
         diff, verdict = Interval(math.nan, math.nan, math.nan), ""
+        t_test_p = math.nan
         baseline = row.baseline if isinstance(row.baseline, str) else None
         if baseline == row.method:
             raise ValueError(f"{name}: names itself as its baseline (methods.{baseline}.baseline)")
@@ -291,9 +452,13 @@ def add_intervals(
                 for run, s in zip(runs, seeds, strict=True)
             ]
             diff = paired_miou_difference(pairs, n_resamples=n_resamples, seed=seed)
-            verdict = diff.verdict()
+            verdict = diff.verdict() or "one seed: no interval"
+            t_test_p = one_sided_t_test([run.miou() - base.miou() for run, base in pairs])
+        detectable = detectable_difference(diff.se, diff.df)
         for column, value in zip(
-            INTERVAL_COLUMNS, (ci.low, ci.high, diff.estimate, diff.low, diff.high), strict=True
+            INTERVAL_COLUMNS,
+            (ci.low, ci.high, diff.estimate, diff.low, diff.high, detectable, t_test_p),
+            strict=True,
         ):
             values[column].append(value)
         values["vs_baseline"].append(verdict)
@@ -325,10 +490,16 @@ def _ci_cell(low: float, high: float) -> str:
     return "" if math.isnan(low) else f"[{low * 100:.1f}, {high * 100:.1f}]"
 
 
+def _detectable_cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value * 100:.1f}"
+
+
 def _diff_cell(row: Any) -> str:
     """``+1.2 [+0.3, +2.1] **better**``, a note (baseline, not in grid), or empty."""
     if math.isnan(row.diff_vs_baseline):
         return row.vs_baseline
+    if math.isnan(row.diff_ci_low):
+        return f"{_signed(row.diff_vs_baseline)} ({row.vs_baseline})"
     text = (
         f"{_signed(row.diff_vs_baseline)} [{_signed(row.diff_ci_low)}, {_signed(row.diff_ci_high)}]"
     )
@@ -337,7 +508,48 @@ def _diff_cell(row: Any) -> str:
 
 def _threshold_cell(row: Any) -> str:
     cell = _pm(row.threshold_mean, row.threshold_std, 1, 2)
-    return f"{cell} (edge {row.edge_runs}/{row.seeds})" if row.edge_runs else cell
+    edges = row.threshold_at_edge_runs
+    return f"{cell} (edge {edges}/{row.seeds})" if edges else cell
+
+
+def _mean_std(row: Any, key: str) -> tuple[float, float]:
+    return getattr(row, f"{key}_mean"), getattr(row, f"{key}_std")
+
+
+# How table.md shows a column: summary rows (mean ± std) and per-run rows (one value).
+_SUMMARY_CELLS = {
+    "percent": lambda row, c: _pm_or_empty(*_mean_std(row, c.key)),
+    "ratio": lambda row, c: _ratio_cell(*_mean_std(row, c.key)),
+    "threshold": lambda row, c: _threshold_cell(row),
+    "ci": lambda row, c: _ci_cell(row.cam_miou_ci_low, row.cam_miou_ci_high),
+    "diff": lambda row, c: _diff_cell(row),
+    "count": lambda row, c: str(getattr(row, c.key)),
+    "detectable": lambda row, c: _detectable_cell(row.detectable_diff),
+    "paper": lambda row, c: _detectable_cell(getattr(row, c.key)),
+}
+_RUN_CELLS = {
+    "percent": lambda row, c: _pm_or_empty(getattr(row, c.key), math.nan),
+    "ratio": lambda row, c: _ratio_cell(getattr(row, c.key), math.nan),
+    "threshold": lambda row, c: f"{row.threshold:.2f}{' (edge)' if row.threshold_at_edge else ''}",
+}
+
+
+def _header(column: Column, runs: pd.DataFrame) -> str:
+    split = _split_suffix(runs, column.key, column.split_note) if column.split_note else ""
+    return column.header.replace("{split}", split)
+
+
+def _markdown_rows(
+    head: dict[str, str], columns: list[Column], cells: dict, rows: Any, runs: pd.DataFrame
+) -> list[str]:
+    """A markdown table: ``head`` ({title: row attribute}) then one column per spec."""
+    names = [*head, *(_header(c, runs) for c in columns)]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        values = [str(getattr(row, attribute)) for attribute in head.values()]
+        values += [cells[c.fmt](row, c) for c in columns]
+        lines.append("| " + " | ".join(values) + " |")
+    return lines
 
 
 def _baseline_names(summary: pd.DataFrame) -> str:
@@ -367,8 +579,6 @@ def _split_names(runs: pd.DataFrame, column: str) -> str:
 
 
 def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
-    pseudo = "pseudo-label mIoU" + _split_suffix(runs, "pseudo_label_miou", "eval split")
-    seg = "seg mIoU" + _split_suffix(runs, "seg_miou", "seg split")
     lines = [
         "# Results",
         "",
@@ -376,16 +586,17 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        "95% CI: a stratified bootstrap interval of the CAM mIoU over images and seeds "
-        "(each seed's images resampled with replacement, mIoU recomputed from the summed "
-        f"per-image intersections and unions; percentile interval, {N_RESAMPLES} resamples). "
-        "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's on "
-        "the same images and seeds, with the interval of that paired difference; **better** "
-        "or **worse** only where the interval excludes 0. Baselines (params.yaml "
-        f"`methods.<variant>.baseline`): {_baseline_names(summary)}. The intervals hold each "
-        "run's threshold fixed and cover image sampling given these seeds and trained "
-        "models; the seed spread is the std. Neither covers training noise from the "
-        "platform (CPU kernels, thread count; README), which can move a run by points.",
+        "95% CI: an interval of the CAM mIoU over training seeds and images: a t-interval "
+        "over the seeds whose variance adds the image-sampling variance the seeds share (one "
+        "image bootstrap draw shared by every seed; docs/statistics.md). "
+        f"{INTERVALS_COVER} "
+        "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's, "
+        "paired by seed and image, with the interval of that paired difference; **better** "
+        "or **worse** only where the interval excludes 0 (each such verdict is also a "
+        "one-sided 95% t-test over the per-seed differences). Baselines (params.yaml "
+        f"`methods.<variant>.baseline`): {_baseline_names(summary)}. Detectable Δ: the "
+        "smallest true difference to the baseline that the interval would call with 80% "
+        "power at this row's seed count and observed spread (more seeds shrink it).",
         "",
         "Best threshold: (edge n/N) marks a row whose best background threshold is the "
         "first or last value of the sweep (`evaluate.thresholds`) in n of its N seeds: the "
@@ -418,9 +629,8 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "",
     ]
     # Only tables of real benchmarks get the papers' columns (the synthetic one has none).
-    with_paper = all(c in summary for c in PAPER_COLUMNS) and bool(
-        summary[list(PAPER_COLUMNS)].notna().any().any()
-    )
+    paper = [c.key for c in COLUMNS if c.source == "paper"]
+    with_paper = all(k in summary for k in paper) and bool(summary[paper].notna().any().any())
     if with_paper:
         lines += [
             "Paper CAM / paper seg: the mIoU the method's paper reports for the same "
@@ -429,101 +639,67 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
             "number's source and whether it was checked); empty where none is reported.",
             "",
         ]
-    paper_head = " paper CAM | paper seg (val) |" if with_paper else ""
-    lines += [
-        f"| dataset | method | CAM mIoU | 95% CI | Δ vs baseline [95% CI] | best threshold | precision | recall | context FP | part recall | body recall | decoder mIoU | {pseudo} | {seg} | affinity bg→object | seeds |{paper_head}",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-        + ("---|---|" if with_paper else ""),
-    ]
-    for row in summary.itertuples():
-        paper_cells = (
-            "".join(
-                f" {'' if math.isnan(getattr(row, c)) else f'{getattr(row, c) * 100:.1f}'} |"
-                for c in PAPER_COLUMNS
-            )
-            if with_paper
-            else ""
-        )
-        lines.append(
-            f"| {row.dataset} | {row.label} | {_pm(row.cam_miou_mean, row.cam_miou_std)} "
-            f"| {_ci_cell(row.cam_miou_ci_low, row.cam_miou_ci_high)} | {_diff_cell(row)} "
-            f"| {_threshold_cell(row)} "
-            f"| {_pm(row.precision_mean, row.precision_std)} | {_pm(row.recall_mean, row.recall_std)} "
-            f"| {_pm_or_empty(row.context_fp_mean, row.context_fp_std)} "
-            f"| {_pm_or_empty(row.part_recall_mean, row.part_recall_std)} "
-            f"| {_pm_or_empty(row.body_recall_mean, row.body_recall_std)} "
-            f"| {_pm_or_empty(row.decoder_miou_mean, row.decoder_miou_std)} "
-            f"| {_pm_or_empty(row.pseudo_label_miou_mean, row.pseudo_label_miou_std)} "
-            f"| {_pm_or_empty(row.seg_miou_mean, row.seg_miou_std)} "
-            f"| {_ratio_cell(row.affinity_bg_to_object_mean, row.affinity_bg_to_object_std)} "
-            f"| {row.seeds} |{paper_cells}"
-        )
+    shown = [c for c in COLUMNS if "table.md" in c.shows and (c.source != "paper" or with_paper)]
+    head = {"dataset": "dataset", "method": "label"}
+    lines += _markdown_rows(head, shown, _SUMMARY_CELLS, summary.itertuples(), runs)
+    reference = [c for c in COLUMNS if "reference" in c.shows]
     lines += ["", "Reference predictions (same masks, no model):", ""]
-    lines += ["| dataset | all background | uniform CAM over GT classes |", "|---|---|---|"]
+    lines += ["| dataset | " + " | ".join(c.header for c in reference) + " |"]
+    lines += ["|" + "---|" * (len(reference) + 1)]
     for dataset, group in runs.groupby("dataset", sort=True):
-        lines.append(
-            f"| {dataset} | {group['all_background_miou'].iloc[0] * 100:.1f} "
-            f"| {group['uniform_gt_miou'].iloc[0] * 100:.1f} |"
-        )
-    lines += [
-        "",
-        "## Per run",
-        "",
-        "| dataset | method | seed | CAM mIoU | threshold | precision | recall | context FP | part recall | body recall | pseudo-label mIoU | seg mIoU | affinity bg→object |",
-    ]
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in runs.itertuples():
-        lines.append(
-            f"| {row.dataset} | {row.label} | {row.seed} | {row.cam_miou * 100:.1f} "
-            f"| {row.threshold:.2f}{' (edge)' if row.threshold_at_edge else ''} "
-            f"| {row.precision * 100:.1f} | {row.recall * 100:.1f} "
-            f"| {_pm_or_empty(row.context_fp, math.nan)} | {_pm_or_empty(row.part_recall, math.nan)} "
-            f"| {_pm_or_empty(row.body_recall, math.nan)} "
-            f"| {_pm_or_empty(row.pseudo_label_miou, math.nan)} | {_pm_or_empty(row.seg_miou, math.nan)} "
-            f"| {_ratio_cell(row.affinity_bg_to_object, math.nan)} |"
-        )
+        cells = [f"{group[c.key].iloc[0] * 100:.1f}" for c in reference]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    per_run = [c for c in COLUMNS if "runs.md" in c.shows]
+    lines += ["", "## Per run", ""]
+    head = {"dataset": "dataset", "method": "label", "seed": "seed"}
+    lines += _markdown_rows(head, per_run, _RUN_CELLS, runs.itertuples(), runs)
     return "\n".join(lines) + "\n"
 
 
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
 def metrics_tree(runs: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
-    """Nested {dataset: {method: {...}}} for ``dvc metrics show/diff``."""
+    """Nested {dataset: {method: {...}}} for ``dvc metrics show/diff``.
+
+    Every leaf is a scalar (DVC drops lists). Per column spec shown in metrics.json: a
+    mean column as ``<key>`` and ``<key>_std`` (left out when the mean is NaN, std null
+    with one seed), a flag column as ``<key>_runs``; the interval as ``cam_miou_ci_low``
+    / ``cam_miou_ci_high``; the paired difference under ``vs_baseline`` as ``diff`` with
+    ``diff_ci_low`` / ``diff_ci_high``, ``detectable_diff`` and ``verdict``; null where
+    undefined (one seed)."""
     tree: dict[str, Any] = {}
     for row in summary.itertuples():
-        entry = {
-            "cam_miou": round(float(row.cam_miou_mean), 6),
-            "cam_miou_std": None
-            if math.isnan(row.cam_miou_std)
-            else round(float(row.cam_miou_std), 6),
-            "cam_miou_ci": [
-                round(float(row.cam_miou_ci_low), 6),
-                round(float(row.cam_miou_ci_high), 6),
-            ],
-            "threshold": round(float(row.threshold_mean), 4),
-            "threshold_at_edge_runs": int(row.edge_runs),
-            "precision": round(float(row.precision_mean), 6),
-            "recall": round(float(row.recall_mean), 6),
-            "seeds": int(row.seeds),
-        }
-        if not math.isnan(row.diff_vs_baseline):
-            entry["vs_baseline"] = {
-                "baseline": row.baseline,
-                "diff": round(float(row.diff_vs_baseline), 6),
-                "ci": [round(float(row.diff_ci_low), 6), round(float(row.diff_ci_high), 6)],
-                "verdict": row.vs_baseline,
-            }
-        if not math.isnan(row.decoder_miou_mean):
-            entry["decoder_miou"] = round(float(row.decoder_miou_mean), 6)
-        for column in (*FAILURE_COLUMNS, "pseudo_label_miou", "seg_miou", ATTENTION_COLUMN):
-            mean, std = getattr(row, f"{column}_mean"), getattr(row, f"{column}_std")
-            if not math.isnan(mean):
-                entry[column] = round(float(mean), 6)
-                entry[f"{column}_std"] = None if math.isnan(std) else round(float(std), 6)
+        entry: dict[str, Any] = {}
+        for column in COLUMNS:
+            if "metrics.json" not in column.shows:
+                continue
+            if column.aggregate == "sum":
+                entry[f"{column.key}_runs"] = int(getattr(row, f"{column.key}_runs"))
+            elif column.source in RUN_SOURCES:
+                mean, std = _mean_std(row, column.key)
+                if not math.isnan(mean):
+                    entry[column.key] = _rounded(mean)
+                    entry[f"{column.key}_std"] = _rounded(std)
+                if column.key == "cam_miou":
+                    entry["cam_miou_ci_low"] = _rounded(row.cam_miou_ci_low)
+                    entry["cam_miou_ci_high"] = _rounded(row.cam_miou_ci_high)
+            elif column.key == "seeds":
+                entry["seeds"] = int(row.seeds)
+            elif column.key == "diff_vs_baseline" and not math.isnan(row.diff_vs_baseline):
+                entry["vs_baseline"] = {
+                    "baseline": row.baseline,
+                    "diff": _rounded(row.diff_vs_baseline),
+                    "diff_ci_low": _rounded(row.diff_ci_low),
+                    "diff_ci_high": _rounded(row.diff_ci_high),
+                    "detectable_diff": _rounded(row.detectable_diff),
+                    "verdict": row.vs_baseline,
+                }
         tree.setdefault(row.dataset, {})[row.method] = entry
+    reference = [c for c in COLUMNS if "reference" in c.shows]
     for dataset, group in runs.groupby("dataset"):
-        tree[dataset]["reference"] = {
-            "all_background_miou": round(float(group["all_background_miou"].iloc[0]), 6),
-            "uniform_gt_miou": round(float(group["uniform_gt_miou"].iloc[0]), 6),
-        }
+        tree[dataset]["reference"] = {c.key: _rounded(group[c.key].iloc[0]) for c in reference}
     return tree
 
 

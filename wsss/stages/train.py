@@ -37,7 +37,13 @@ from wsss.evaluation.metrics import mean_average_precision
 from wsss.io import atomic_path, remove_temporaries, write_json
 from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
 from wsss.models.param_groups import param_groups
-from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
+from wsss.runtime import (
+    EXECUTION,
+    config_digest,
+    platform_info,
+    resolve_device,
+    seed_everything,
+)
 from wsss.runtime import progress as tqdm
 from wsss.stages import add_common, json_arg
 
@@ -192,6 +198,9 @@ def train(
         "final_loss": history[-1]["loss"],
         "epochs": epochs,
         "train_map": train_map(model, method, data, device),
+        # Where the weights were computed: CPU kernels and thread count move a run like
+        # another seed would (README), so the training platform is recorded with it.
+        "platform": {**platform_info(device=str(device)), "processes": ranks.world_size},
     }
     write_json(out_dir / "train_metrics.json", summary)
     return summary
