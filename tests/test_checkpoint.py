@@ -62,6 +62,17 @@ def test_pickled_objects_are_refused(tmp_path):
         checkpoint.load(path)
 
 
+def test_numpy_scalar_metadata_loads(tmp_path):
+    """Other tools store metadata such as an epoch or a score as numpy scalars: plain
+    data, loaded (a raw UnpicklingError traceback before)."""
+    import numpy as np
+
+    path = tmp_path / "model.pt"
+    torch.save({**_state(), "epoch": np.int64(3), "best_map": np.float32(0.5)}, path)
+    state = checkpoint.load(path)
+    assert state["epoch"] == 3 and state["best_map"] == np.float32(0.5)
+
+
 # ---------------------------------------------------------------- resumable checkpoints
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -10,7 +11,8 @@ from conftest import tiny_synthetic_dataset
 
 from wsss.cam_store import CamWriter
 from wsss.data.datasets import open_dataset
-from wsss.evaluation.cam_eval import evaluate_cams
+from wsss.evaluation.cam_eval import evaluate_cams, summarize
+from wsss.evaluation.metrics import scores_from_confusion
 from wsss.evaluation.per_image import PerImageCounts
 from wsss.evaluation.sweep import threshold_at_edge
 
@@ -23,6 +25,19 @@ def test_threshold_at_edge():
     assert threshold_at_edge(0.5, [0.5])  # a one-value sweep is all edge
     with pytest.raises(ValueError, match="no thresholds"):
         threshold_at_edge(0.1, [])
+
+
+def test_summary_of_a_model_that_predicts_only_background_is_strict_json():
+    """A segmenter that labels every pixel background has no defined foreground precision:
+    the summary says null, not NaN (ten seg_metrics.json files once held a bare NaN)."""
+    conf = np.array([[50, 0, 0], [30, 0, 0], [20, 0, 0]])  # gt rows, pred columns
+    summary = summarize(scores_from_confusion(conf), ["cat", "dog"])
+    assert summary["precision"] is None
+    assert summary["recall"] == 0.0 and summary["fn_rate"] == 1.0
+    assert summary["miou"] == pytest.approx(0.5 / 3)
+    json.loads(json.dumps(summary, allow_nan=False))
+    no_labels = summarize(scores_from_confusion(np.zeros((3, 3), np.int64)), ["cat", "dog"])
+    assert no_labels["miou"] is None and no_labels["recall"] is None
 
 
 @pytest.fixture(scope="module")

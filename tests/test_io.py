@@ -162,3 +162,17 @@ def test_unreadable_images_and_masks_say_what_to_do(tmp_path):
     mask.unlink()
     with pytest.raises(FileNotFoundError, match=rf"mask {mask} does not exist; .*{advice}"):
         layout.load_mask("train_00000")
+
+
+def test_write_json_refuses_nan_naming_the_file(tmp_path):
+    """A bare NaN is not JSON (strict parsers reject it): the writer refuses it instead of
+    writing a file that only Python reads back."""
+    import numpy as np
+
+    path = tmp_path / "metrics.json"
+    for bad in (float("nan"), float("inf"), np.float64("nan")):
+        with pytest.raises(ValueError, match=r"metrics\.json.*NaN or an infinity.*null"):
+            write_json(path, {"precision": bad})
+        assert not path.exists()
+    write_json(path, {"precision": None, "miou": np.float32(0.5)})
+    assert read_json(path) == {"precision": None, "miou": 0.5}

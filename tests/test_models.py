@@ -257,3 +257,98 @@ def test_pretrained_positions_for_another_grid_are_resized_as_the_official_finet
     antialiased = resample_abs_pos_embed(patch_pos, new_size=[8, 8], num_prefix_tokens=0)
     assert torch.allclose(timm_model.patch_pos_embed, antialiased, atol=1e-6)
     assert (antialiased - expected).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------------------- local weights files
+
+
+def _official_mctformer_v2_state(tiny_model_config, num_classes: int, grid: int) -> dict:
+    """A state dict with the official MCTformer-V2 key names and shapes (xulianuwa/MCTformer
+    models.py): C class tokens, C + N position embeddings (class ones first), a 3x3 conv head,
+    the DeiT backbone and its final norm, for a ``grid`` x ``grid`` patch grid."""
+    import timm
+
+    backbone = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=32, **tiny_model_config["overrides"]
+    )
+    state = {k: v for k, v in backbone.state_dict().items() if k not in ("cls_token", "pos_embed")}
+    dim = backbone.embed_dim
+    generator = torch.Generator().manual_seed(1)
+    state["cls_token"] = torch.randn(1, num_classes, dim, generator=generator)
+    state["pos_embed"] = torch.randn(1, num_classes + grid * grid, dim, generator=generator)
+    state["head.weight"] = torch.randn(num_classes, dim, 3, 3, generator=generator)
+    state["head.bias"] = torch.randn(num_classes, generator=generator)
+    return state
+
+
+def test_an_official_mctformer_v2_checkpoint_loads_through_a_key_mapping(
+    tiny_model_config, tmp_path
+):
+    state = _official_mctformer_v2_state(tiny_model_config, num_classes=3, grid=4)
+    path = tmp_path / "MCTformer_v2.pth"
+    torch.save({"model": state}, path)  # as the official main.py saves it
+    model = build_model(dict(tiny_model_config, weights=str(path)), num_classes=3)
+    assert torch.equal(model.class_tokens, state["cls_token"])
+    assert torch.equal(model.class_pos_embed, state["pos_embed"][:, :3])
+    assert torch.equal(model.patch_pos_embed, state["pos_embed"][:, 3:])  # 32 px / 8 = 4x4
+    assert torch.equal(model.patch_head.weight, state["head.weight"])
+    assert torch.equal(model.patch_head.bias, state["head.bias"])
+    assert torch.equal(model.blocks[2].mlp.fc1.weight, state["blocks.2.mlp.fc1.weight"])
+
+    # At another input size the patch positions are resized as the official --finetune.
+    bigger = build_model(dict(tiny_model_config, img_size=64, weights=str(path)), num_classes=3)
+    expected = F.interpolate(
+        state["pos_embed"][:, 3:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2),
+        size=(8, 8),
+        mode="bicubic",
+        align_corners=False,
+    )
+    assert torch.allclose(
+        bigger.patch_pos_embed, expected.permute(0, 2, 3, 1).reshape(1, 64, -1), atol=1e-6
+    )
+
+
+def test_an_official_mctformer_v2_checkpoint_that_does_not_fit_says_what_to_do(
+    tiny_model_config, tmp_path
+):
+    from wsss.models.mct_vit import ModelConfig, create_backbone
+
+    path = tmp_path / "MCTformer_v2.pth"
+    torch.save({"model": _official_mctformer_v2_state(tiny_model_config, 20, 4)}, path)
+    with pytest.raises(ValueError, match=r"MCTformer_v2\.pth is an official MCTformer-V2 .*20 "):
+        build_model(dict(tiny_model_config, weights=str(path)), num_classes=3)
+    with pytest.raises(ValueError, match="does not fit model.backbone"):
+        build_model(
+            dict(tiny_model_config, weights=str(path), overrides={"patch_size": 8}),
+            num_classes=20,
+        )
+    # A model other than the multi-class-token classifier (ClusterCAM's, pretraining)
+    # cannot use it.
+    with pytest.raises(ValueError, match="initialises only the multi-class-token classifier"):
+        create_backbone(ModelConfig.from_dict(dict(tiny_model_config, weights=str(path))))
+
+
+def test_weights_with_numpy_metadata_load_and_pickled_objects_are_named(
+    tiny_model_config, tmp_path
+):
+    import numpy as np
+    import timm
+
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, img_size=32, **tiny_model_config["overrides"]
+    )
+    path = tmp_path / "weights.pth"
+    torch.save(
+        {"model": reference.state_dict(), "epoch": np.int64(3), "best_map": np.float64(0.5)},
+        path,
+    )
+    model = build_model(dict(tiny_model_config, weights=str(path)), num_classes=3)
+    assert torch.equal(model.blocks[1].attn.qkv.weight, reference.blocks[1].attn.qkv.weight)
+
+    # A whole pickled module (torch.save(model)) is code, not data.
+    torch.save({"model": reference.state_dict(), "head": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(ValueError, match=r"weights\.pth holds pickled objects .*Linear"):
+        build_model(dict(tiny_model_config, weights=str(path)), num_classes=3)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"weights\.pth cannot be read as a state dict"):
+        build_model(dict(tiny_model_config, weights=str(path)), num_classes=3)

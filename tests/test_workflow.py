@@ -348,3 +348,13 @@ def test_sharded_cams_score_as_the_unsharded_split(project):
     assert [s["images"] for s in index["shards"]] == [20, 20, 8]
     again = _snakemake(project, "-n", *args)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A deleted shard is rebuilt by the default target (issue 28, case 6: evaluation used
+    # to fail on every rerun), and the scores come out the same.
+    everything = ("--configfile", smoke, str(sharded))
+    _snakemake(project, *everything)
+    (cams / "train.shards/1.npz").unlink()
+    _snakemake(project, *everything)
+    assert (cams / "train.shards/1.npz").is_file()
+    for run in runs:
+        assert json.loads((project / run).read_text()) == unsharded[run], run

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from wsss.io import atomic_path
+from wsss.models.pretrained import torch_load_plain
 
 log = logging.getLogger("wsss")
 
@@ -37,7 +38,8 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load(path: str | Path, device: torch.device | str = "cpu", what: str = "model file") -> dict:
-    """A state saved by :func:`save`, loaded with ``weights_only=True``.
+    """A state saved by :func:`save`, loaded with ``weights_only=True`` (numpy scalars
+    and dtypes, plain data that other tools store as metadata, are accepted).
 
     Raises FileNotFoundError (naming ``what`` and the path) when it is missing,
     and ValueError naming the path when it cannot be read (truncated, not a
@@ -47,7 +49,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", what: str = "mode
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch_load_plain(path, map_location=device)
     except (RuntimeError, OSError, EOFError, ValueError, TypeError) as err:
         raise ValueError(
             f"{what} {path} cannot be read ({type(err).__name__}: {err}); delete it and rerun "

@@ -118,7 +118,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` to ``path`` atomically as strict JSON (indented, sorted keys; numpy
+    scalars and arrays as plain numbers and lists).
+
+    Raises ValueError naming the path when ``obj`` holds NaN or an infinity: Python's
+    ``json`` would write a bare ``NaN``/``Infinity``, which strict parsers (jq, JSON
+    Schema, browsers) reject; a value that is undefined must be written as None.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(
+            f"{path}: not written, the data holds NaN or an infinity ({err}), which is not "
+            "JSON; the writer must store an undefined value as null (None)"
+        ) from err
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -2,6 +2,8 @@
 # more than cam.shard_size images, one `cams_shard_<run>` job per shard (the checkpoint
 # cam_shard_plan cuts the split) and a cam_shard_index job whose index the
 # consumers read as the split's CAMs (cam_artifact in common.smk).
+import hashlib
+from types import SimpleNamespace as Namespace
 
 
 # The plan and the index only read id lists and zip indexes: no cluster job for them.
@@ -52,6 +54,29 @@ for cam_run, cam_variants in CAM_GROUPS.items():
             " 2> {log.log}"
 
 
+def cam_split_files(dataset, method, seed, split):
+    """Every CAM file of a run's split: the CAM file, or the shard index and each shard.
+    Targets of `all` (every_cam_artifact), so that a deleted shard is rebuilt like any
+    other artifact, not only when its index is missing."""
+    artifact = cam_artifact(dataset, method, seed, split)
+    if not artifact.endswith(".shards.json"):
+        return [artifact]
+    wildcards = Namespace(dataset=dataset, method=method, seed=seed, split=split)
+    return [artifact, *cam_shard_files(wildcards)]
+
+
+def shard_plan_digest(wildcards):
+    """Params of the shard and index jobs: the SHA-256 of their split's plan.
+
+    The plan is their input as ancient(), so a plan rebuilt with the same content (its
+    manifest regenerated, the file deleted) reruns nothing downstream, while a plan whose
+    content changed (another cam.shard_size, another image list) reruns them through
+    Snakemake's params trigger. Reading the plan waits for the checkpoint that makes it."""
+    plan = checkpoints.cam_shard_plan.get(dataset=wildcards.dataset, split=wildcards.split)
+    with open(plan.output.plan, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 checkpoint cam_shard_plan:
     input:
         manifest=results("data/{dataset}.json"),
@@ -74,11 +99,12 @@ for cam_run, cam_variants in CAM_GROUPS.items():
             cam_rule_name("cams_shard", cam_run)
         input:
             model=results(f"runs/{{dataset}}/train/{cam_run}/seed{{seed}}/model.pt"),
-            plan=results("cams/{dataset}/{split}.shard_plan.json"),
+            plan=ancient(results("cams/{dataset}/{split}.shard_plan.json")),
             code=code("cams", cam_group_methods(cam_variants)),
         output:
             **cam_group_outputs(cam_variants, ".shards/{shard}.npz"),
         params:
+            plan_sha256=shard_plan_digest,
             cfg=job_config("cams", variants=cam_variants),
             outs=cam_group_outs(cam_variants),
         threads: rule_resources("cams")["threads"]
@@ -100,10 +126,12 @@ for cam_run, cam_variants in CAM_GROUPS.items():
 rule cam_shard_index:
     input:
         shards=cam_shard_files,
-        plan=results("cams/{dataset}/{split}.shard_plan.json"),
+        plan=ancient(results("cams/{dataset}/{split}.shard_plan.json")),
         code=code("cam-shards"),
     output:
         index=results("cams/{dataset}/{method}/seed{seed}/{split}.shards.json"),
+    params:
+        plan_sha256=shard_plan_digest,
     log:
         results("logs/cam_shard_index/{dataset}/{method}/seed{seed}/{split}.log"),
     shell:

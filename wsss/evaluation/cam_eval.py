@@ -31,16 +31,30 @@ log = logging.getLogger("wsss")
 
 
 def summarize(scores: SegmentationScores, class_names: list[str]) -> dict[str, Any]:
-    """Headline numbers: mIoU, and mean precision/recall over the foreground classes."""
+    """Headline numbers: mIoU, and mean precision/recall/error rates over the foreground
+    classes where each is defined (wsss.evaluation.metrics).
+
+    A mean with no defined value is ``None`` (JSON ``null``), never NaN, which is not
+    JSON: ``precision`` is null when no foreground class was predicted anywhere (a
+    segmenter that labels every pixel background), ``recall`` when no foreground class
+    is in the ground truth, ``miou`` and the rates when no label occurs at all.
+    """
     fg = slice(1, None)
     return {
-        "miou": float(scores.miou),
-        "precision": float(np.nanmean(scores.precision[fg])),
-        "recall": float(np.nanmean(scores.recall[fg])),
-        "fp_rate": float(np.nanmean(scores.fp_rate[fg])),
-        "fn_rate": float(np.nanmean(scores.fn_rate[fg])),
+        "miou": _mean_or_none(np.array([scores.miou])),
+        "precision": _mean_or_none(scores.precision[fg]),
+        "recall": _mean_or_none(scores.recall[fg]),
+        "fp_rate": _mean_or_none(scores.fp_rate[fg]),
+        "fn_rate": _mean_or_none(scores.fn_rate[fg]),
         "per_class": scores.to_dict(["background", *class_names]),
     }
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    """The mean of the non-NaN ``values``; None when there are none (np.nanmean would
+    return NaN with a RuntimeWarning)."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else None
 
 
 def per_image_counts(

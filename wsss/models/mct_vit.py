@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -40,7 +41,12 @@ from timm.models import load_pretrained
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
-from wsss.models.pretrained import timm_weights
+from wsss.models.pretrained import (
+    is_official_mctformer_v2,
+    official_mctformer_v2_state,
+    read_weights,
+    timm_weights,
+)
 
 # How patch position embeddings are resized to another grid (``model.pos_embed_resize``):
 # "official": plain bicubic as the official MCTformer/AReAM/ClusterCAM code; "timm":
@@ -371,16 +377,62 @@ class MultiClassTokenViT(nn.Module):
 
 
 def build_model(config: ModelConfig | dict[str, Any], num_classes: int) -> MultiClassTokenViT:
+    """The multi-class-token model of ``config`` for ``num_classes`` classes.
+
+    ``model.weights`` may also be an official MCTformer-V2 checkpoint: its weights
+    (class tokens, their position embeddings, the PatchCAM head and the backbone) are
+    loaded through :func:`wsss.models.pretrained.official_mctformer_v2_state`, the patch
+    position embeddings resized to ``model.img_size`` as the official ``--finetune``
+    does (plain bicubic to the target size). Raises ValueError naming the file when it
+    does not fit ``model.backbone`` or the dataset's class count.
+    """
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MultiClassTokenViT(
+    official, weights = None, config.weights
+    if weights is not None and Path(weights).is_file():
+        state = read_weights(weights, "model")
+        if is_official_mctformer_v2(state):
+            official = official_mctformer_v2_state(state, weights, num_classes)
+            config = replace(config, pretrained=False, weights=None)
+    model = MultiClassTokenViT(
         create_backbone(config),
         num_classes,
         pos_embed_resize=config.pos_embed_resize,
         patch_head_init=config.patch_head_init,
     )
+    if official is not None:
+        _load_official(model, official, Path(str(weights)))
+    return model
+
+
+def _load_official(
+    model: MultiClassTokenViT,
+    mapped: dict[str, torch.Tensor],
+    path: Path,
+) -> None:
+    """Load an official MCTformer-V2 state (already mapped) into ``model``."""
+    patch_pos = mapped["patch_pos_embed"]
+    side = math.isqrt(patch_pos.shape[1])
+    if side * side != patch_pos.shape[1]:
+        raise ValueError(
+            f"model.weights: {path}: {patch_pos.shape[1]} patch position embeddings are not a "
+            "square grid"
+        )
+    if (side, side) != model.base_grid:
+        mapped = dict(mapped)
+        mapped["patch_pos_embed"] = resample_abs_pos_embed(
+            patch_pos, new_size=list(model.base_grid), num_prefix_tokens=0, antialias=False
+        )
+    try:
+        model.load_state_dict(mapped, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"model.weights: {path} is an official MCTformer-V2 checkpoint that does not fit "
+            f"model.backbone ({err}); set model.backbone to the checkpoint's ViT "
+            "(deit_small_patch16_224 for the released MCTformer-V2)"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> int:

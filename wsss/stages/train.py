@@ -194,10 +194,12 @@ def train(
         train_seconds,
         epochs * steps_per_epoch * batch_size / max(train_seconds, 1e-9),
     )
+    mean_ap = train_map(model, method, data, device)
     summary = {
         "final_loss": history[-1]["loss"],
         "epochs": epochs,
-        "train_map": train_map(model, method, data, device),
+        # null when no class has a positive image (mAP undefined): NaN is not JSON
+        "train_map": None if math.isnan(mean_ap) else mean_ap,
         # Where the weights were computed: CPU kernels and thread count move a run like
         # another seed would (README), so the training platform is recorded with it.
         "platform": {**platform_info(device=str(device)), "processes": ranks.world_size},
