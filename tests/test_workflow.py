@@ -29,10 +29,12 @@ def _copy_project(dest: Path) -> Path:
 def _snakemake(
     workdir: Path, *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """``snakemake --cores 2 ARGS`` in ``workdir`` with this venv first on PATH; ``env``:
-    extra environment variables."""
+    """``snakemake --cores 2 ARGS`` in ``workdir`` run by this venv's interpreter, with the venv
+    NOT on PATH (as for a user who did not activate it: the Snakefile puts the interpreter's
+    directory first on the jobs' PATH); ``env``: extra environment variables."""
     env = dict(os.environ, **(env or {}))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = _without_venv(env["PATH"])
+    env.pop("VIRTUAL_ENV", None)
     env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
@@ -46,6 +48,37 @@ def _snakemake(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def _without_venv(path: str) -> str:
+    """PATH without this venv's bin folder (or any folder holding a `wsss` command)."""
+    venv = Path(sys.executable).parent
+    return os.pathsep.join(
+        p
+        for p in path.split(os.pathsep)
+        if p and Path(p) != venv and not (Path(p) / "wsss").exists()
+    )
+
+
+def test_a_run_without_wsss_refuses_to_start_naming_the_fix(project):
+    """Snakemake run by an interpreter with no `wsss` beside it (the venv's base Python, the
+    venv's packages on PYTHONPATH) and none on PATH stops before any job, saying how to run
+    it; with the venv's interpreter (every other test here) the jobs find `wsss`."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = dict(os.environ, PATH=_without_venv(os.environ["PATH"]))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site])
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        [sys._base_executable, "-m", "snakemake", "--cores", "1", "-n"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "the rules call `wsss`, which is neither next to the interpreter" in output, output
+    assert "run Snakemake from the project's environment" in output
 
 
 def _job_counts(output: str) -> dict[str, int]:
