@@ -81,6 +81,31 @@ def test_a_run_without_wsss_refuses_to_start_naming_the_fix(project):
     assert "run Snakemake from the project's environment" in output
 
 
+def test_deployed_as_a_module_into_another_folder_it_plans_the_grid(tmp_path):
+    """The deployment snakedeploy writes (`module ...: snakefile:` plus `use rule * from`),
+    here with a local path to this checkout, in a folder with its own config: the code inputs
+    resolve against the checkout and every output lands in the deploying folder. (snakedeploy
+    itself cannot write this for a local checkout: its local provider gives the Snakefile's
+    path relative to the source, which does not resolve from the deploying folder.)"""
+    deploy = tmp_path / "deploy"
+    (deploy / "config").mkdir(parents=True)
+    (deploy / "workflow").mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["results_dir"] = "my-results"
+    (deploy / "config" / "config.yaml").write_text(yaml.safe_dump(params))
+    (deploy / "workflow" / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n\n'
+        f'module wsss:\n    snakefile:\n        "{REPO / "workflow" / "Snakefile"}"\n'
+        "    config:\n        config\n\n\n"
+        "use rule * from wsss\n"
+    )
+    result = _snakemake(deploy, "-n", "--configfile", str(REPO / "configs" / "smoke.yaml"))
+    counts = _job_counts(result.stdout)
+    assert counts["prepare_data"] == 1 and counts["train"] >= 1 and counts["table"] == 1
+    assert "my-results/table.md" not in result.stdout  # the smoke preset's results_dir wins
+    assert "results-smoke/table.md" in result.stdout
+
+
 def _job_counts(output: str) -> dict[str, int]:
     """Parse the 'Job stats' table of a dry run into {rule: count} (rule_family names)."""
     counts, in_table = {}, False
