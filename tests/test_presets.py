@@ -301,3 +301,25 @@ def test_voc_preset_architectures_train_extract_and_score_on_real_images(project
             "depth": 12,
             "num_heads": 6,
         }
+
+
+@pytest.mark.parametrize("preset", ["voc", "coco"])
+def test_cluster_preset_headers_give_the_launcher_command(preset):
+    """The header's command is the launcher (the plain `snakemake --workflow-profile` call
+    hangs on a cluster without job accounting), with the git-ignored site settings."""
+    header = "".join(
+        line
+        for line in (REPO / "configs" / f"{preset}.yaml").read_text().splitlines(True)
+        if line.startswith("#")
+    )
+    assert f"workflow/profiles/slurm/snakemake-slurm --configfile configs/{preset}.yaml" in header
+    assert "#   snakemake --workflow-profile" not in header
+
+
+def test_site_settings_are_git_ignored():
+    import subprocess
+
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", "configs/site.yaml"], cwd=REPO
+    )
+    assert result.returncode == 0, "configs/site.yaml is not git-ignored"
