@@ -323,3 +323,15 @@ def test_site_settings_are_git_ignored():
         ["git", "check-ignore", "-q", "--no-index", "configs/site.yaml"], cwd=REPO
     )
     assert result.returncode == 0, "configs/site.yaml is not git-ignored"
+
+
+def test_the_documented_site_file_sets_both_offline_weights():
+    """docs/real-data.md's configs/site.yaml example names the classifier's and the
+    segmenter's weights, under keys the schema knows."""
+    docs = (REPO / "docs" / "real-data.md").read_text()
+    block = docs.split("# configs/site.yaml (yours, git-ignored)")[1].split("```")[0]
+    site = yaml.safe_load(block)
+    assert site["model"]["weights"].endswith(".pth")
+    assert site["segmentation"]["weights"]
+    params = load_params(REPO / "params.yaml")
+    assert {"weights", "pretrained"} <= set(params["model"]) & set(params["segmentation"])
