@@ -301,3 +301,37 @@ def test_voc_preset_architectures_train_extract_and_score_on_real_images(project
             "depth": 12,
             "num_heads": 6,
         }
+
+
+@pytest.mark.parametrize("preset", ["voc", "coco"])
+def test_cluster_preset_headers_give_the_launcher_command(preset):
+    """The header's command is the launcher (the plain `snakemake --workflow-profile` call
+    hangs on a cluster without job accounting), with the git-ignored site settings."""
+    header = "".join(
+        line
+        for line in (REPO / "configs" / f"{preset}.yaml").read_text().splitlines(True)
+        if line.startswith("#")
+    )
+    assert f"workflow/profiles/slurm/snakemake-slurm --configfile configs/{preset}.yaml" in header
+    assert "#   snakemake --workflow-profile" not in header
+
+
+def test_site_settings_are_git_ignored():
+    import subprocess
+
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", "configs/site.yaml"], cwd=REPO
+    )
+    assert result.returncode == 0, "configs/site.yaml is not git-ignored"
+
+
+def test_the_documented_site_file_sets_both_offline_weights():
+    """docs/real-data.md's configs/site.yaml example names the classifier's and the
+    segmenter's weights, under keys the schema knows."""
+    docs = (REPO / "docs" / "real-data.md").read_text()
+    block = docs.split("# configs/site.yaml (yours, git-ignored)")[1].split("```")[0]
+    site = yaml.safe_load(block)
+    assert site["model"]["weights"].endswith(".pth")
+    assert site["segmentation"]["weights"]
+    params = load_params(REPO / "params.yaml")
+    assert {"weights", "pretrained"} <= set(params["model"]) & set(params["segmentation"])

@@ -407,3 +407,19 @@ def test_the_slurm_plugin_asks_for_the_gpus_on_one_node_in_one_task():
     argv = shlex.split(get_submit_command(job, params) + set_gres_string(job))
     assert "--gpus=2" in argv and "--nodes=1" in argv and "--cpus-per-task=16" in argv, argv
     assert not [a for a in argv if a.startswith("--ntasks")], argv
+
+
+def test_the_documented_slurm_log_options_are_the_plugins():
+    """docs/real-data.md's options for keeping SLURM logs are settings of the installed
+    executor plugin (a renamed option would be silently wrong advice)."""
+    import dataclasses
+
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm import ExecutorSettings
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "real-data.md").read_text()
+    section = docs.split("### Keeping the SLURM job logs")[1].split("\n### ")[0]
+    options = set(re.findall(r"--slurm-([a-z-]+)", section))
+    settings = {f.name.replace("_", "-") for f in dataclasses.fields(ExecutorSettings)}
+    assert options == {"keep-successful-logs", "delete-logfiles-older-than", "logdir"}
+    assert options <= settings, options - settings

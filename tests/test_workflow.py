@@ -29,10 +29,12 @@ def _copy_project(dest: Path) -> Path:
 def _snakemake(
     workdir: Path, *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """``snakemake --cores 2 ARGS`` in ``workdir`` with this venv first on PATH; ``env``:
-    extra environment variables."""
+    """``snakemake --cores 2 ARGS`` in ``workdir`` run by this venv's interpreter, with the venv
+    NOT on PATH (as for a user who did not activate it: the Snakefile puts the interpreter's
+    directory first on the jobs' PATH); ``env``: extra environment variables."""
     env = dict(os.environ, **(env or {}))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = _without_venv(env["PATH"])
+    env.pop("VIRTUAL_ENV", None)
     env.setdefault("XDG_CACHE_HOME", str(workdir / ".cache"))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *args],
@@ -46,6 +48,80 @@ def _snakemake(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def _without_venv(path: str) -> str:
+    """PATH without this venv's bin folder (or any folder holding a `wsss` command)."""
+    venv = Path(sys.executable).parent
+    return os.pathsep.join(
+        p
+        for p in path.split(os.pathsep)
+        if p and Path(p) != venv and not (Path(p) / "wsss").exists()
+    )
+
+
+def test_a_run_without_wsss_refuses_to_start_naming_the_fix(project):
+    """Snakemake run by an interpreter with no `wsss` beside it (the venv's base Python, the
+    venv's packages on PYTHONPATH) and none on PATH stops before any job, saying how to run
+    it; with the venv's interpreter (every other test here) the jobs find `wsss`."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = dict(os.environ, PATH=_without_venv(os.environ["PATH"]))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site])
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(
+        [sys._base_executable, "-m", "snakemake", "--cores", "1", "-n"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "the rules call `wsss`, which is neither next to the interpreter" in output, output
+    assert "run Snakemake from the project's environment" in output
+
+
+def test_deployed_as_a_module_into_another_folder_it_plans_the_grid(tmp_path):
+    """The deployment snakedeploy writes (`module ...: snakefile:` plus `use rule * from`),
+    here with a local path to this checkout, in a folder with its own config: the code inputs
+    resolve against the checkout and every output lands in the deploying folder. (snakedeploy
+    itself cannot write this for a local checkout: its local provider gives the Snakefile's
+    path relative to the source, which does not resolve from the deploying folder.)"""
+    deploy = tmp_path / "deploy"
+    (deploy / "config").mkdir(parents=True)
+    (deploy / "workflow").mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["results_dir"] = "my-results"
+    (deploy / "config" / "config.yaml").write_text(yaml.safe_dump(params))
+    (deploy / "workflow" / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n\n'
+        f'module wsss:\n    snakefile:\n        "{REPO / "workflow" / "Snakefile"}"\n'
+        "    config:\n        config\n\n\n"
+        "use rule * from wsss\n"
+    )
+    result = _snakemake(deploy, "-n", "--configfile", str(REPO / "configs" / "smoke.yaml"))
+    counts = _job_counts(result.stdout)
+    assert counts["prepare_data"] == 1 and counts["train"] >= 1 and counts["table"] == 1
+    assert "my-results/table.md" not in result.stdout  # the smoke preset's results_dir wins
+    assert "results-smoke/table.md" in result.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="snakefmt is applied to the workflow once the rule edits of this round are "
+    "merged; remove this mark then (strict: the test fails once the files are formatted)",
+)
+def test_the_workflow_files_are_snakefmt_formatted():
+    """`snakefmt --check` on the Snakefile and every rule file (the formatter's defaults,
+    line length from pyproject's [tool.snakefmt] if any): exit 0 when nothing would change."""
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    if snakefmt is None:
+        pytest.skip("snakefmt is not installed (pip install -e '.[test]')")
+    files = [REPO / "workflow" / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    result = subprocess.run(
+        [snakefmt, "--check", *map(str, files)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _job_counts(output: str) -> dict[str, int]:

@@ -18,7 +18,11 @@ The recipe does not depend on the process count:
   epoch, image index) and does not depend on the split either.
 - :func:`average_gradients` all-reduces the gradients after ``backward()`` and divides by
   N: for a loss that is a mean over the batch's images this is the gradient of the global
-  batch's mean, as DistributedDataParallel computes it. (DDP's wrapper module is not used:
+  batch's mean, as DistributedDataParallel computes it. A loss normalised by a batch-level
+  count instead (AReAM's balanced affinity loss, ClusterCAM's balanced segmentation loss:
+  a sum over the batch's pixel pairs or pixels divided by how many there are) takes its
+  count over the global batch with :func:`global_count`, so that the average of the
+  ranks' gradients is again the one-process gradient. (DDP's wrapper module is not used:
   the methods call the model's own attributes and run several forward passes per step,
   which the wrapper hides or forbids; the reduction is the same sum / N, after the
   backward pass instead of overlapped with it.)
@@ -265,6 +269,28 @@ def all_sum(value: torch.Tensor, group: Group) -> torch.Tensor:
     total = value.detach().clone()
     dist.all_reduce(total)
     return total
+
+
+def global_count(count: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(count summed over the ranks, number of ranks)`` for a batch-level normaliser.
+
+    For a loss ``total / f(count)`` over the whole batch (``total`` a sum of per-element
+    terms, ``count`` how many elements the sum runs over, a tensor without gradient), rank r
+    returns ``ranks * total_r / f(global count)``: :func:`average_gradients` divides the sum
+    of the ranks' gradients by ``ranks``, which leaves ``sum_r d total_r / f(global count)``,
+    the gradient of the one-process loss on the global batch; and the ranks' mean of the
+    logged values (:func:`mean_over_ranks`) is the one-process value. The count carries no
+    gradient (it counts labels), so a plain all-reduce suffices. Without a process group
+    (one process, or outside training): ``(count, 1)``, the loss exactly as before.
+
+    Every rank must call this at the same point (it is a collective): the training loop runs
+    the same loss code on every rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count, 1
+    total = count.detach().clone()
+    dist.all_reduce(total)
+    return total, dist.get_world_size()
 
 
 def mean_over_ranks(

@@ -4,8 +4,20 @@ import shlex
 import sys
 from pathlib import Path
 
-# Import the package from this checkout even when it is not installed.
-sys.path.insert(0, str(Path(workflow.basedir).parent))
+# The project this workflow belongs to: the code inputs resolve against it, so that the
+# workflow also runs as a module of another folder (`module ...: snakefile:`, snakedeploy),
+# where relative inputs would name files in that folder. workflow.basedir is the main
+# Snakefile's folder, the deploying one's in a module; current_basedir is this file's
+# (workflow/rules). Import the package from it even when it is not installed.
+_rules_dir = workflow.current_basedir.get_path_or_uri(secret_free=True)
+if not Path(_rules_dir).is_dir():
+    raise WorkflowError(
+        f"the workflow's rules are at {_rules_dir}, not a local folder: the rules' code inputs "
+        "are the package's files, so use the workflow as a module from a local clone "
+        "(module ...: snakefile: \"<clone>/workflow/Snakefile\")"
+    )
+PROJECT = Path(_rules_dir).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
 
 from wsss import code_deps as wsss_code_deps  # noqa: E402
 from wsss import config as wsss_config  # noqa: E402
@@ -49,7 +61,8 @@ def code(command, methods=None):
     def inputs(wildcards):
         kind = dataset_kind(wildcards.dataset) if "dataset" in wildcards.keys() else None
         trains, refiners = methods(wildcards) if methods else ((), ())
-        return wsss_code_deps.code_inputs(command, kind, trains, refiners)
+        files = wsss_code_deps.code_inputs(command, kind, trains, refiners)
+        return files if PROJECT == Path.cwd() else [str(PROJECT / f) for f in files]
 
     return inputs
 

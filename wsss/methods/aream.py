@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.data.palette import IGNORE_INDEX
+from wsss.distributed import global_count
 from wsss.methods.base import Param, TrainingMethod, Upstream, register_training_method
 from wsss.models import ModelOutput, MultiClassTokenViT
 from wsss.models.attention import class_to_patch, propagate, select_blocks
@@ -109,15 +110,20 @@ def balanced_affinity_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.
 
     ``logits``: ... x B x N x N (leading dims, e.g. blocks, are kept: one loss
     each); ``target``: B x N x N with 1/0/ignore. Sums and counts run over the
-    whole batch, as ``losses.get_aff_loss``.
+    whole batch, as ``losses.get_aff_loss``. Under data-parallel training the counts are
+    those of the global batch (:func:`wsss.distributed.global_count`; the official code
+    normalises by its process's own batch, so its 2-GPU run has per-GPU counts), so that 1
+    and N processes give the same gradient; without a process group this is the plain loss.
     """
     scores = torch.sigmoid(logits.float())
     positive = (target == 1).to(scores.dtype)
     negative = (target == 0).to(scores.dtype)
     dims = (-3, -2, -1)
-    positive_loss = (positive * (1 - scores)).sum(dim=dims) / (positive.sum() + 1)
-    negative_loss = (negative * scores).sum(dim=dims) / (negative.sum() + 1)
-    return 0.5 * positive_loss + 0.5 * negative_loss
+    positives, ranks = global_count(positive.sum())
+    negatives, _ = global_count(negative.sum())
+    positive_loss = (positive * (1 - scores)).sum(dim=dims) / (positives + 1)
+    negative_loss = (negative * scores).sum(dim=dims) / (negatives + 1)
+    return ranks * (0.5 * positive_loss + 0.5 * negative_loss)
 
 
 def block_entropy(

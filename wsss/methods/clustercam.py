@@ -56,6 +56,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from wsss.data.palette import IGNORE_INDEX
+from wsss.distributed import global_count
 from wsss.methods.base import CamRecipe, Param, TrainingMethod, register_training_method
 from wsss.models import ModelConfig, ModelOutput, MultiClassTokenViT
 from wsss.models.attention import patch_affinity, propagate, select_blocks
@@ -150,7 +151,10 @@ def balanced_seg_loss(
 
     ``logits``: B x (C+1) x H x W; ``target``: B x H x W. Each CE is the mean
     over its own pixels of the whole batch (``utils.get_seg_loss``); a part
-    with no pixels contributes 0 (the code replaces its NaN by 0).
+    with no pixels contributes 0 (the code replaces its NaN by 0). Under data-parallel
+    training the pixel counts are those of the global batch
+    (:func:`wsss.distributed.global_count`), so that 1 and N processes give the same
+    gradient; without a process group this is the plain loss.
     """
     log_probs = F.log_softmax(logits.float(), dim=1)
     valid = target != ignore_index
@@ -159,9 +163,11 @@ def balanced_seg_loss(
     background = target == 0
     foreground = valid & ~background
     zero = torch.zeros_like(nll)
-    bg_loss = torch.where(background, nll, zero).sum() / background.sum().clamp(min=1)
-    fg_loss = torch.where(foreground, nll, zero).sum() / foreground.sum().clamp(min=1)
-    return 0.5 * (bg_loss + fg_loss)
+    backgrounds, ranks = global_count(background.sum())
+    foregrounds, _ = global_count(foreground.sum())
+    bg_loss = torch.where(background, nll, zero).sum() / backgrounds.clamp(min=1)
+    fg_loss = torch.where(foreground, nll, zero).sum() / foregrounds.clamp(min=1)
+    return ranks * 0.5 * (bg_loss + fg_loss)
 
 
 class ClusterAttentionBlock(nn.Module):
