@@ -3,12 +3,14 @@
 
 def attention_config(wildcards):
     """An attention-diagnostics job: the dataset's eval_split, the attention_diagnostics block,
-    the blocks the patch affinity sums (the dataset's CAM recipe) and which run it is."""
+    the blocks the patch affinity and the class attention sum (the dataset's CAM recipe) and
+    which run it is."""
     cam = wsss_config.dataset_block(config, wildcards.dataset, "cam")
     return {
         "dataset": wsss_config.dataset_config(config, wildcards.dataset, "eval_split"),
         **config["attention_diagnostics"],
         "affinity_layers": cam["affinity_layers"],
+        "class_layers": cam["class_layers"],
         "meta": {
             "dataset": wildcards.dataset,
             "run": wildcards.train,

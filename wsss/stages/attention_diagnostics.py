@@ -3,7 +3,9 @@
 For one trained run (``model.pt`` of the train stage) on its dataset's
 ``eval_split``: per block, and for the patch affinity the refinement propagates
 CAMs with, the own-object lift, other-object lift, background-to-object ratio,
-neighbourhood lift and entropy of :mod:`wsss.evaluation.attention_diagnostics`
+neighbourhood lift, entropy, the self / rest-of-object / other-objects /
+background shares of object patches, and per block and for the CAM's summed
+class attention the class-token lift, of :mod:`wsss.evaluation.attention_diagnostics`
 (definitions and the reading there and in ``docs/synthetic.md``). The model is
 rebuilt by its own training method (``load_trained``), so a method with extra
 parameters (ClusterCAM) or block hooks (DOEI) runs exactly as when its CAMs are
@@ -52,7 +54,8 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
     first n images with a mask; None: all), ``"min_fraction"`` (patch labelling,
     :func:`~wsss.evaluation.attention_diagnostics.patch_instance_labels`),
     ``"batch_size"``, ``"affinity_layers"`` (the blocks the affinity sums: ``"all"``,
-    the last k or indices, as ``cam.affinity_layers``), ``"meta"}``.
+    the last k or indices, as ``cam.affinity_layers``), ``"class_layers"`` (the blocks
+    the CAM's class attention sums, as ``cam.class_layers``), ``"meta"}``.
     Returns ``{"meta", "skipped", "method", "split", "images", "blocks": [...],
     "affinity": {...}, "affinity_blocks", ...}``; with ``skipped`` set (a reason)
     there are no values. Raises ValueError when the model's classes are not the
@@ -91,6 +94,7 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
             f"{dataset.name} has {dataset.num_classes}"
         )
     blocks = select_blocks(model.depth, config["affinity_layers"])
+    class_blocks = select_blocks(model.depth, config["class_layers"])
     log.info(
         "attention diagnostics: %s (%s, seed %s) on %s %s (%d images), affinity blocks %s",
         model_path,
@@ -108,6 +112,7 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
         num_classes=dataset.num_classes,
         patch_size=model.patch_size,
         affinity_blocks=blocks,
+        class_blocks=class_blocks,
         min_fraction=config["min_fraction"],
         device=device,
         batch_size=config["batch_size"],
@@ -122,9 +127,18 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
             entry["background_to_object_ratio"],
             entry["entropy_normalised"],
         )
-    log.info("affinity: bg->object %.2f", result["affinity"]["background_to_object_ratio"])
+    log.info(
+        "affinity: bg->object %.2f, object patches' rest-of-object share %.2f (self %.2f); "
+        "class attention (blocks %s): class-token lift %.2f",
+        result["affinity"]["background_to_object_ratio"],
+        result["affinity"]["rest_of_object_share"],
+        result["affinity"]["self_share"],
+        class_blocks,
+        result["class_attention"]["class_token_lift"],
+    )
+    for key in ("affinity", "class_attention"):
+        result[key] = {k: _finite_or_none(v) for k, v in result[key].items()}
     result["blocks"] = [{k: _finite_or_none(v) for k, v in b.items()} for b in result["blocks"]]
-    result["affinity"] = {k: _finite_or_none(v) for k, v in result["affinity"].items()}
     return {
         **base,
         **result,
@@ -139,7 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         type=json_arg,
         required=True,
-        help="{dataset, max_images, min_fraction, batch_size, affinity_layers, meta}",
+        help="{dataset, max_images, min_fraction, batch_size, affinity_layers, class_layers, meta}",
     )
     p.add_argument("--model", required=True, help="model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write")
