@@ -16,6 +16,13 @@ backbone's per-block attention and final tokens. What each one uses:
   distribution over the own region, ``-sum_{j in own(i)} log(a_ij) / |own(i)|``
   (cross-entropy to that target); weaker than ``grouping`` because it also
   spreads the mass inside the region.
+- ``grouping_rest`` (**uses the masks**): as ``grouping``, but an object
+  query's own region excludes the query itself: ``-log sum_{j in own(i), j != i} a_ij``
+  for object patches (objects of 2+ patches; a one-patch object is not a query),
+  ``-log sum_{j in background} a_ij`` for background patches. It rewards what the
+  affinity refinement needs (mass on the *rest* of the object, the
+  ``rest_of_object_share`` diagnostic) and gives self-attention of an object patch
+  no credit, unlike ``grouping``, whose optimum includes near-identity rows.
 - ``classification`` (image labels only, no masks): multi-label soft-margin
   loss of a linear head on the final class token, as ImageNet-style
   classification pretraining.
@@ -76,11 +83,28 @@ def patch_rows(attention: torch.Tensor) -> torch.Tensor:
     return rows / rows.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def grouping_loss(
-    attentions: Sequence[torch.Tensor], patch_labels: torch.Tensor, soft: bool
-) -> torch.Tensor:
-    """Mean over the given blocks and the valid queries of the (hard or soft) grouping loss."""
+def rest_region(patch_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x N x N region mask, B x N valid-query mask) of ``grouping_rest``: an object
+    query's own object without itself (queries of one-patch objects dropped), a background
+    query's background (itself included)."""
     region, valid = own_region(patch_labels)
+    n = patch_labels.shape[1]
+    eye = torch.eye(n, dtype=torch.bool, device=patch_labels.device)[None]
+    is_object = (patch_labels > 0)[:, :, None]
+    region = region & ~(eye & is_object)
+    valid = valid & region.any(dim=-1)
+    return region, valid
+
+
+def grouping_loss(
+    attentions: Sequence[torch.Tensor],
+    patch_labels: torch.Tensor,
+    soft: bool,
+    exclude_self: bool = False,
+) -> torch.Tensor:
+    """Mean over the given blocks and the valid queries of the (hard or soft) grouping loss;
+    ``exclude_self``: the regions of :func:`rest_region`."""
+    region, valid = (rest_region if exclude_self else own_region)(patch_labels)
     if not valid.any():
         raise ValueError("grouping loss: every patch of the batch is mixed; no query to supervise")
     losses = []
@@ -138,6 +162,7 @@ class GroupingObjective(PretrainObjective):
     name = "grouping"
     uses_masks = True
     soft = False
+    exclude_self = False
 
     def __init__(self, params: dict[str, Any], num_classes: int, embed_dim: int, depth: int):
         super().__init__(params, num_classes, embed_dim, depth)
@@ -151,7 +176,9 @@ class GroupingObjective(PretrainObjective):
 
     def loss(self, batch, output):
         chosen = [output.attentions[i] for i in self.blocks]
-        loss = grouping_loss(chosen, batch.patch_labels, soft=self.soft)
+        loss = grouping_loss(
+            chosen, batch.patch_labels, soft=self.soft, exclude_self=self.exclude_self
+        )
         parts = {"grouping": loss.item()}
         if self.head is not None:
             logits = self.head(output.tokens[:, 0])
@@ -165,3 +192,9 @@ class GroupingObjective(PretrainObjective):
 class SoftGroupingObjective(GroupingObjective):
     name = "grouping_soft"
     soft = True
+
+
+@PRETRAIN_OBJECTIVES.register("grouping_rest")
+class RestGroupingObjective(GroupingObjective):
+    name = "grouping_rest"
+    exclude_self = True
