@@ -76,6 +76,28 @@ def test_rest_grouping_gives_self_no_credit():
     assert valid.tolist() == [[True, True, False, False]]
 
 
+def test_shape_classification_target_collapses_the_fills():
+    from wsss.pretrain.objectives import BackboneOutput, PretrainBatch
+
+    objective = PRETRAIN_OBJECTIVES.get("grouping_rest")(
+        {"classification_weight": 1.0, "classification_target": "shape"}, 48, 4, 1
+    )
+    assert objective.head.out_features == 8
+    labels = torch.zeros(1, 48)
+    labels[0, 7] = labels[0, 8] = 1.0  # shape 1 (fills 1 and 2)
+    labels[0, 47] = 1.0  # shape 7
+    tokens = torch.randn(1, 5, 4)
+    attention = torch.full((1, 1, 5, 5), 0.2)
+    batch = PretrainBatch(torch.zeros(1, 3, 8, 8), torch.tensor([[0, 0, 1, 1]]), labels)
+    _, parts = objective.loss(batch, BackboneOutput(tokens, [attention]))
+    shapes = torch.zeros(1, 8)
+    shapes[0, 1] = shapes[0, 7] = 1.0
+    expected = torch.nn.functional.multilabel_soft_margin_loss(objective.head(tokens[:, 0]), shapes)
+    assert parts["classification"] == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="classification_target"):
+        PRETRAIN_OBJECTIVES.get("grouping")({"classification_target": "fill"}, 48, 4, 1)
+
+
 def test_grouping_needs_a_query():
     with pytest.raises(ValueError, match="mixed"):
         grouping_loss([_attention()], torch.full((1, 4), -1), soft=False)

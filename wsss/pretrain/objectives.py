@@ -28,8 +28,10 @@ backbone's per-block attention and final tokens. What each one uses:
   classification pretraining.
 
 The grouping objectives take ``classification_weight`` (default 0) to add the
-classification term, and ``blocks`` (``"all"`` or a list of block indices) to
-choose the supervised blocks.
+classification term, ``classification_target`` (``"class"``: the 48 shape/fill
+classes, default; ``"shape"``: the 8 shapes, an easier task the CLS token can learn
+in a short run; a corpus class c has shape ``c // FILLS``) and ``blocks``
+(``"all"`` or a list of block indices) to choose the supervised blocks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.data.pretrain_corpus import FILLS
 from wsss.evaluation.attention_diagnostics import MIXED
 from wsss.registry import Registry
 
@@ -166,13 +169,22 @@ class GroupingObjective(PretrainObjective):
 
     def __init__(self, params: dict[str, Any], num_classes: int, embed_dim: int, depth: int):
         super().__init__(params, num_classes, embed_dim, depth)
-        _check_keys(self.name, self.params, ["blocks", "classification_weight"])
+        _check_keys(
+            self.name, self.params, ["blocks", "classification_weight", "classification_target"]
+        )
         blocks = self.params.get("blocks", "all")
         self.blocks = list(range(depth)) if blocks == "all" else [int(b) % depth for b in blocks]
         if not self.blocks:
             raise ValueError(f"pretrain objective {self.name!r}: blocks is empty")
         self.classification_weight = float(self.params.get("classification_weight", 0.0))
-        self.head = nn.Linear(embed_dim, num_classes) if self.classification_weight else None
+        self.target = self.params.get("classification_target", "class")
+        if self.target not in ("class", "shape"):
+            raise ValueError(
+                f"pretrain objective {self.name!r}: classification_target must be 'class' or "
+                f"'shape', got {self.target!r}"
+            )
+        outputs = num_classes if self.target == "class" else num_classes // len(FILLS)
+        self.head = nn.Linear(embed_dim, outputs) if self.classification_weight else None
 
     def loss(self, batch, output):
         chosen = [output.attentions[i] for i in self.blocks]
@@ -182,7 +194,10 @@ class GroupingObjective(PretrainObjective):
         parts = {"grouping": loss.item()}
         if self.head is not None:
             logits = self.head(output.tokens[:, 0])
-            classification = F.multilabel_soft_margin_loss(logits, batch.labels)
+            labels = batch.labels
+            if self.target == "shape":  # multi-hot over shapes: any fill of the shape present
+                labels = labels.reshape(len(labels), -1, len(FILLS)).amax(dim=-1)
+            classification = F.multilabel_soft_margin_loss(logits, labels)
             parts["classification"] = classification.item()
             loss = loss + self.classification_weight * classification
         return loss, parts
