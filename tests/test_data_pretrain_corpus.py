@@ -104,3 +104,23 @@ def test_bad_config_names_the_key(override, key):
         CorpusConfig(**override)
     with pytest.raises(ValueError, match="unknown"):
         CorpusConfig.from_dict({"colour": 1})
+
+
+def test_parts_repaint_the_body_but_not_the_instance_map():
+    """part_prob 1: every one-object image keeps its instance map and its background (no
+    noise here), and most get a differently coloured region inside the object."""
+    plain = CorpusConfig(num_images=20, min_objects=1, max_objects=1, noise=0.0)
+    with_parts = generate_corpus(replace(plain, part_prob=1.0, max_parts=2))
+    without = generate_corpus(plain)
+    np.testing.assert_array_equal(with_parts.instances, without.instances)
+    outside = (without.instances == 0)[..., None]
+    np.testing.assert_array_equal(
+        np.where(outside, with_parts.images, 0), np.where(outside, without.images, 0)
+    )
+    changed = [
+        bool((with_parts.images[i] != without.images[i])[without.instances[i] > 0].any())
+        for i in range(len(without))
+    ]
+    assert sum(changed) >= 10
+    with pytest.raises(ValueError, match="part_prob"):
+        CorpusConfig(part_prob=1.5)

@@ -11,6 +11,7 @@ import torch
 from wsss.evaluation.attention_diagnostics import (
     MIXED,
     AttentionDiagnostics,
+    class_token_sums,
     locality_sums,
     patch_instance_labels,
     summed_affinity,
@@ -220,3 +221,98 @@ def test_pooling_rejects_a_different_depth_and_empty_result():
     diagnostics.add(np.ones((2, N, N)), LABELS)
     with pytest.raises(ValueError, match="blocks"):
         diagnostics.add(np.ones((3, N, N)), LABELS)
+
+
+# --------------------------------------------------------------------------- shares, class tokens
+
+
+def test_shares_of_identity_attention_are_all_self():
+    """Self-attention: own-object lift is high, yet nothing reaches the rest of the object."""
+    (stats,) = _means(np.eye(N)[None])
+    # Object 1's two patches are the only queries (object 2 has one patch: no rest).
+    assert stats["self_share_queries"] == 2
+    assert stats["self_share"] == pytest.approx(1.0)
+    assert stats["rest_of_object_share"] == pytest.approx(0.0)
+    assert stats["other_objects_share"] == pytest.approx(0.0)
+    assert stats["background_share"] == pytest.approx(0.0)
+    # ... while the own-object lift counts self: 1 / (2/8) = 4 for object 1, 8 for object 2.
+    assert stats["own_object_lift"] == pytest.approx((4 + 4 + 8) / 3)
+
+
+def test_shares_of_the_oracle_grouping_and_of_a_hand_built_row():
+    (stats,) = _means(_own_region_attention()[None])
+    # Uniform over its own 2-patch object: 1/2 on self, 1/2 on the rest.
+    assert stats["self_share"] == pytest.approx(0.5)
+    assert stats["rest_of_object_share"] == pytest.approx(0.5)
+    assert stats["background_share"] == pytest.approx(0.0)
+    # Patch order: 0, 1 object 1; 2, 3 bg; 4 object 2; 5, 6 bg; 7 mixed. Query 0 puts
+    # 0.4 on itself, 0.1 on patch 1, 0.2 on object 2, 0.2 on background (0.1 + 0.1) and
+    # 0.1 on the mixed patch; query 1 is uniform: 1/8 on itself, on patch 0 and on
+    # object 2, 4/8 on the four background patches.
+    attention = np.full((N, N), 1.0 / N)
+    attention[0] = [0.4, 0.1, 0.1, 0.1, 0.2, 0.0, 0.0, 0.1]
+    (stats,) = _means(attention[None])
+    assert stats["self_share"] == pytest.approx((0.4 + 1 / 8) / 2)
+    assert stats["rest_of_object_share"] == pytest.approx((0.1 + 1 / 8) / 2)
+    assert stats["other_objects_share"] == pytest.approx((0.2 + 1 / 8) / 2)
+    assert stats["background_share"] == pytest.approx((0.2 + 4 / 8) / 2)
+
+
+def test_class_token_lift_on_hand_built_rows():
+    # Class grid: class 2 on patches 0, 1; class 5 on patch 4; background elsewhere, 7 mixed.
+    classes = np.array([[2, 2, 0, 0], [5, 0, 0, MIXED]])
+    attention = np.full((1, 6, N), 1.0)  # 1 block, 6 class tokens, uniform (not normalised)
+    attention[0, 1] = [3, 1, 0, 0, 0, 0, 0, 0]  # token of class 2: all on its patches
+    attention[0, 4] = [0, 0, 1, 1, 1, 1, 0, 1]  # token of class 5: 1/5 on its patch
+    sums = class_token_sums(attention, classes)
+    (stats,) = sums.means()
+    # Class 2: 1 / (2/8) = 4; class 5: (1/5) / (1/8) = 1.6; the other tokens' rows are unused.
+    assert stats["class_token_lift"] == pytest.approx((4 + 1.6) / 2)
+    assert stats["class_token_lift_queries"] == 2
+    # Uniform rows give 1.
+    (uniform,) = class_token_sums(np.ones((1, 2, 6, N)), classes).means()
+    assert uniform["class_token_lift"] == pytest.approx(1.0)
+
+
+def test_class_token_errors():
+    classes = np.array([[2, 2, 0, 0], [5, 0, 0, MIXED]])
+    with pytest.raises(ValueError, match="only 3 class tokens"):
+        class_token_sums(np.ones((1, 3, N)), classes)
+    with pytest.raises(ValueError, match="does not match"):
+        class_token_sums(np.ones((1, 6, 4)), classes)
+    bad = np.ones((1, 6, N))
+    bad[0, 1] = 0
+    with pytest.raises(ValueError, match="class 2 has no mass"):
+        class_token_sums(bad, classes)
+
+
+def test_pooled_class_attention_per_block_and_summed_over_the_cam_blocks():
+    classes = np.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    block0 = np.ones((1, N))  # uniform: lift 1
+    block1 = np.zeros((1, N))
+    block1[0, :2] = 1.0  # all on class 1: lift 4
+    class_attention = np.stack([block0, block1])  # 2 blocks x 1 token x N
+    patch = np.ones((2, N, N))
+    # The last block only: its lift, 4. All blocks: the summed row has 2 + 2 on class 1 of
+    # a total 8 + 2 -> 0.4 / (2/8) = 1.6.
+    for blocks, expected in (([1], 4.0), (None, 1.6)):
+        diagnostics = AttentionDiagnostics(class_blocks=blocks)
+        diagnostics.add(patch, LABELS, class_attention, classes)
+        result = diagnostics.result()
+        assert result["blocks"][0]["class_token_lift"] == pytest.approx(1.0)
+        assert result["blocks"][1]["class_token_lift"] == pytest.approx(4.0)
+        assert result["class_attention"]["class_token_lift"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="some images only"):
+        diagnostics.add(patch, LABELS)
+
+
+def test_affinity_shares_are_of_the_summed_rows():
+    # Block 0: identity; block 1: oracle grouping. Summed row of object 1's query:
+    # 1 + 1/2 on self, 1/2 on the rest -> 3/4, 1/4 after renormalising.
+    diagnostics = AttentionDiagnostics()
+    diagnostics.add(np.stack([np.eye(N), _own_region_attention()]), LABELS)
+    result = diagnostics.result()
+    assert result["affinity"]["self_share"] == pytest.approx(0.75)
+    assert result["affinity"]["rest_of_object_share"] == pytest.approx(0.25)
+    assert result["blocks"][0]["rest_of_object_share"] == pytest.approx(0.0)
+    assert "class_attention" not in result

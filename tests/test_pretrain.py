@@ -11,7 +11,7 @@ import torch
 from wsss.models import build_model
 from wsss.models.mct_vit import ModelConfig, create_backbone
 from wsss.pretrain import PRETRAIN_OBJECTIVES, pretrain
-from wsss.pretrain.objectives import grouping_loss, own_region
+from wsss.pretrain.objectives import grouping_loss, own_region, rest_region
 from wsss.registry import UnknownNameError
 
 LABELS = torch.tensor([[0, 0, 1, -1]])  # two background patches, one object patch, one mixed
@@ -55,13 +55,58 @@ def test_soft_grouping_loss():
     assert grouping_loss([_attention()], LABELS, soft=True).item() == pytest.approx(expected)
 
 
+def test_rest_grouping_gives_self_no_credit():
+    # Object 1 on patches 2 and 3 here: each object query's region is the other patch.
+    labels = torch.tensor([[0, 0, 1, 1]])
+    region, valid = rest_region(labels)
+    assert valid.tolist() == [[True, True, True, True]]
+    assert region[0].int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]
+    # Rows: background as PATCH_ROWS; object query 2 all on itself (identity), 3 half on 2.
+    rows = PATCH_ROWS.clone()
+    rows[3] = torch.tensor([0.25, 0.0, 0.5, 0.25])
+    attention = torch.zeros(1, 1, 5, 5)
+    attention[0, 0, 1:, 1:] = rows
+    attention[0, 0, :, 0] = 1e-9  # the class column is dropped anyway
+    loss = grouping_loss([attention], labels, soft=False, exclude_self=True)
+    # Query 2 has no mass on patch 3: its term is -log(1e-12), the clamp, which dominates.
+    expected = (-math.log(0.75) - math.log(0.5) - math.log(1e-12) - math.log(0.5)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    # A one-patch object is no query of grouping_rest (LABELS: patch 2 alone).
+    _, valid = rest_region(LABELS)
+    assert valid.tolist() == [[True, True, False, False]]
+
+
+def test_shape_classification_target_collapses_the_fills():
+    from wsss.pretrain.objectives import BackboneOutput, PretrainBatch
+
+    objective = PRETRAIN_OBJECTIVES.get("grouping_rest")(
+        {"classification_weight": 1.0, "classification_target": "shape"}, 48, 4, 1
+    )
+    assert objective.head.out_features == 8
+    labels = torch.zeros(1, 48)
+    labels[0, 7] = labels[0, 8] = 1.0  # shape 1 (fills 1 and 2)
+    labels[0, 47] = 1.0  # shape 7
+    tokens = torch.randn(1, 5, 4)
+    attention = torch.full((1, 1, 5, 5), 0.2)
+    batch = PretrainBatch(torch.zeros(1, 3, 8, 8), torch.tensor([[0, 0, 1, 1]]), labels)
+    _, parts = objective.loss(batch, BackboneOutput(tokens, [attention]))
+    shapes = torch.zeros(1, 8)
+    shapes[0, 1] = shapes[0, 7] = 1.0
+    expected = torch.nn.functional.multilabel_soft_margin_loss(objective.head(tokens[:, 0]), shapes)
+    assert parts["classification"] == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="classification_target"):
+        PRETRAIN_OBJECTIVES.get("grouping")({"classification_target": "fill"}, 48, 4, 1)
+
+
 def test_grouping_needs_a_query():
     with pytest.raises(ValueError, match="mixed"):
         grouping_loss([_attention()], torch.full((1, 4), -1), soft=False)
 
 
 def test_registry():
-    assert {"classification", "grouping", "grouping_soft"} <= set(PRETRAIN_OBJECTIVES.names())
+    assert {"classification", "grouping", "grouping_soft", "grouping_rest"} <= set(
+        PRETRAIN_OBJECTIVES.names()
+    )
     assert PRETRAIN_OBJECTIVES.get("grouping").uses_masks
     assert not PRETRAIN_OBJECTIVES.get("classification").uses_masks
     with pytest.raises(UnknownNameError, match="known: classification"):
@@ -78,7 +123,7 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("objective", ["grouping", "classification"])
+@pytest.mark.parametrize("objective", ["grouping", "grouping_rest", "classification"])
 def test_tiny_pretraining_loads_through_the_pretrained_path(tmp_path, objective):
     out = tmp_path / "proxy.pth"
     config = {
@@ -93,7 +138,7 @@ def test_tiny_pretraining_loads_through_the_pretrained_path(tmp_path, objective)
     assert summary["steps"] == 6 and len(summary["history"]) == 2
     assert math.isfinite(summary["history"][-1]["loss"])
     assert json.loads(out.with_suffix(".json").read_text())["uses_masks"] == (
-        objective == "grouping"
+        objective != "classification"
     )
     saved = torch.load(out, weights_only=True)
     assert not any(k.startswith("head") for k in saved)

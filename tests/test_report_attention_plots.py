@@ -10,19 +10,28 @@ from wsss.cli import main
 from wsss.report.attention_plots import load_diagnostics, plot_attention_diagnostics, run_values
 
 
-def _entry(bg, own, other):
+def _entry(bg, own, other, rest=0.3, lift=2.0):
     return {
         "background_to_object_ratio": bg,
         "own_object_lift": own,
         "other_object_lift": other,
         "entropy_normalised": 0.8,
+        "self_share": 0.4,
+        "rest_of_object_share": rest,
+        "other_objects_share": 0.1,
+        "background_share": 0.2,
+        "class_token_lift": lift,
     }
 
 
-def _write(path, run, seed, blocks=None, affinity=None, skipped=None, dataset="synthetic"):
+def _write(
+    path, run, seed, blocks=None, affinity=None, skipped=None, dataset="synthetic", classes=None
+):
     data = {"meta": {"dataset": dataset, "run": run, "seed": seed}, "skipped": skipped}
     if not skipped:
         data.update(blocks=blocks, affinity=affinity)
+        if classes is not None:
+            data["class_attention"] = {"blocks": [1], "class_token_lift": classes}
     path.write_text(json.dumps(data))
     return path
 
@@ -39,6 +48,24 @@ def test_values_per_block_then_affinity_with_none_as_nan(tmp_path):
     values = run_values(run, "other_object_lift")
     assert np.isnan(values[0]) and values[1:].tolist() == [1.5, 1.1]
     assert run_values(run, "background_to_object_ratio").tolist() == [0.5, 3.0, 1.2]
+    # A file without the summed class attention: its class-token point is missing.
+    assert run_values(run, "class_token_lift")[:2].tolist() == [2.0, 2.0]
+    assert np.isnan(run_values(run, "class_token_lift")[2])
+
+
+def test_class_token_lift_ends_with_the_summed_class_attention_not_the_affinity(tmp_path):
+    blocks = [_entry(1, 1, 1, rest=0.1, lift=1.5), _entry(1, 1, 1, rest=0.6, lift=4.0)]
+    path = _write(tmp_path / "a.json", "r", 0, blocks, _entry(1, 1, 1, rest=0.5), classes=3.0)
+    run = load_diagnostics(path)
+    assert run_values(run, "class_token_lift").tolist() == [1.5, 4.0, 3.0]
+    assert run_values(run, "rest_of_object_share").tolist() == [0.1, 0.6, 0.5]
+
+
+def test_a_file_from_before_the_shares_still_plots(tmp_path):
+    old = {"background_to_object_ratio": 2.0, "own_object_lift": 3.0, "other_object_lift": 1.0}
+    path = _write(tmp_path / "old.json", "r", 0, [old, old], old)
+    out = plot_attention_diagnostics([path], tmp_path / "fig.png")
+    assert Image.open(out).size[0] > 800
 
 
 def test_figure_of_two_runs_and_seeds_through_the_cli(tmp_path):
@@ -49,6 +76,7 @@ def test_figure_of_two_runs_and_seeds_through_the_cli(tmp_path):
             seed,
             [_entry(0.5 + seed, 2, 1)] * 4,
             _entry(1, 3, 1),
+            classes=2.5,
         )
         for run in ("mctformer_v2", "aream")
         for seed in (0, 1)

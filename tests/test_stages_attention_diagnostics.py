@@ -50,6 +50,7 @@ def _config(dataset_config, **extra):
         "min_fraction": 0.5,
         "batch_size": 4,
         "affinity_layers": "all",
+        "class_layers": 3,
         "meta": {"dataset": "synthetic", "run": "r", "seed": 0},
         **extra,
     }
@@ -74,6 +75,11 @@ def test_every_method_is_diagnosed_with_its_own_model(dataset_config, tmp_path, 
     for entry in [*result["blocks"], result["affinity"]]:
         assert entry["background_to_object_ratio"] > 0 and entry["own_object_lift"] > 0
         assert 0 < entry["entropy_normalised"] <= 1 + 1e-9
+        shares = [entry[k] for k in ("self_share", "rest_of_object_share", "background_share")]
+        assert all(0 < v < 1 for v in shares) and sum(shares) <= 1 + 1e-9
+    for entry in [*result["blocks"], result["class_attention"]]:
+        assert entry["class_token_lift"] > 0 and entry["class_token_lift_queries"] >= 5
+    assert result["class_attention"]["blocks"] == [0, 1, 2]  # class_layers 3 of 3 blocks
 
 
 def test_clustercam_needs_its_own_builder(dataset_config, tmp_path):
@@ -90,8 +96,14 @@ def test_affinity_blocks_follow_the_cam_recipe(dataset_config, tmp_path):
     result = _run(_config(dataset_config, affinity_layers=1), model, tmp_path / "out.json")
     assert result["affinity_blocks"] == [DEPTH - 1]
     last = result["blocks"][-1]
-    for key in ("own_object_lift", "background_to_object_ratio", "entropy"):
+    for key in ("own_object_lift", "background_to_object_ratio", "entropy", "rest_of_object_share"):
         assert result["affinity"][key] == pytest.approx(last[key], rel=1e-9)
+    # The class attention of the CAM's last block only is that block's class attention.
+    one = _run(_config(dataset_config, class_layers=1), model, tmp_path / "one.json")
+    assert one["class_attention"]["blocks"] == [DEPTH - 1]
+    assert one["class_attention"]["class_token_lift"] == pytest.approx(
+        one["blocks"][-1]["class_token_lift"], rel=1e-9
+    )
 
 
 def test_max_images_and_missing_masks_are_counted(dataset_config, tmp_path):

@@ -179,6 +179,7 @@ def attention_config(params: dict[str, Any], dataset: str, run: str, seed: int) 
         "dataset": dataset_config(params, dataset, "eval_split"),
         **params["attention_diagnostics"],
         "affinity_layers": cam["affinity_layers"],
+        "class_layers": cam["class_layers"],
         "meta": {"dataset": dataset, "run": run, "seed": int(seed)},
     }
 

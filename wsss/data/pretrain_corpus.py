@@ -8,8 +8,14 @@ teach the benchmark's classes:
 - **shapes**: star, hexagon, crescent, arrow, bowtie, trapezoid, heart,
   chevron -- none of the benchmark's ten shapes;
 - **fills**: solid, linear gradient, radial gradient, speckle, split, outline --
-  none of the benchmark's context textures (stripes, checker, dots), and no
-  part/body structure;
+  none of the benchmark's context textures (stripes, checker, dots);
+- **parts** (``part_prob`` > 0; off by default): an object may carry 1 to
+  ``max_parts`` parts on its body, each a region of the body (the side of a random
+  chord, or a blob around a random point of the body) painted in its own colour
+  and fill, as real objects have parts of different colours and textures on one
+  body. The instance map keeps the whole object (body and parts) as one instance.
+  The benchmark's part (one saturated, class-coloured cap per object) is not
+  reproduced: parts here have random colours, fills and places;
 - **colours**: random per object, so colour carries no class (the benchmark
   ties a part colour to each class);
 - **seeds**: image i of corpus seed s is drawn from
@@ -115,6 +121,8 @@ class CorpusConfig:
     min_object_frac: float = 0.22  # object size (un-rotated extent) / image side
     max_object_frac: float = 0.6
     noise: float = 0.04  # pixel noise std, as a share of 255
+    part_prob: float = 0.0  # chance that an object has parts (0: the original corpus, unchanged)
+    max_parts: int = 2  # parts per object with parts: 1..max_parts
 
     def __post_init__(self) -> None:
         checks = {
@@ -126,6 +134,8 @@ class CorpusConfig:
             "min_object_frac": 0.0 < self.min_object_frac <= self.max_object_frac,
             "max_object_frac": self.max_object_frac <= 1.0,
             "noise": 0.0 <= self.noise <= 0.5,
+            "part_prob": 0.0 <= self.part_prob <= 1.0,
+            "max_parts": self.max_parts >= 1,
         }
         bad = [key for key, ok in checks.items() if not ok]
         if bad:
@@ -207,6 +217,39 @@ def _fill(
     raise ValueError(f"unknown fill {fill!r}")
 
 
+def _paint_part(
+    image: np.ndarray,
+    mask: np.ndarray,
+    inside: Indicator,
+    u: np.ndarray,
+    v: np.ndarray,
+    body: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Paint one part onto an object's body, in place: a region of ``mask`` (the side of a
+    random chord, or a blob around a random body pixel, 10-45 % of the body) in a colour far
+    from the body's and a random fill of its own."""
+    points = np.flatnonzero(mask)
+    if points.size < 4:
+        return
+    centre = points[int(rng.integers(points.size))]
+    cu, cv = u.flat[centre], v.flat[centre]
+    if rng.random() < 0.5:  # the far side of a chord through a body pixel
+        theta = rng.uniform(0, 2 * math.pi)
+        region = (u - cu) * math.cos(theta) + (v - cv) * math.sin(theta) > 0
+    else:  # a blob around a body pixel
+        region = np.hypot(u - cu, v - cv) <= rng.uniform(0.3, 0.7)
+    part = mask & region
+    share = part.sum() / mask.sum()
+    if not 0.1 <= share <= 0.45:
+        return  # too small to see or too large to be a part: no part this time
+    first = _colour(rng, away_from=body)
+    second = _colour(rng, away_from=first)
+    fill = FILLS[int(rng.integers(len(FILLS)))]
+    weight = _fill(fill, inside, u, v, rng)[part][:, None]
+    image[part] = (1.0 - weight) * first + weight * second
+
+
 def generate_image(
     config: CorpusConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -256,6 +299,10 @@ def generate_image(
         second = _colour(rng, away_from=first)
         weight = _fill(fill, inside, u, v, rng)[mask][:, None]
         image[mask] = (1.0 - weight) * first + weight * second
+        # Drawn only when part_prob > 0, so the default corpus keeps its random streams.
+        if config.part_prob > 0 and rng.random() < config.part_prob:
+            for _part in range(int(rng.integers(1, config.max_parts + 1))):
+                _paint_part(image, mask, inside, u, v, first, rng)
         instances[mask] = len(areas) + 1
         areas.append(int(mask.sum()))
         classes.append(c)

@@ -27,6 +27,33 @@ Definitions (all lifts and ratios are 1.0 for uniform attention):
   renormalised row (``0 log 0 = 0``); ``log N`` for uniform attention. Also
   reported divided by ``log N`` (1.0 = uniform, 0 = one-hot).
 
+Shares that self-attention cannot inflate (not lifts: plain fractions of the
+renormalised row, in [0, 1]). Queries: the patches of objects that cover at
+least two patches on the grid (a one-patch object has no rest). For each such
+query the row splits into
+
+- **self share**: its mass on itself;
+- **rest-of-object share**: on the other patches of its own object (self
+  excluded): what a CAM refinement spreads over the object's body;
+- **other-objects share**: on the patches of the image's other objects (0 when
+  there are none);
+- **background share**: on background patches;
+
+and the remainder on mixed patches. The own-object lift counts the query's own
+patch, so an attention that stays on itself scores a high own lift; the
+rest-of-object share does not (it is 0 for the identity). The oracle grouping
+(uniform over the own object) gives ``1 - 1/n`` for an object of n patches.
+
+**class-token lift** (per class token, from its class -> patch attention row,
+class columns dropped and renormalised over the N patches): for each class c
+on the image's patch grid (the class mask reduced as the instance map, so a
+patch is class c when at least ``min_fraction`` of its pixels are), the mass
+class token c puts on the class-c patches / (their patches / N). Queries:
+(image, present class) pairs. 1 = uniform; MCTformer's class attention should
+be well above 1, as its CAM is that attention times ReLU(PatchCAM). Reported per
+block and for the class attention summed over the CAM's blocks
+(``cam.class_layers``), as :func:`wsss.models.attention.class_to_patch` takes it.
+
 Each statistic is a mean over queries, pooled over images (every query counts
 once). The lifts and the ratio follow the attention-locality probe of the
 embedded benchmark; entropy and the normalised entropy are the standard Shannon
@@ -56,7 +83,14 @@ STATISTICS = (
     "neighbourhood_lift",
     "entropy",
     "entropy_normalised",
+    "self_share",
+    "rest_of_object_share",
+    "other_objects_share",
+    "background_share",
 )
+# Statistics of the shares' query set (objects of at least two patches).
+SHARES = ("self_share", "rest_of_object_share", "other_objects_share", "background_share")
+CLASS_STATISTICS = ("class_token_lift",)
 
 
 def _as_numpy(array: Any) -> np.ndarray:
@@ -154,9 +188,11 @@ class LocalitySums:
     counts: dict[str, np.ndarray]
 
     def __add__(self, other: LocalitySums) -> LocalitySums:
+        if list(self.sums) != list(other.sums):
+            raise ValueError(f"cannot pool statistics {list(self.sums)} with {list(other.sums)}")
         return LocalitySums(
-            {k: self.sums[k] + other.sums[k] for k in STATISTICS},
-            {k: self.counts[k] + other.counts[k] for k in STATISTICS},
+            {k: self.sums[k] + other.sums[k] for k in self.sums},
+            {k: self.counts[k] + other.counts[k] for k in self.sums},
         )
 
     def means(self) -> list[dict[str, float]]:
@@ -164,7 +200,7 @@ class LocalitySums:
         plus ``<statistic>_queries`` with the number of queries behind it."""
         size = len(next(iter(self.counts.values())))
         out: list[dict[str, float]] = [{} for _ in range(size)]
-        for name in STATISTICS:
+        for name in self.sums:
             for i in range(size):
                 n = float(self.counts[name][i])
                 out[i][name] = float(self.sums[name][i] / n) if n else float("nan")
@@ -237,6 +273,14 @@ def locality_sums(attention: Any, patch_labels: np.ndarray) -> LocalitySums:
                 other = object_mass[:, queries] - own
                 sums["other_object_lift"] += (other / (others / n)).sum(axis=-1)
                 counts["other_object_lift"] += q
+            if sizes[index] >= 2:  # the shares: a one-patch object has no rest
+                self_mass = rows[:, queries, queries]  # M x q: each query's mass on itself
+                sums["self_share"] += self_mass.sum(axis=-1)
+                sums["rest_of_object_share"] += (own - self_mass).sum(axis=-1)
+                sums["other_objects_share"] += (object_mass[:, queries] - own).sum(axis=-1)
+                sums["background_share"] += rows[:, queries][:, :, flat == 0].sum(axis=(1, 2))
+                for name in SHARES:
+                    counts[name] += q
         background = flat == 0
         if background.any():
             sums["background_to_object_ratio"] += (
@@ -246,21 +290,84 @@ def locality_sums(attention: Any, patch_labels: np.ndarray) -> LocalitySums:
     return LocalitySums(sums, counts)
 
 
+def class_token_sums(class_attention: Any, class_labels: np.ndarray) -> LocalitySums:
+    """Class-token lift of one image, as sums over its (present class) queries.
+
+    ``class_attention``: [M, C, N] or [M, H, C, N] (heads averaged first)
+    non-negative class-token -> patch attention of M matrices (blocks, or one
+    summed class attention); row c - 1 is the token of class c (MCTformer's
+    order); rows need not sum to 1 (renormalised over the patches).
+    ``class_labels``: the h x w patch grid of the *class* mask (0 background,
+    1..C, :data:`MIXED`), from :func:`patch_instance_labels` of the class map,
+    h * w = N. A class on the grid with no token (label > C) raises ValueError,
+    as do shape mismatches, negative or non-finite values and a row of a present
+    class with no mass.
+    """
+    array = _as_numpy(class_attention)
+    if array.ndim == 4:
+        array = array.mean(axis=1)
+    if array.ndim != 3:
+        raise ValueError(
+            "class attention must be [blocks, heads, C, N] or [blocks, C, N], got shape "
+            f"{array.shape}"
+        )
+    labels = np.asarray(class_labels, dtype=np.int64)
+    if labels.ndim != 2:
+        raise ValueError(f"class_labels must be an h x w grid, got shape {labels.shape}")
+    n = labels.size
+    blocks, tokens, patches = array.shape
+    if patches != n:
+        raise ValueError(
+            f"class attention {tuple(array.shape)} does not match the {labels.shape[0]}x"
+            f"{labels.shape[1]} patch grid ({n} patches)"
+        )
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError("class attention must be finite and non-negative")
+    flat = labels.reshape(-1)
+    present = [int(c) for c in np.unique(flat) if c > 0]
+    if present and present[-1] > tokens:
+        raise ValueError(f"class {present[-1]} on the patch grid, but only {tokens} class tokens")
+    sums = {"class_token_lift": np.zeros(blocks)}
+    counts = {"class_token_lift": np.zeros(blocks)}
+    for c in present:
+        row = array[:, c - 1, :]  # M x N
+        totals = row.sum(axis=-1)
+        if (totals <= 0).any():
+            raise ValueError(f"the class token of class {c} has no mass on the patches")
+        members = flat == c
+        sums["class_token_lift"] += row[:, members].sum(axis=-1) / totals / (members.sum() / n)
+        counts["class_token_lift"] += 1
+    return LocalitySums(sums, counts)
+
+
 @dataclass
 class AttentionDiagnostics:
     """Pooled diagnostics over images: per block, and for the summed patch affinity.
 
     Feed it one image at a time with :meth:`add`; :meth:`result` gives the means.
     ``affinity_blocks``: the blocks the refinement's affinity sums (None: all).
+    ``class_blocks``: the blocks the CAM's class attention sums (None: all), for
+    the class-token lift of the summed class attention.
     """
 
     affinity_blocks: Sequence[int] | None = None
+    class_blocks: Sequence[int] | None = None
     images: int = 0
     _blocks: LocalitySums | None = field(default=None, repr=False)
     _affinity: LocalitySums | None = field(default=None, repr=False)
+    _class_blocks: LocalitySums | None = field(default=None, repr=False)
+    _class_sum: LocalitySums | None = field(default=None, repr=False)
 
-    def add(self, attention: Any, patch_labels: np.ndarray) -> None:
-        """One image: ``attention`` [L, H, N, N] or [L, N, N] patch -> patch, ``patch_labels`` h x w."""
+    def add(
+        self,
+        attention: Any,
+        patch_labels: np.ndarray,
+        class_attention: Any = None,
+        class_labels: np.ndarray | None = None,
+    ) -> None:
+        """One image: ``attention`` [L, H, N, N] or [L, N, N] patch -> patch, ``patch_labels`` h x w;
+        optionally ``class_attention`` [L, H, C, N] or [L, C, N] class -> patch with
+        ``class_labels`` h x w (see :func:`class_token_sums`): every image or none."""
         stack = head_mean(attention)
         blocks = locality_sums(stack, patch_labels)
         affinity = locality_sums(summed_affinity(stack, self.affinity_blocks)[None], patch_labels)
@@ -271,19 +378,59 @@ class AttentionDiagnostics:
                 f"image {self.images}: {stack.shape[0]} blocks, earlier images had "
                 f"{len(self._blocks.sums['entropy'])}"
             )
+        if (class_attention is None) != (class_labels is None):
+            raise ValueError("class_attention and class_labels go together")
+        if self.images and (class_attention is None) != (self._class_blocks is None):
+            raise ValueError(
+                f"image {self.images}: class attention given for some images only; "
+                "give it for every image or none"
+            )
+        if class_attention is not None:
+            per_block = _as_numpy(class_attention)
+            per_block = per_block.mean(axis=1) if per_block.ndim == 4 else per_block
+            if per_block.shape[0] != stack.shape[0]:
+                raise ValueError(
+                    f"image {self.images}: class attention of {per_block.shape[0]} blocks, "
+                    f"patch attention of {stack.shape[0]}"
+                )
+            chosen = (
+                list(range(per_block.shape[0]))
+                if self.class_blocks is None
+                else list(self.class_blocks)
+            )
+            class_blocks = class_token_sums(per_block, class_labels)
+            class_sum = class_token_sums(per_block[chosen].sum(axis=0)[None], class_labels)
+            self._class_blocks = (
+                class_blocks if self._class_blocks is None else self._class_blocks + class_blocks
+            )
+            self._class_sum = class_sum if self._class_sum is None else self._class_sum + class_sum
         self._blocks = blocks if self._blocks is None else self._blocks + blocks
         self._affinity = affinity if self._affinity is None else self._affinity + affinity
         self.images += 1
 
     def result(self) -> dict[str, Any]:
-        """``{"images": n, "blocks": [per-block dict], "affinity": dict}`` (see :meth:`LocalitySums.means`)."""
+        """``{"images": n, "blocks": [per-block dict], "affinity": dict}`` (see
+        :meth:`LocalitySums.means`); with class attention, each block also holds
+        ``class_token_lift`` and ``"class_attention"`` the lift of the class attention
+        summed over ``class_blocks`` (``{"blocks", "class_token_lift", ...}``)."""
         if self._blocks is None or self._affinity is None:
             raise ValueError("no image was added; nothing to summarise")
-        return {
+        blocks = self._blocks.means()
+        out: dict[str, Any] = {
             "images": self.images,
             "affinity_blocks": (
                 "all" if self.affinity_blocks is None else [int(b) for b in self.affinity_blocks]
             ),
-            "blocks": self._blocks.means(),
+            "blocks": blocks,
             "affinity": self._affinity.means()[0],
         }
+        if self._class_blocks is not None and self._class_sum is not None:
+            for entry, extra in zip(blocks, self._class_blocks.means(), strict=True):
+                entry.update(extra)
+            out["class_attention"] = {
+                "blocks": (
+                    "all" if self.class_blocks is None else [int(b) for b in self.class_blocks]
+                ),
+                **self._class_sum.means()[0],
+            }
+        return out

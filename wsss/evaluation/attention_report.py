@@ -63,6 +63,14 @@ def load_instance_map(layout: VOCLayout, image_id: str) -> np.ndarray:
     return load_label_png(path)
 
 
+def class_attention(attentions: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Per-block attention [B, H, T, T] (class tokens first) -> class -> patch [B, L, H, C, N].
+
+    A block holding only the class-token rows (a partial pass) is fine here.
+    """
+    return torch.stack([block[:, :, :num_classes, num_classes:] for block in attentions], dim=1)
+
+
 def patch_attention(attentions: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
     """Per-block attention [B, H, T, T] (class tokens first) -> patch -> patch [B, L, H, N, N].
 
@@ -88,6 +96,7 @@ def diagnose_model(
     num_classes: int,
     patch_size: int,
     affinity_blocks: Sequence[int] | None = None,
+    class_blocks: Sequence[int] | None = None,
     min_fraction: float = 0.5,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
@@ -102,7 +111,10 @@ def diagnose_model(
     with others of the same size (``batch_size`` at most), zero-padded (the
     mean colour) to a multiple of ``patch_size``; the instance map is padded
     with 255, so padded patches are never queries but do count in N, as in the
-    padded CAM pass. Returns :meth:`AttentionDiagnostics.result`; the wall time is logged,
+    padded CAM pass. The class mask (the layout's ``SegmentationClass``) is reduced
+    to the patch grid the same way for the class-token lift, per block and for the
+    class attention summed over ``class_blocks`` (None: all; the CAM's
+    ``cam.class_layers``). Returns :meth:`AttentionDiagnostics.result`; the wall time is logged,
     not returned, so the tracked output has the same bytes on every rerun.
     """
     if not ids:
@@ -110,21 +122,28 @@ def diagnose_model(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
-    diagnostics = AttentionDiagnostics(affinity_blocks)
+    diagnostics = AttentionDiagnostics(affinity_blocks, class_blocks)
     started = time.perf_counter()
-    pending: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+    pending: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
-    def run(batch: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def run(batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         height, width = batch[0][0].shape[:2]
         pad_h, pad_w = (-height) % patch_size, (-width) % patch_size
-        images = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.stack([image for image, _, _ in batch])).permute(0, 3, 1, 2)
         x = F.pad(normalize(images).to(device), (0, pad_w, 0, pad_h))
         output = model(x) if forward is None else forward(x)
         attention = patch_attention(output.attentions, num_classes).float().cpu().numpy()
-        for (_, instances), per_image in zip(batch, attention, strict=True):
-            padded = np.pad(instances, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_VALUE)
+        to_classes = class_attention(output.attentions, num_classes).float().cpu().numpy()
+        for (_, instances, classes), per_image, per_class in zip(
+            batch, attention, to_classes, strict=True
+        ):
+            pad = ((0, pad_h), (0, pad_w))
+            padded = np.pad(instances, pad, constant_values=IGNORE_VALUE)
             labels = patch_instance_labels(padded, patch_size, min_fraction)
-            diagnostics.add(per_image, labels)  # L x H x N x N
+            class_labels = patch_instance_labels(
+                np.pad(classes, pad, constant_values=IGNORE_VALUE), patch_size, min_fraction
+            )
+            diagnostics.add(per_image, labels, per_class, class_labels)  # L x H x N x N
 
     for image_id in ids:
         image = layout.load_image(image_id)
@@ -134,8 +153,14 @@ def diagnose_model(
                 f"{instance_path(layout, image_id)}: shape {instances.shape} differs from its "
                 f"image's {image.shape[:2]}"
             )
+        classes = layout.load_mask(image_id)
+        if classes.shape != image.shape[:2]:
+            raise ValueError(
+                f"{layout.mask_path(image_id)}: shape {classes.shape} differs from its "
+                f"image's {image.shape[:2]}"
+            )
         bucket = pending.setdefault(image.shape, [])
-        bucket.append((image, instances))
+        bucket.append((image, instances, classes))
         if len(bucket) == batch_size:
             run(bucket)
             bucket.clear()
@@ -165,6 +190,7 @@ def diagnose_checkpoint(
     build: ModelBuilder | None = None,
     max_images: int | None = None,
     affinity_blocks: Sequence[int] | None = None,
+    class_blocks: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Per-block attention diagnostics of a trained ``model.pt`` on ``split`` of a dataset.
@@ -214,6 +240,7 @@ def diagnose_checkpoint(
         num_classes=num_classes,
         patch_size=model.patch_size,
         affinity_blocks=affinity_blocks,
+        class_blocks=class_blocks,
         device=device,
     )
     return {"model": str(path), "split": split, **result}

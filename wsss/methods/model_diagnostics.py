@@ -47,7 +47,8 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
     first n images with a mask; None: all), ``"min_fraction"`` (patch labelling,
     :func:`~wsss.evaluation.attention_diagnostics.patch_instance_labels`),
     ``"batch_size"``, ``"affinity_layers"`` (the blocks the affinity sums: ``"all"``,
-    the last k or indices, as ``cam.affinity_layers``), ``"meta"}``.
+    the last k or indices, as ``cam.affinity_layers``), ``"class_layers"`` (the blocks
+    the CAM's class attention sums, as ``cam.class_layers``), ``"meta"}``.
     Returns ``{"meta", "skipped", "method", "split", "images", "blocks": [...],
     "affinity": {...}, "affinity_blocks", ...}``; with ``skipped`` set (a reason)
     there are no values. Raises ValueError when the model's classes are not the
@@ -86,6 +87,7 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
             f"{dataset.name} has {dataset.num_classes}"
         )
     blocks = select_blocks(model.depth, config["affinity_layers"])
+    class_blocks = select_blocks(model.depth, config["class_layers"])
     log.info(
         "attention diagnostics: %s (%s, seed %s) on %s %s (%d images), affinity blocks %s",
         model_path,
@@ -103,6 +105,7 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
         num_classes=dataset.num_classes,
         patch_size=model.patch_size,
         affinity_blocks=blocks,
+        class_blocks=class_blocks,
         min_fraction=config["min_fraction"],
         device=device,
         batch_size=config["batch_size"],
@@ -117,9 +120,18 @@ def attention_diagnostics(config: dict[str, Any], model_path: str | Path) -> dic
             entry["background_to_object_ratio"],
             entry["entropy_normalised"],
         )
-    log.info("affinity: bg->object %.2f", result["affinity"]["background_to_object_ratio"])
+    log.info(
+        "affinity: bg->object %.2f, object patches' rest-of-object share %.2f (self %.2f); "
+        "class attention (blocks %s): class-token lift %.2f",
+        result["affinity"]["background_to_object_ratio"],
+        result["affinity"]["rest_of_object_share"],
+        result["affinity"]["self_share"],
+        class_blocks,
+        result["class_attention"]["class_token_lift"],
+    )
     result["blocks"] = [{k: _finite_or_none(v) for k, v in b.items()} for b in result["blocks"]]
-    result["affinity"] = {k: _finite_or_none(v) for k, v in result["affinity"].items()}
+    for key in ("affinity", "class_attention"):
+        result[key] = {k: _finite_or_none(v) for k, v in result[key].items()}
     return {
         **base,
         **result,

@@ -16,13 +16,22 @@ backbone's per-block attention and final tokens. What each one uses:
   distribution over the own region, ``-sum_{j in own(i)} log(a_ij) / |own(i)|``
   (cross-entropy to that target); weaker than ``grouping`` because it also
   spreads the mass inside the region.
+- ``grouping_rest`` (**uses the masks**): as ``grouping``, but an object
+  query's own region excludes the query itself: ``-log sum_{j in own(i), j != i} a_ij``
+  for object patches (objects of 2+ patches; a one-patch object is not a query),
+  ``-log sum_{j in background} a_ij`` for background patches. It rewards what the
+  affinity refinement needs (mass on the *rest* of the object, the
+  ``rest_of_object_share`` diagnostic) and gives self-attention of an object patch
+  no credit, unlike ``grouping``, whose optimum includes near-identity rows.
 - ``classification`` (image labels only, no masks): multi-label soft-margin
   loss of a linear head on the final class token, as ImageNet-style
   classification pretraining.
 
 The grouping objectives take ``classification_weight`` (default 0) to add the
-classification term, and ``blocks`` (``"all"`` or a list of block indices) to
-choose the supervised blocks.
+classification term, ``classification_target`` (``"class"``: the 48 shape/fill
+classes, default; ``"shape"``: the 8 shapes, an easier task the CLS token can learn
+in a short run; a corpus class c has shape ``c // FILLS``) and ``blocks``
+(``"all"`` or a list of block indices) to choose the supervised blocks.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.data.pretrain_corpus import FILLS
 from wsss.evaluation.attention_diagnostics import MIXED
 from wsss.registry import Registry
 
@@ -76,11 +86,28 @@ def patch_rows(attention: torch.Tensor) -> torch.Tensor:
     return rows / rows.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def grouping_loss(
-    attentions: Sequence[torch.Tensor], patch_labels: torch.Tensor, soft: bool
-) -> torch.Tensor:
-    """Mean over the given blocks and the valid queries of the (hard or soft) grouping loss."""
+def rest_region(patch_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x N x N region mask, B x N valid-query mask) of ``grouping_rest``: an object
+    query's own object without itself (queries of one-patch objects dropped), a background
+    query's background (itself included)."""
     region, valid = own_region(patch_labels)
+    n = patch_labels.shape[1]
+    eye = torch.eye(n, dtype=torch.bool, device=patch_labels.device)[None]
+    is_object = (patch_labels > 0)[:, :, None]
+    region = region & ~(eye & is_object)
+    valid = valid & region.any(dim=-1)
+    return region, valid
+
+
+def grouping_loss(
+    attentions: Sequence[torch.Tensor],
+    patch_labels: torch.Tensor,
+    soft: bool,
+    exclude_self: bool = False,
+) -> torch.Tensor:
+    """Mean over the given blocks and the valid queries of the (hard or soft) grouping loss;
+    ``exclude_self``: the regions of :func:`rest_region`."""
+    region, valid = (rest_region if exclude_self else own_region)(patch_labels)
     if not valid.any():
         raise ValueError("grouping loss: every patch of the batch is mixed; no query to supervise")
     losses = []
@@ -138,24 +165,39 @@ class GroupingObjective(PretrainObjective):
     name = "grouping"
     uses_masks = True
     soft = False
+    exclude_self = False
 
     def __init__(self, params: dict[str, Any], num_classes: int, embed_dim: int, depth: int):
         super().__init__(params, num_classes, embed_dim, depth)
-        _check_keys(self.name, self.params, ["blocks", "classification_weight"])
+        _check_keys(
+            self.name, self.params, ["blocks", "classification_weight", "classification_target"]
+        )
         blocks = self.params.get("blocks", "all")
         self.blocks = list(range(depth)) if blocks == "all" else [int(b) % depth for b in blocks]
         if not self.blocks:
             raise ValueError(f"pretrain objective {self.name!r}: blocks is empty")
         self.classification_weight = float(self.params.get("classification_weight", 0.0))
-        self.head = nn.Linear(embed_dim, num_classes) if self.classification_weight else None
+        self.target = self.params.get("classification_target", "class")
+        if self.target not in ("class", "shape"):
+            raise ValueError(
+                f"pretrain objective {self.name!r}: classification_target must be 'class' or "
+                f"'shape', got {self.target!r}"
+            )
+        outputs = num_classes if self.target == "class" else num_classes // len(FILLS)
+        self.head = nn.Linear(embed_dim, outputs) if self.classification_weight else None
 
     def loss(self, batch, output):
         chosen = [output.attentions[i] for i in self.blocks]
-        loss = grouping_loss(chosen, batch.patch_labels, soft=self.soft)
+        loss = grouping_loss(
+            chosen, batch.patch_labels, soft=self.soft, exclude_self=self.exclude_self
+        )
         parts = {"grouping": loss.item()}
         if self.head is not None:
             logits = self.head(output.tokens[:, 0])
-            classification = F.multilabel_soft_margin_loss(logits, batch.labels)
+            labels = batch.labels
+            if self.target == "shape":  # multi-hot over shapes: any fill of the shape present
+                labels = labels.reshape(len(labels), -1, len(FILLS)).amax(dim=-1)
+            classification = F.multilabel_soft_margin_loss(logits, labels)
             parts["classification"] = classification.item()
             loss = loss + self.classification_weight * classification
         return loss, parts
@@ -165,3 +207,9 @@ class GroupingObjective(PretrainObjective):
 class SoftGroupingObjective(GroupingObjective):
     name = "grouping_soft"
     soft = True
+
+
+@PRETRAIN_OBJECTIVES.register("grouping_rest")
+class RestGroupingObjective(GroupingObjective):
+    name = "grouping_rest"
+    exclude_self = True

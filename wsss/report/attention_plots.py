@@ -1,12 +1,21 @@
 """The attention-diagnostics figure of one dataset, from the runs' ``attention_diagnostics.json``.
 
-Three panels side by side, one line per trained run (mean over seeds, each seed
-a faint point): the background-to-object ratio, the own-object lift and the
-other-object lift, per block and, apart from the blocks, for the summed patch
-affinity the refinement propagates CAMs with. Log scale; the dashed line at 1 is
-uniform attention. Attention useful for propagating CAMs has own-object lift well
-above 1, other-object lift near or below 1 and a background-to-object ratio
-below 1 (definitions: :mod:`wsss.evaluation.attention_diagnostics`).
+Two rows of four panels, one line per trained run (mean over seeds, each seed
+a faint point), per block and, apart from the blocks, for the summed patch
+affinity the refinement propagates CAMs with:
+
+- top, lifts (log scale; the dashed line at 1 is uniform attention): the
+  background-to-object ratio, the own-object lift, the other-object lift and the
+  class-token lift (its point apart from the blocks is the CAM's summed class
+  attention, ``cam.class_layers``, not the affinity);
+- bottom, where an object patch's attention goes (shares in [0, 1]): itself, the
+  rest of its own object, other objects, the background.
+
+Attention useful for propagating CAMs has own-object lift well above 1,
+other-object lift near or below 1, a background-to-object ratio below 1 and, since
+self-attention inflates the own-object lift, a large rest-of-object share
+(definitions: :mod:`wsss.evaluation.attention_diagnostics`). Files written before
+a statistic existed show it as missing.
 
 Runs whose diagnostics were skipped (a dataset without instance masks) are left
 out; when every run was, the figure says why instead of plotting.
@@ -15,6 +24,7 @@ out; when every run was, the figure says why instead of plotting.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +35,22 @@ import numpy as np
 from wsss.io import read_json
 from wsss.report.plots import _colours, _pyplot, _save
 
-PANELS = (
-    ("background_to_object_ratio", "background-to-object ratio"),
-    ("own_object_lift", "own-object lift"),
-    ("other_object_lift", "other-object lift"),
+# (statistic, title, log scale): the figure's rows.
+LIFT_PANELS = (
+    ("background_to_object_ratio", "background-to-object ratio", True),
+    ("own_object_lift", "own-object lift (self included)", True),
+    ("other_object_lift", "other-object lift", True),
+    ("class_token_lift", "class-token lift", True),
 )
+SHARE_PANELS = (
+    ("self_share", "object patch: share on itself", False),
+    ("rest_of_object_share", "share on the rest of its object", False),
+    ("other_objects_share", "share on other objects", False),
+    ("background_share", "share on the background", False),
+)
+PANELS = (*LIFT_PANELS, *SHARE_PANELS)
+# The statistic whose point apart from the blocks is the summed class attention.
+CLASS_KEYS = ("class_token_lift",)
 
 
 @dataclass
@@ -43,6 +64,7 @@ class RunDiagnostics:
     blocks: list[dict[str, Any]] | None
     affinity: dict[str, Any] | None
     skipped: str | None
+    class_attention: dict[str, Any] | None = None
 
 
 def load_diagnostics(path: str | Path) -> RunDiagnostics:
@@ -64,6 +86,7 @@ def load_diagnostics(path: str | Path) -> RunDiagnostics:
             blocks=None if skipped else list(data["blocks"]),
             affinity=None if skipped else dict(data["affinity"]),
             skipped=skipped,
+            class_attention=None if skipped else data.get("class_attention"),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(
@@ -78,11 +101,12 @@ def _value(entry: dict[str, Any], key: str) -> float:
 
 
 def run_values(run: RunDiagnostics, key: str) -> np.ndarray:
-    """Per block, then the affinity: the statistic ``key`` of one run (NaN where it had no
-    queries)."""
+    """Per block, then the affinity (for :data:`CLASS_KEYS`: the summed class attention):
+    the statistic ``key`` of one run (NaN where it had no queries or the file predates it)."""
     if run.blocks is None or run.affinity is None:
         raise ValueError(f"{run.path}: skipped ({run.skipped}); no values")
-    return np.array([_value(b, key) for b in run.blocks] + [_value(run.affinity, key)])
+    last = (run.class_attention or {}) if key in CLASS_KEYS else run.affinity
+    return np.array([_value(b, key) for b in run.blocks] + [_value(last, key)])
 
 
 def plot_attention_diagnostics(
@@ -129,18 +153,20 @@ def plot_attention_diagnostics(
     groups = [(n, [r for r in kept if r.run == n]) for n in names]
     groups = [(n, g) for n, g in groups if g]
     colours = _colours(len(groups))
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(13.0, 4.3), layout="constrained")
+    fig, grid = plt.subplots(2, len(LIFT_PANELS), figsize=(16.0, 7.6), layout="constrained")
+    axes = list(grid.reshape(-1))
     depth = 0
     for (name, group), colour in zip(groups, colours, strict=True):
         depths = {len(r.blocks or []) for r in group}
         if len(depths) > 1:
             raise ValueError(f"{name}: its seeds' models have different depths {sorted(depths)}")
         depth = max(depth, depths.pop())
-        for ax, (key, _) in zip(axes, PANELS, strict=True):
+        for ax, (key, _, _) in zip(axes, PANELS, strict=True):
             values = np.stack([run_values(r, key) for r in group])
             x = np.arange(values.shape[1], dtype=float)
             x[-1] += 0.5  # the affinity sits apart from the blocks
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a statistic no seed has
                 mean = np.nanmean(values, axis=0)
             ax.plot(
                 x[:-1],
@@ -156,18 +182,23 @@ def plot_attention_diagnostics(
                 for row in values:
                     ax.scatter(x, row, color=colour, s=8, alpha=0.35, zorder=3)
     ticks = [*(f"b{i}" for i in range(depth))]
-    for ax, (_, title) in zip(axes, PANELS, strict=True):
-        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    for ax, (key, title, log) in zip(axes, PANELS, strict=True):
         ax.axvline(depth - 0.25, color="grey", linewidth=0.6, alpha=0.5)
-        ax.set_yscale("log")
-        # plain numbers (0.5, 2, 10) rather than powers of ten on the log axis
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        if log:
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+            ax.set_yscale("log")
+            # plain numbers (0.5, 2, 10) rather than powers of ten on the log axis
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.set_ylim(0.0, 1.0)
         ax.tick_params(axis="y", which="both", labelsize=7)
-        ax.set_xticks([*range(depth), depth + 0.5], [*ticks, "affinity"], fontsize=8)
+        last = "class attn" if key in CLASS_KEYS else "affinity"
+        ax.set_xticks([*range(depth), depth + 0.5], [*ticks, last], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("ratio to uniform attention (1 = uniform)")
+    axes[len(LIFT_PANELS)].set_ylabel("share of the object patch's attention row")
     seeds = sorted({r.seed for r in kept})
     fig.suptitle(
         f"{dataset}: attention per block and summed patch affinity (lines: mean over seeds "

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         type=json_arg,
         required=True,
-        help="{dataset, max_images, min_fraction, batch_size, affinity_layers, meta}",
+        help="{dataset, max_images, min_fraction, batch_size, affinity_layers, class_layers, meta}",
     )
     p.add_argument("--model", required=True, help="model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write")
