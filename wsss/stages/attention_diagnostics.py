@@ -31,7 +31,7 @@ from wsss.io import write_json
 from wsss.methods.cam_inference import load_trained
 from wsss.models.attention import select_blocks
 from wsss.runtime import resolve_device
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -144,6 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

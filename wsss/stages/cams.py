@@ -30,7 +30,7 @@ from wsss.methods.cam_inference import (
 )
 from wsss.runtime import progress as tqdm
 from wsss.runtime import resolve_device
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=int, help="extract only this shard of the split (0-based)")
     p.add_argument("--plan", help="the split's shard plan (wsss cam-shards plan); with --shard")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from wsss.methods.aream import mean_block_entropy, normalize_entropy
 from wsss.methods.cam_inference import load_trained
 from wsss.runtime import EXECUTION, resolve_device
 from wsss.runtime import progress as tqdm
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -148,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the baseline's model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write (weights, raw entropies)")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from wsss.io import write_json
 from wsss.methods.cam_inference import load_trained
 from wsss.ops.multiscale import max_softmax_over_scales, padded_logits_at
 from wsss.runtime import resolve_device
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 
 @torch.inference_mode()
@@ -74,6 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="default: the dataset's seg_split")
     p.add_argument("--out", required=True, help="decoder_metrics.json to write")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from wsss.methods.base import TRAINING_METHODS, TrainingMethod, Upstream
 from wsss.models.param_groups import param_groups
 from wsss.runtime import EXECUTION, config_digest, resolve_device, seed_everything
 from wsss.runtime import progress as tqdm
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -261,6 +261,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "AReAM's entropy_weights=FILE, from `wsss entropy-weights`); repeatable",
     )
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import pandas as pd
 from wsss.config import cam_config, load_params, training_key
 from wsss.evaluation.cam_eval import evaluate_cams
 from wsss.io import atomic_path
-from wsss.stages import add_common
+from wsss.stages import add_common, add_execution
 from wsss.stages.cams import extract_cams
 
 
@@ -86,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="write the table as CSV")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:
