@@ -108,20 +108,65 @@ def per_seed_section(log: Path, repeat: int) -> str:
         "| rule | jobs per seed | job-seconds per seed | start-up (s) | compute (s) | start-up share |",
         "|---|---|---|---|---|---|",
     ]
+    inconsistent = False
+
+    def split(wall: float, startups: float) -> str:
+        nonlocal inconsistent
+        if startups > wall:  # start-up now slower than the whole job then: load differs
+            inconsistent = True
+            return "— | —"
+        return f"{wall - startups:.0f} | {startups / wall if wall else 0:.0%}"
+
     for rule, jobs, wall, startups in rows:
         lines.append(
-            f"| {rule} | {jobs:g} | {wall:.0f} | {startups:.0f} | {wall - startups:.0f} | "
-            f"{startups / wall if wall else 0:.0%} |"
+            f"| {rule} | {jobs:g} | {wall:.0f} | {startups:.0f} | {split(wall, startups)} |"
         )
     startups = sum(r[3] for r in rows)
     lines.append(
         f"| **one seed** | {sum(r[1] for r in rows):g} | {total:.0f} | {startups:.0f} | "
-        f"{total - startups:.0f} | {startups / total if total else 0:.0%} |"
+        f"{split(total, startups)} |"
     )
     lines += [
         "",
         f"Jobs of no seed (data, tables, figures): {fixed:.0f} job-seconds in all, paid once.",
     ]
+    if inconsistent:
+        lines += [
+            "",
+            "—: the start-up measured now exceeds the job's whole wall time in the logged "
+            "run, so the two were taken under different loads and no split is given; "
+            "rerun this script right after the grid on an idle machine.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def floor_section(params_path: str, rounds: int) -> str:
+    """Markdown: training steps of the grid's trained runs against a plain timm ViT of the
+    same shape (forward, backward, AdamW; benchmarks/bench.py's floor), in this process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import bench_training
+
+    from wsss import config as wsss_config
+
+    params = wsss_config.load_params(params_path)
+    dataset = params["grid"]["datasets"][0]
+    keys = sorted({wsss_config.training_key(params, m) for m in params["grid"]["methods"]})
+    specs = {k: wsss_config.training_config(params, dataset, k)["method"] for k in keys}
+    model = wsss_config.training_config(params, dataset, keys[0])["model"]
+    classes = params["datasets"][dataset]["generator"]["num_classes"]
+    batch = params["train"]["batch_size"]
+    result = bench_training(model, specs, classes, batch, steps=2, rounds=rounds)
+    lines = [
+        "",
+        f"Training step against the plain-timm floor (same process, interleaved, {rounds} "
+        f"rounds, batch {batch} of random images, every method past its warm-up): floor "
+        f"{result['floor_images_per_s']:.0f} images/s under this run's load.",
+        "",
+        "| trained run | images/s | ratio to the floor (time per image) |",
+        "|---|---|---|",
+    ]
+    for name, entry in result["methods"].items():
+        lines.append(f"| {name} | {entry['images_per_s']:.0f} | {entry['ratio_to_floor']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -179,10 +224,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MD",
         help="write the per-seed cost into this markdown file's seed-cost section and exit",
     )
+    parser.add_argument(
+        "--floor",
+        metavar="PARAMS",
+        help="with --seed-section: also time the grid's trainings against the timm floor",
+    )
     parser.add_argument("--note", default="", help="a line put under the section (load, machine)")
     args = parser.parse_args(argv)
     if args.seed_section:
         text = per_seed_section(args.log, args.repeat)
+        if args.floor:
+            text += floor_section(args.floor, rounds=max(3, args.repeat))
         if args.note:
             text += "\n" + args.note + "\n"
         print(text)
