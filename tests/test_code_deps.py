@@ -62,6 +62,8 @@ import atexit, sys
 def _record():
     modules = sorted(m for m in sys.modules if m == "wsss" or m.startswith("wsss."))
     sys.stderr.write("wsss-imported: " + " ".join(modules) + "\\n")
+    heavy = [m for m in ("torch", "timm", "torchvision") if m in sys.modules]
+    sys.stderr.write("heavy-imported: " + " ".join(heavy) + "\\n")
 
 atexit.register(_record)
 """
@@ -112,6 +114,34 @@ def test_declared_code_inputs_are_the_modules_each_job_imported(ran):
             )
             checked += 1
     assert checked >= 30
+
+
+# Rules that only score, plot or write tables: their jobs import neither torch nor timm
+# (seconds of start-up each; tests/test_cli.py checks their commands' start-up alone).
+NO_MODEL_RULES = (
+    "prepare_data",
+    "evaluate_cams",
+    "pseudo_labels",
+    "table",
+    "plots",
+    "gallery",
+    "table_html",
+    "attention_figure",
+)
+
+
+@pytest.mark.slow
+def test_jobs_that_build_no_model_import_no_torch(ran):
+    project, _, plan = ran
+    checked = 0
+    for rule in NO_MODEL_RULES:
+        for job in _jobs(plan, rule):
+            log = next(p for p in job["log"].split(", ") if p.endswith(".log"))
+            lines = re.findall(r"^heavy-imported: ?(.*)$", (project / log).read_text(), re.M)
+            assert len(lines) == 1, f"{log}: {len(lines)} recorder lines"
+            assert lines[0].split() == [], f"rule {rule} ({log}) imported {lines[0]}"
+            checked += 1
+    assert checked >= len(NO_MODEL_RULES)
 
 
 def test_an_unrelated_module_is_not_an_input():

@@ -3,12 +3,15 @@
 Each subcommand is a module of :mod:`wsss.stages` (DAG stages) or :mod:`wsss.tools`
 (commands that read ``params.yaml`` themselves); its name is the module's with ``-``
 for ``_``. Only the module of the command being run is imported, so a job imports
-exactly its stage's code (see :mod:`wsss.code_deps`).
+exactly its stage's code (see :mod:`wsss.code_deps`); ``wsss --help`` reads each
+command's ``HELP`` from its source and imports none of them (a model stage imports
+torch and timm, seconds of start-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import os
@@ -16,6 +19,14 @@ import pkgutil
 import sys
 
 COMMAND_PACKAGES = ("wsss.stages", "wsss.tools")
+# How to get a real --config for a command: the workflow builds each job's from params.yaml
+# (wsss.config) and prints it in the job's command line.
+CONFIG_EPILOG = """\
+--config example: the workflow builds each job's JSON from params.yaml and prints
+it with the job's command line; to rerun one job by hand, take it from there:
+  snakemake -n -p --forcerun <rule> <one of its outputs>   # shows `wsss {command} --config '{{...}}' ...`
+  wsss {command} --config @job.json ...                     # the same JSON, read from a file
+"""
 
 
 def commands() -> dict[str, str]:
@@ -28,17 +39,38 @@ def commands() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def command_help(module_name: str) -> str:
+    """A command module's ``HELP`` string, read from its source without importing it.
+    ValueError when the module has no literal ``HELP``."""
+    spec = importlib.util.find_spec(module_name)
+    tree = ast.parse(open(spec.origin).read(), spec.origin)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "HELP" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{spec.origin}: a wsss command module must define HELP = '...'")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; with ``only``, just that command's module is imported."""
+    """The argument parser. Only the module of ``only`` (the command being run) is
+    imported; the others are listed with their help, read from their source."""
     parser = argparse.ArgumentParser(prog="wsss", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, module_name in commands().items():
-        if only is not None and command != only:
-            sub.add_parser(command)  # listed, not imported
+        if command != only:
+            sub.add_parser(command, help=command_help(module_name))  # listed, not imported
             continue
         module = importlib.import_module(module_name)
-        p = sub.add_parser(command, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(
+            command,
+            help=module.HELP,
+            description=module.HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(p)
+        if any("--config" in a.option_strings for a in p._actions):
+            p.epilog = CONFIG_EPILOG.format(command=command)
         p.set_defaults(func=module.run)
     return parser
 

@@ -42,8 +42,13 @@ def json_arg(text: str) -> dict[str, Any]:
 def add_common(parser: argparse.ArgumentParser) -> None:
     """Options every stage takes: log file, CPU threads, progress bars."""
     parser.add_argument("--log", help="also write the log to this file")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_execution(parser: argparse.ArgumentParser) -> None:
+    """Options of the stages that build a model: device, DataLoader workers, image cache
+    (only those take them: a scoring stage has no device to pick)."""
     # Execution knobs (wsss.runtime.Execution): how a job runs, not what it computes, so the
     # rules pass them outside the job's params and changing them reruns nothing.
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -9,7 +9,7 @@ import argparse
 
 from wsss.io import write_json
 from wsss.methods.model_diagnostics import attention_diagnostics
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 HELP = "attention diagnostics of one trained model per block and for the patch affinity (JSON)"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import argparse
 from wsss.cam_store import read_shard_plan
 from wsss.io import write_json
 from wsss.methods.cam_extraction import extract_cam_variants, variants_with_outputs
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 HELP = (
     "extract (and refine) the CAMs of a split, or of one shard of it, for every variant of a model"
@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=int, help="extract only this shard of the split (0-based)")
     p.add_argument("--plan", help="the split's shard plan (wsss cam-shards plan); with --shard")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

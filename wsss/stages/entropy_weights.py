@@ -9,7 +9,7 @@ import argparse
 
 from wsss.io import write_json
 from wsss.methods.entropy_weights import baseline_entropy_weights
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 HELP = "AReAM's per-block entropy weights from a trained MCTformer-V2 (JSON)"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the baseline's model.pt from the train stage")
     p.add_argument("--out", required=True, help="JSON to write (weights, raw entropies)")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

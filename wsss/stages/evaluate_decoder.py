@@ -7,7 +7,7 @@ import argparse
 
 from wsss.io import write_json
 from wsss.methods.decoder_evaluation import evaluate_decoder
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 HELP = "score a single-stage method's segmentation decoder"
 
@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="default: the dataset's seg_split")
     p.add_argument("--out", required=True, help="decoder_metrics.json to write")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 from wsss import distributed
 from wsss.io import write_json
 from wsss.segmentation.train import run_segmentation
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 HELP = "stage 2: train a segmenter on pseudo-labels, score it on the seg split"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="segmenter.pt to write")
     p.add_argument("--metrics", required=True, help="seg_metrics.json to write")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from wsss.runtime import (
     seed_everything,
 )
 from wsss.runtime import progress as tqdm
-from wsss.stages import add_common, json_arg
+from wsss.stages import add_common, add_execution, json_arg
 
 log = logging.getLogger("wsss")
 
@@ -259,6 +259,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "AReAM's entropy_weights=FILE, from `wsss entropy-weights`); repeatable",
     )
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:

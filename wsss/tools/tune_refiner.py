@@ -23,7 +23,7 @@ from wsss.config import cam_config, load_params, training_key
 from wsss.evaluation.cam_eval import evaluate_cams
 from wsss.io import atomic_path
 from wsss.methods.cam_extraction import extract_cams
-from wsss.stages import add_common
+from wsss.stages import add_common, add_execution
 
 
 def tune_refiner(
@@ -86,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="write the table as CSV")
     add_common(p)
+    add_execution(p)
 
 
 def run(args: argparse.Namespace) -> int:
