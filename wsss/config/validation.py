@@ -168,7 +168,7 @@ def _check_names(params: dict[str, Any], source: str) -> None:
     if depth_problems:
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(depth_problems))
     # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
-    from wsss.stages.pseudo_labels import PseudoLabelSettings
+    from wsss.segmentation.pseudo_labels import PseudoLabelSettings
 
     for dataset in params["grid"]["datasets"]:
         try:

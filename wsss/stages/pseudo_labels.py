@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 
 from wsss.io import write_json
-from wsss.segmentation.pseudo_labels import PseudoLabelSettings, make_pseudo_labels
+from wsss.segmentation.pseudo_labels import make_pseudo_labels
 from wsss.stages import add_common, json_arg
 
-# PseudoLabelSettings: re-exported for wsss.config (which imports it from here) until it
-# imports it from wsss.segmentation.pseudo_labels.
-__all__ = ["HELP", "PseudoLabelSettings", "add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "CAMs of the train split -> pseudo-label PNGs (threshold, PAR or CRF), scored"
 
