@@ -17,6 +17,7 @@ BENCHMARKS = REPO / "benchmarks"
 QUICK_CHECKS = {
     "bench.py": "test_bench_quick (here)",
     "grid_time.py": "test_grid_time_quick (here)",
+    "coverage.py": "test_coverage_quick (here)",
     # No costly part without --before: its whole CLI on hand-made run files is seconds.
     "proxy_recipes.py": "tests/test_proxy_recipes.py (main on hand-made recipes)",
 }
@@ -49,6 +50,13 @@ def test_script_imports_cleanly(script):
     done = _run(BENCHMARKS / script, "--help")
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_coverage_quick(tmp_path):
+    out = tmp_path / "coverage.md"
+    done = _run(BENCHMARKS / "coverage.py", "--quick", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "seeds" in out.read_text()
 
 
 def test_grid_time_quick(tmp_path):
