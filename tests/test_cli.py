@@ -14,6 +14,7 @@ from wsss.cli import build_parser, command_help, commands
 REPO = Path(__file__).resolve().parents[1]
 # Commands that build a model and so import torch and timm. Every other command must not.
 MODEL_COMMANDS = {
+    "affinity-transfer",
     "attention-diagnostics",
     "cams",
     "entropy-weights",
@@ -23,8 +24,9 @@ MODEL_COMMANDS = {
     "train",
     "tune-refiner",
 }
-# pretrain builds a model on the CPU only and takes no device (wsss.stages.pretrain).
-DEVICE_COMMANDS = MODEL_COMMANDS - {"pretrain"}
+# pretrain builds a model on the CPU only and takes no device (wsss.stages.pretrain);
+# affinity-transfer (wsss.tools) reads trained models on the CPU and takes no device either.
+DEVICE_COMMANDS = MODEL_COMMANDS - {"pretrain", "affinity-transfer"}
 HEAVY = ("torch", "timm", "torchvision")
 
 
