@@ -100,12 +100,14 @@ def command_modules(
 ) -> set[str]:
     """The modules the ``wsss <command>`` job imports, for a dataset of ``dataset_kind``
     that builds the training ``methods`` and CAM ``refiners`` named."""
-    from wsss.cli import commands
+    from wsss.cli import COMMAND_PACKAGES, commands
 
     known = commands()
     if command not in known:
         raise ValueError(f"unknown wsss command {command!r}; known: {', '.join(known)}")
-    roots = {f"{PACKAGE}.cli", known[command]}
+    # wsss.cli finds its commands with find_spec, which imports each command package's
+    # __init__ without an import statement the static closure could see.
+    roots = {f"{PACKAGE}.cli", known[command], *COMMAND_PACKAGES}
     modules = closure(roots)
     for _ in range(3):  # a plug-in may reach another registry
         extra = set()
