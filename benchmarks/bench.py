@@ -826,9 +826,10 @@ def _bench_dataset(params: dict, dataset: str, scratch: str, quick: bool) -> dic
     for the training benchmarks, or None for a real dataset (random batches then)."""
     from wsss.config import dataset_block, dataset_config
     from wsss.data.datasets import prepare_dataset
+    from wsss.data.kinds import kind_of
 
     config = dataset_config(params, dataset, full=True)
-    if config["kind"] != "synthetic":
+    if not kind_of(config).generated:
         return None
     generator = dict(config.get("generator", {}))
     if quick:

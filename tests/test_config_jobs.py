@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from wsss.config import JOBS, job_config, job_resources, table_config
+from wsss.data.kinds import conversion_stages
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "workflow" / "Snakefile"]
@@ -29,7 +30,9 @@ def _stages_with_config() -> set[str]:
 
 
 def test_every_stage_that_takes_a_config_has_one_builder():
-    assert set(JOBS) == _stages_with_config()
+    """JOBS, plus the dataset kinds' conversion stages (one builder: conversion_config)."""
+    assert set(JOBS) | set(conversion_stages().values()) == _stages_with_config()
+    assert not set(JOBS) & set(conversion_stages().values())
 
 
 def test_every_rule_passes_its_config_from_job_config():
@@ -51,9 +54,22 @@ def test_every_rule_takes_its_resources_from_job_resources():
 
 
 def test_config_commands_in_the_rules_are_every_stage_with_a_config():
+    """Each stage by name; the conversion stages through the one rule that asks the
+    dataset's kind (convert_data: job_config(conversion_stage))."""
     text = "".join(path.read_text() for path in RULES)
     commands = set(re.findall(r'job_config\("([a-z-]+)"', text))
     assert commands == set(JOBS)
+    assert text.count("job_config(conversion_stage)") == 1
+
+
+def test_a_conversion_stage_gets_the_whole_dataset_block(params):
+    params = {**params, "datasets": {"c": {"kind": "coco", "root": "x", "source": {"s": 1}}}}
+    assert job_config(params, "convert-coco", {"dataset": "c"}) == {
+        "kind": "coco",
+        "root": "x",
+        "source": {"s": 1},
+        "name": "c",
+    }
 
 
 def test_an_unknown_stage_names_the_known_ones(params):

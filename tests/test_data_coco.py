@@ -495,7 +495,7 @@ def test_workflow_converts_once_and_runs_on_the_converted_sample(tmp_path):
     assert (project / "data/coco/SegmentationClass").is_dir()
     again = _snakemake(project, "-n", "--configfile", smoke, str(override), "--", target)
     assert "Nothing to be done" in again.stdout + again.stderr
-    assert "convert_coco" not in _job_counts(again.stdout)
+    assert "convert_data" not in _job_counts(again.stdout)
 
 
 # --------------------------------------------------------------------------- malformed input

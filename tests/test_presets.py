@@ -199,7 +199,7 @@ def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
     assert counts["cams"] == 2 * _train_runs(voc_params) * len(seeds)
     assert counts["evaluate_decoder"] == 2 * len(seeds)  # the two ClusterCAM variants
     assert counts["pseudo_labels"] == counts["segment"] == len(methods) * len(seeds)
-    assert "convert_coco" not in counts
+    assert "convert_data" not in counts
     # Every method of the grid appears, and training jobs ask for a GPU.
     for method in methods:
         assert f"results/runs/voc/{method}/seed2/cam_metrics.json" in result.stdout
@@ -229,7 +229,7 @@ def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path
     result = _snakemake(project, "-n", "--configfile", str(COCO_PRESET), str(override))
     counts = _job_counts(result.stdout)
     methods = coco_params["grid"]["methods"]
-    assert counts["convert_coco"] == 1 and counts["prepare_data"] == 1
+    assert counts["convert_data"] == 1 and counts["prepare_data"] == 1
     # train (82,081 images) is both splits and is cut into shards (cam.shard_size 10,000):
     # its cams_shard jobs, and the jobs only they need, appear once its plan exists; every
     # trained model (and AReAM's entropy weights) is a target of `all` by itself
@@ -241,7 +241,9 @@ def test_coco_preset_dry_run_converts_once_then_lists_the_grid(project, tmp_path
     assert counts["evaluate_decoder"] == 2  # its two grid variants
     assert counts["evaluate_cams"] == len(methods)
     assert counts["pseudo_labels"] == counts["segment"] == len(methods)
-    assert "wsss convert-coco" in result.stdout or "convert_coco" in result.stdout
+    # the kind's conversion job, with the resources of its stage (resources.convert_coco)
+    convert_job = result.stdout.split("rule convert_data:")[1].split("rule ")[0]
+    assert "mem_mb=16000" in convert_job and "runtime=240" in convert_job
 
 
 def test_coco_preset_without_raw_data_fails_clearly(project):

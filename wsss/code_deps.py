@@ -10,7 +10,7 @@ imports; here they are computed when the DAG is built:
    :mod:`ast`, nothing imported;
 2. the closure from ``wsss.cli`` and the command's module (:mod:`wsss.stages`);
 3. plug-ins the code imports by name at run time: the dataset kind's module
-   (:data:`wsss.data.datasets.KIND_MODULES`) when ``wsss.data.datasets`` is reached,
+   (:data:`wsss.data.kinds.DATASET_KINDS`) when ``wsss.data.datasets`` is reached,
    the training methods and refiners the job builds (their registries,
    :func:`wsss.registry.scan_plugins`) when ``wsss.methods.base`` is reached.
 
@@ -112,9 +112,10 @@ def command_modules(
     for _ in range(3):  # a plug-in may reach another registry
         extra = set()
         if dataset_kind is not None and f"{PACKAGE}.data.datasets" in modules:
-            from wsss.data.datasets import KIND_MODULES
+            from wsss.data.kinds import DATASET_KINDS
 
-            extra.add(KIND_MODULES[dataset_kind])
+            if module := DATASET_KINDS.module_of(dataset_kind):
+                extra.add(module)
         if f"{PACKAGE}.methods.base" in modules:
             from wsss.methods.base import CAM_REFINERS, TRAINING_METHODS
 

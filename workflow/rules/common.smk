@@ -106,9 +106,14 @@ if len(set(_cam_rule_names)) != len(_cam_rule_names):
 def job_config(stage, **extra):
     """Params function: the ``--config`` JSON of a ``wsss <stage>`` job with the job's
     wildcards, built in one place (wsss.config.jobs; ``extra``: what the rule fixes, e.g.
-    the variants of a CAM rule)."""
+    the variants of a CAM rule). ``stage`` may be a function of the wildcards (a
+    conversion job's stage is its dataset kind's)."""
+
+    def name(wc):
+        return stage(wc) if callable(stage) else stage
+
     return lambda wc: json.dumps(
-        wsss_config.job_config(config, stage, dict(wc.items()), **extra), sort_keys=True
+        wsss_config.job_config(config, name(wc), dict(wc.items()), **extra), sort_keys=True
     )
 
 
@@ -173,10 +178,24 @@ def launcher(rule_name):
 
 
 def conversion_manifest(wildcards):
-    """A coco dataset is read from its converted layout: convert first."""
-    if config["datasets"][wildcards.dataset]["kind"] == "coco":
+    """A dataset whose kind declares a conversion stage (coco) is read from its converted
+    layout: convert first."""
+    if wsss_config.conversion_stage(config, wildcards.dataset):
         return f"{RESULTS}/data/{wildcards.dataset}.conversion.json"
     return []
+
+
+def conversion_stage(wildcards):
+    """The `wsss` command that converts {dataset} (its kind's declaration, wsss.data.kinds)."""
+    stage = wsss_config.conversion_stage(config, wildcards.dataset)
+    if stage is None:
+        raise WorkflowError(f"datasets.{wildcards.dataset}: its kind has no conversion stage")
+    return stage
+
+
+def conversion_family(wildcards):
+    """resources.<family> of {dataset}'s conversion job (convert_coco)."""
+    return wsss_config.conversion_family(config, wildcards.dataset)
 
 
 def train_split(dataset):

@@ -14,20 +14,22 @@ rule prepare_data:
         "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
 
 
-# COCO instance annotations -> the VOC-style layout at datasets.<name>.root, once per
-# dataset of kind coco. No code inputs on purpose: the conversion is a one-time step
-# (COCO 2014's 123k images at the ~100 images/s measured on the sample: ~20 min), and
-# a root converted with other settings is refused rather than silently rewritten;
-# delete the root to convert again.
-rule convert_coco:
+# Raw files -> the VOC-style layout at datasets.<name>.root, once per dataset whose kind
+# declares a conversion stage (wsss.data.kinds; coco: `wsss convert-coco`). No code inputs
+# on purpose: the conversion is a one-time step (COCO 2014's 123k images at the ~100
+# images/s measured on the sample: ~20 min), and a root converted with other settings is
+# refused rather than silently rewritten; delete the root to convert again. Resources:
+# resources.<stage with underscores> (convert_coco).
+rule convert_data:
     output:
         manifest=results("data/{dataset}.conversion.json"),
     params:
-        cfg=job_config("convert-coco"),
+        stage=conversion_stage,
+        cfg=job_config(conversion_stage),
     threads: 1
     resources:
-        **job_resources("convert_coco"),
+        **job_resources(conversion_family),
     log:
-        results("logs/convert_coco/{dataset}.log"),
+        results("logs/convert_data/{dataset}.log"),
     shell:
-        "wsss convert-coco --config {params.cfg:q} --out {output.manifest} 2> {log}"
+        "wsss {params.stage} --config {params.cfg:q} --out {output.manifest} 2> {log}"

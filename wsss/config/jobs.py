@@ -160,10 +160,27 @@ def prepare_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
     return dataset_config(params, dataset, "train_split", "eval_split", "generator")
 
 
-def convert_coco_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """A convert-coco job: the dataset's whole block as written (its raw ``source`` and the
-    converted ``root``), and its name."""
+def conversion_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """A conversion job (the stage its kind declares, e.g. convert-coco): the dataset's whole
+    block as written (its raw ``source`` and the converted ``root``), and its name."""
     return {**params["datasets"][dataset], "name": dataset}
+
+
+def conversion_family(params: dict[str, Any], dataset: str) -> str:
+    """The resources key (``resources.<family>`` in params) of the dataset's conversion job:
+    its stage's command with underscores (``convert_coco``)."""
+    stage = conversion_stage(params, dataset)
+    if stage is None:
+        raise ValueError(f"datasets.{dataset}: its kind has no conversion stage")
+    return stage.replace("-", "_")
+
+
+def conversion_stage(params: dict[str, Any], dataset: str) -> str | None:
+    """The ``wsss`` command that writes the dataset's layout before prepare-data (its kind's
+    :attr:`~wsss.data.kinds.DatasetKind.conversion`), or None when it has none."""
+    from wsss.data.kinds import kind_of
+
+    return kind_of({**params["datasets"][dataset], "name": dataset}).conversion
 
 
 def pretrain_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -230,10 +247,10 @@ def _run_meta(wildcards: Mapping[str, str]) -> dict[str, Any]:
 JobBuilder = Callable[..., dict[str, Any]]
 
 # {wsss command: its config from (params, the job's wildcards, extra)}: every job that takes
-# ``--config``. The rules ask for a stage's config by command name (job_config("train")).
+# ``--config`` but the dataset kinds' conversion stages (:func:`conversion_config`). The rules
+# ask for a stage's config by command name (job_config("train")).
 JOBS: dict[str, JobBuilder] = {
     "prepare-data": lambda p, w: prepare_config(p, w["dataset"]),
-    "convert-coco": lambda p, w: convert_coco_config(p, w["dataset"]),
     "pretrain": lambda p, w: pretrain_config(p),
     "train": lambda p, w: training_config(p, w["dataset"], w["train"]),
     "entropy-weights": lambda p, w: entropy_config(p, w["dataset"], w["train"]),
@@ -256,10 +273,17 @@ def job_config(
 ) -> dict[str, Any]:
     """The ``--config`` of one ``wsss <stage>`` job with these wildcards (``extra``: what a
     rule fixes besides its wildcards, e.g. the variants of a CAM rule). Raises KeyError
-    naming the known stages for another name."""
-    if stage not in JOBS:
-        raise KeyError(f"no job config for stage {stage!r}; known: {', '.join(sorted(JOBS))}")
-    return JOBS[stage](params, wildcards, **extra)
+    naming the known stages for another name. A dataset kind's conversion stage (e.g.
+    ``convert-coco``) gets :func:`conversion_config`."""
+    if stage in JOBS:
+        return JOBS[stage](params, wildcards, **extra)
+    from wsss.data.kinds import conversion_stages
+
+    conversions = conversion_stages().values()
+    if stage in conversions:
+        return conversion_config(params, wildcards["dataset"])
+    known = ", ".join(sorted({*JOBS, *conversions}))
+    raise KeyError(f"no job config for stage {stage!r}; known: {known}")
 
 
 # ---------------------------------------------------------------- resources
@@ -289,12 +313,21 @@ def rule_resources(params: dict[str, Any], rule: str) -> dict[str, Any]:
 
 
 def job_resources(
-    params: dict[str, Any], rule: str, execution_block: str | None = None
+    params: dict[str, Any], rule: str | Callable[[Any], str], execution_block: str | None = None
 ) -> dict[str, Any]:
     """A rule's ``resources:``: gpu, mem_mb and runtime of its family (:func:`rule_resources`),
     ``nodes: 1`` for the data-parallel rules (torchrun --standalone keeps every GPU of a job
     on one node) and, with ``execution_block`` (``train`` or ``segmentation``), the
-    execution knobs of each job (functions of its wildcards; :func:`execution`)."""
+    execution knobs of each job (functions of its wildcards; :func:`execution`). ``rule``
+    may be a function of the job's wildcards giving the family (a conversion job's is its
+    kind's stage, :func:`conversion_family`); each resource is then one too."""
+    if callable(rule):
+        family = rule
+
+        def of_job(key: str) -> Callable[[Any], Any]:
+            return lambda wc: rule_resources(params, family(wc))[key]
+
+        return {key: of_job(key) for key in RESOURCE_KEYS}
     spec = rule_resources(params, rule)
     resources: dict[str, Any] = {key: spec[key] for key in RESOURCE_KEYS}
     if rule in DATA_PARALLEL_RULES:

@@ -44,6 +44,18 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(resources.files(package).joinpath(name).read_text())
 
 
+def params_schema() -> dict[str, Any]:
+    """The schema params are validated against: the shipped one with the dataset kinds'
+    enum filled from the registry (:data:`wsss.data.kinds.DATASET_KINDS`), so an unknown
+    kind is named with the known ones and a new kind needs no schema edit."""
+    from wsss.data.kinds import DATASET_KINDS
+
+    schema = copy.deepcopy(_schema())
+    block = schema["properties"]["datasets"]["additionalProperties"]["properties"]
+    block["kind"] = {**block["kind"], "enum": DATASET_KINDS.names()}
+    return schema
+
+
 # A number as YAML 1.2 and JSON spell it. PyYAML (YAML 1.1) reads ``1e-06`` or ``5e-4`` as a
 # string: `dvc exp run -S train.lr=0.000001` writes the first, papers write the second.
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsss.data.kinds import DatasetKind, register_kind
 from wsss.data.palette import IGNORE_INDEX, load_label_png, save_label_png
 from wsss.io import read_json, write_json, write_text
 
@@ -659,3 +660,41 @@ def converted_class_names(root: str | os.PathLike) -> list[str]:
     if data.get("converter") != "wsss.data.coco":
         raise ValueError(f"{manifest} was not written by the COCO converter")
     return list(data["class_names"])
+
+
+# --------------------------------------------------------------------------- the dataset kind
+
+
+@register_kind
+class CocoKind(DatasetKind):
+    """``kind: coco``: the ``convert-coco`` stage (:func:`convert_coco`) writes the VOC-style
+    layout at ``root`` from the raw files under ``source``, once; the class names are the
+    converted layout's (its manifest)."""
+
+    name = "coco"
+    conversion = "convert-coco"
+
+    def class_names(self, config: dict[str, Any], layout: Any) -> list[str]:
+        return converted_class_names(config["root"])
+
+    def open_layout(self, config: dict[str, Any]) -> tuple[Any, list[str]]:
+        # The class names first: a missing conversion gets its own message, not the
+        # layout's "no VOC-layout dataset".
+        class_names = converted_class_names(config["root"])
+        layout, _ = super().open_layout(config)
+        return layout, class_names
+
+    def check_inputs(self, name: str, spec: dict[str, Any]) -> list[str]:
+        """The raw files, unless the root already holds the conversion."""
+        if (Path(spec["root"]).expanduser() / MANIFEST).is_file():
+            return []
+        try:
+            problems = dataset_conversion({**spec, "name": name}).missing_inputs()
+        except ValueError as err:
+            return [str(err)]
+        if problems:
+            return [
+                f"datasets.{name}.source: {spec['root']} holds no converted COCO layout, and "
+                "its raw inputs are missing:\n    " + "\n    ".join(problems)
+            ]
+        return []
