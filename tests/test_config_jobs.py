@@ -89,6 +89,22 @@ def test_job_config_gives_the_builders_values(params):
     json.dumps(job_config(params, "table", {}))  # JSON all the way down
 
 
+def test_the_figure_jobs_get_order_and_labels_in_one_config(params):
+    """plots and attention-figure: the grid's order and display labels as a job config (no
+    NAME=LABEL lists in the rules); a trained run is labelled by its unrefined variant."""
+    methods = params["grid"]["methods"]
+    plots = job_config(params, "plots", {"dataset": "synthetic"})
+    assert plots == {"method_order": methods, "labels": table_config(params)["labels"]}
+    figure = job_config(params, "attention-figure", {"dataset": "synthetic"})
+    runs = list(dict.fromkeys(table_config(params)["training_runs"][m] for m in methods))
+    assert figure["run_order"] == runs and sorted(figure["labels"]) == sorted(runs)
+    assert figure["labels"]["mctformer_v2"] == plots["labels"]["mctformer_v2"]
+    params["methods"]["mctformer_v2"]["label"] = "MCT"
+    assert job_config(params, "attention-figure", {})["labels"]["mctformer_v2"] == "MCT"
+    for path in RULES:
+        assert "=LABEL" not in path.read_text() and "--labels {params" not in path.read_text()
+
+
 def test_the_table_job_gets_every_setting_in_one_config(params):
     config = table_config(params)
     methods = params["grid"]["methods"]

@@ -82,8 +82,9 @@ def test_figure_of_two_runs_and_seeds_through_the_cli(tmp_path):
         for seed in (0, 1)
     ]
     out = tmp_path / "fig" / "attention_diagnostics.png"
-    args = ["--diagnostics", *map(str, files), "--out", str(out), "--run-order", "aream"]
-    assert main(["attention-figure", *args, "--labels", "aream=AReAM"]) == 0
+    config = json.dumps({"run_order": ["aream"], "labels": {"aream": "AReAM"}})
+    args = ["--config", config, "--diagnostics", *map(str, files), "--out", str(out)]
+    assert main(["attention-figure", *args]) == 0
     width, height = Image.open(out).size
     assert width > 800 and height > 300
 

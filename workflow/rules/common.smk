@@ -157,11 +157,6 @@ def decoder_methods():
     return [m for m in METHODS if TRAINING_METHODS.get(config["methods"][m]["train"]).has_decoder]
 
 
-def method_labels():
-    """METHOD=LABEL items for the report commands, shell-quoted."""
-    return " ".join(shlex.quote(f"{m}={wsss_config.variant_label(config, m)}") for m in METHODS)
-
-
 def rule_resources(rule_name):
     """Resources of a rule family (wsss.config.rule_resources): threads, gpu, mem_mb, runtime."""
     return wsss_config.rule_resources(config, rule_name)

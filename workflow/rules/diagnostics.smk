@@ -11,25 +11,6 @@ def attention_files(wildcards):
     )
 
 
-def run_label(key):
-    """A trained run's display label: that of its grid variant without refinement, else the
-    run's name."""
-    for method in METHODS:
-        spec = config["methods"][method]
-        if train_key_of(method) == key and spec.get("refine", "none") == "none":
-            return wsss_config.variant_label(config, method)
-    return key
-
-
-def train_key_of(method):
-    return wsss_config.training_key(config, method)
-
-
-def run_labels():
-    """RUN=LABEL items for the figure, shell-quoted."""
-    return " ".join(shlex.quote(f"{key}={run_label(key)}") for key in train_keys())
-
-
 rule attention_diagnostics:
     input:
         model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),
@@ -68,10 +49,9 @@ rule attention_figure:
             labels={"dataset": "{dataset}", "figure": "attention diagnostics"},
         ),
     params:
-        order=" ".join(dict.fromkeys(train_key_of(m) for m in METHODS)),
-        labels=run_labels(),
+        cfg=job_config("attention-figure"),
     log:
         results("logs/attention_figure/{dataset}.log"),
     shell:
-        "wsss attention-figure --diagnostics {input.diagnostics} --out {output.figure}"
-        " --run-order {params.order} --labels {params.labels} > {log} 2>&1"
+        "wsss attention-figure --config {params.cfg:q} --diagnostics {input.diagnostics}"
+        " --out {output.figure} > {log} 2>&1"

@@ -115,14 +115,13 @@ rule plots:
         ),
         csv=results("plots/per_class_iou/{dataset}.csv"),
     params:
-        order=" ".join(METHODS),
+        cfg=job_config("plots"),
         out_dir=lambda wc, output: str(Path(output.miou).parent),
-        labels=method_labels(),
     log:
         results("logs/plots/{dataset}.log"),
     shell:
-        "wsss plots --metrics {input.metrics} --manifest {input.manifest} --out-dir {params.out_dir}"
-        " --csv {output.csv} --method-order {params.order} --labels {params.labels} > {log} 2>&1"
+        "wsss plots --config {params.cfg:q} --metrics {input.metrics} --manifest {input.manifest}"
+        " --out-dir {params.out_dir} --csv {output.csv} > {log} 2>&1"
 
 
 rule gallery:

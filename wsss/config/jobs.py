@@ -214,6 +214,35 @@ def gallery_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
     }
 
 
+def plots_config(params: dict[str, Any]) -> dict[str, Any]:
+    """A plots job: the grid's methods in row order and each one's display label."""
+    methods = params["grid"]["methods"]
+    return {
+        "method_order": list(methods),
+        "labels": {m: variant_label(params, m) for m in methods},
+    }
+
+
+def run_label(params: dict[str, Any], run: str) -> str:
+    """A trained run's display label: that of the first grid variant training it without a
+    refiner, else the run's name."""
+    for method in params["grid"]["methods"]:
+        spec = params["methods"][method]
+        if training_key(params, method) == run and spec.get("refine", "none") == "none":
+            return variant_label(params, method)
+    return run
+
+
+def attention_figure_config(params: dict[str, Any]) -> dict[str, Any]:
+    """An attention-figure job: the trained runs of the grid in legend order (that of their
+    first variant) and each one's display label (:func:`run_label`)."""
+    runs = list(dict.fromkeys(training_key(params, m) for m in params["grid"]["methods"]))
+    return {
+        "run_order": runs,
+        "labels": {run: run_label(params, run) for run in sorted(runs)},
+    }
+
+
 def table_config(params: dict[str, Any]) -> dict[str, Any]:
     """The table job: the row order (the grid's methods), each dataset's kind (it picks the
     papers' numbers shown beside ours), each method's display label, the baseline it is
@@ -264,6 +293,8 @@ JOBS: dict[str, JobBuilder] = {
     "pseudo-labels": lambda p, w: pseudo_label_config(p, w["dataset"], _run_meta(w)),
     "segment": lambda p, w: segmentation_config(p, w["dataset"], _run_meta(w)),
     "gallery": lambda p, w: gallery_config(p, w["dataset"]),
+    "plots": lambda p, w: plots_config(p),
+    "attention-figure": lambda p, w: attention_figure_config(p),
     "table": lambda p, w: table_config(p),
 }
 

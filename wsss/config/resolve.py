@@ -139,7 +139,7 @@ def dataset_config(
     ``full``, the whole block."""
     block = dict(params["datasets"][dataset])
     block.pop("overrides", None)
-    # Only the convert_coco rule reads the raw COCO files; jobs read the converted root.
+    # Only the conversion job (convert_data) reads the raw files; jobs read the converted root.
     block.pop("source", None)
     properties = _schema()["properties"]["datasets"]["additionalProperties"]["properties"]
     for key, prop in properties.items():

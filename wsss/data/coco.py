@@ -654,7 +654,7 @@ def converted_class_names(root: str | os.PathLike) -> list[str]:
     if not manifest.is_file():
         raise FileNotFoundError(
             f"{manifest} is missing: {Path(root)} is not a finished COCO conversion; run "
-            "`wsss convert-coco` (or the convert_coco rule) first"
+            "`wsss convert-coco` (or the convert_data rule) first"
         )
     data = read_json(manifest)
     if data.get("converter") != "wsss.data.coco":

@@ -56,14 +56,3 @@ def add_execution(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-images", type=int, choices=[0, 1], default=1, help="keep decoded images in memory"
     )
-
-
-def key_values(items: list[str], option: str) -> dict[str, str]:
-    """``NAME=VALUE`` command-line items -> a dict; ValueError naming ``option`` otherwise."""
-    result = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"{option}: expected NAME=VALUE, got {item!r}")
-        result[key] = value
-    return result

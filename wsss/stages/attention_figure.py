@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from wsss.report.attention_plots import plot_attention_diagnostics
-from wsss.stages import add_common, key_values
+from wsss.stages import add_common, json_arg
 
 HELP = "figure of one dataset's attention diagnostics (per block and for the affinity)"
 
@@ -19,12 +19,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="attention_diagnostics.json of the dataset's trained runs",
     )
     p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--run-order", nargs="*", default=None, help="trained runs, in legend order")
-    p.add_argument("--labels", nargs="*", default=[], help="RUN=LABEL, the display labels")
+    p.add_argument(
+        "--config",
+        type=json_arg,
+        default={},
+        help="JSON {run_order, labels} (wsss.config.attention_figure_config): the trained "
+        "runs in legend order and each one's display label (default: the runs sorted, labelled by name)",
+    )
     add_common(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    labels = key_values(args.labels, "--labels")
-    print(plot_attention_diagnostics(args.diagnostics, args.out, labels, args.run_order))
+    config = args.config
+    print(
+        plot_attention_diagnostics(
+            args.diagnostics, args.out, config.get("labels", {}), config.get("run_order")
+        )
+    )
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 from wsss.io import read_json
 from wsss.report.plots import write_plots
-from wsss.stages import add_common, key_values
+from wsss.stages import add_common, json_arg
 
 HELP = "figures of one dataset: mIoU per method, threshold curves, per-class IoU"
 
@@ -20,16 +20,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out-dir", required=True, help="folder for the PNGs")
     p.add_argument("--csv", required=True, help="per-class IoU table (a DVC plot)")
-    p.add_argument("--method-order", nargs="*", default=None)
-    p.add_argument("--labels", nargs="*", default=[], help="METHOD=LABEL, the display labels")
+    p.add_argument(
+        "--config",
+        type=json_arg,
+        default={},
+        help="JSON {method_order, labels} (wsss.config.plots_config): the grid's methods in "
+        "row order and each one's display label (default: the methods in the order their metrics are given, labelled by name)",
+    )
     add_common(p)
 
 
 def run(args: argparse.Namespace) -> int:
     class_names = read_json(args.manifest)["class_names"] if args.manifest else None
-    labels = key_values(args.labels, "--labels")
+    config = args.config
     for path in write_plots(
-        args.metrics, args.out_dir, args.csv, class_names, args.method_order, labels
+        args.metrics,
+        args.out_dir,
+        args.csv,
+        class_names,
+        config.get("method_order"),
+        config.get("labels", {}),
     ):
         print(path)
     return 0
