@@ -461,7 +461,8 @@ def test_image_sizes_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_workflow_converts_once_and_runs_on_the_converted_sample(tmp_path):
-    """convert_coco -> prepare_data -> train -> cams -> evaluate on the real sample, tiny model."""
+    """convert_data (convert-coco) -> prepare_data -> train -> cams -> evaluate on the real
+    sample, tiny model."""
     _need_sample()
     from test_workflow import _copy_project, _job_counts, _snakemake
 
