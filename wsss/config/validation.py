@@ -238,13 +238,13 @@ def _check_datasets(params: dict[str, Any]) -> list[str]:
     problems = []
     for name, spec in params["datasets"].items():
         kind = kind_of({**spec, "name": name})
-        for key, kinds in owners.items():
-            if key in spec and kind.name not in kinds:
-                problems.append(
-                    f"datasets.{name}.{key}: only a {' or '.join(kinds)} dataset has a {key} "
-                    f"(this one is kind {kind.name!r}); remove the block"
-                )
-        if all(key not in spec for key, kinds in owners.items() if kind.name not in kinds):
+        foreign = [key for key, kinds in owners.items() if key in spec and kind.name not in kinds]
+        for key in foreign:
+            problems.append(
+                f"datasets.{name}.{key}: only a {' or '.join(owners[key])} dataset has a {key} "
+                f"(this one is kind {kind.name!r}); remove the block"
+            )
+        if not foreign:
             problems.extend(kind.check_block(name, spec))
     return problems
 
