@@ -200,7 +200,8 @@ def gallery_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
 def table_config(params: dict[str, Any]) -> dict[str, Any]:
     """The table job: the row order (the grid's methods), each dataset's kind (it picks the
     papers' numbers shown beside ours), each method's display label, the baseline it is
-    compared with (where it names one) and its trained run."""
+    compared with (where it names one), its trained run, and the intervals' bootstrap
+    settings (params.yaml ``intervals``)."""
     methods = params["grid"]["methods"]
     return {
         "method_order": list(methods),
@@ -212,6 +213,7 @@ def table_config(params: dict[str, Any]) -> dict[str, Any]:
             if params["methods"][m].get("baseline")
         },
         "training_runs": {m: training_key(params, m) for m in methods},
+        "intervals": dict(params["intervals"]),
     }
 
 

@@ -741,7 +741,12 @@ def write_report(
     baselines: dict[str, str] | None = None,
     attention_files: list[str | Path] = (),
     training_runs: dict[str, str] | None = None,
+    intervals: dict[str, int] | None = None,
 ) -> pd.DataFrame:
+    """Write table.md, table.csv, runs.csv, metrics.json and the plot CSVs to ``out_dir``.
+
+    ``intervals``: params.yaml ``intervals`` ({n_resamples, seed}; the defaults of
+    :func:`add_intervals` where absent). Returns the summary (one row per method)."""
     out_dir = Path(out_dir)
     runs = collect_runs(
         metric_files,
@@ -753,7 +758,9 @@ def write_report(
         attention_files,
         training_runs,
     )
-    summary = add_intervals(summarize_runs(runs, method_order), collect_counts(metric_files))
+    summary = add_intervals(
+        summarize_runs(runs, method_order), collect_counts(metric_files), **(intervals or {})
+    )
     summary = add_paper_numbers(summary, dataset_kinds or {})
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:
