@@ -586,9 +586,10 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        "95% CI: an interval of the CAM mIoU over training seeds and images: a t-interval "
-        "over the seeds whose variance adds the image-sampling variance the seeds share (one "
-        "image bootstrap draw shared by every seed; docs/statistics.md). "
+        "95% CI: an interval of the CAM mIoU over training seeds and images: the variance "
+        "over seeds plus the image-sampling variance the seeds share (one image bootstrap "
+        "draw shared by every seed), each part with its own t quantile (seeds − 1 and "
+        "images − 1 degrees of freedom; docs/statistics.md). "
         f"{INTERVALS_COVER} "
         "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's, "
         "paired by seed and image, with the interval of that paired difference; **better** "
