@@ -19,17 +19,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 from pathlib import Path
 
-from wsss.evaluation.coverage import NoiseModel, coverage_by_scheme
+from wsss.evaluation.coverage import NOISE_MODELS, coverage_by_scheme
 
-MODELS = {
-    "seed noise dominates (like the synthetic grid)": NoiseModel(),
-    "image noise dominates": replace(
-        NoiseModel(), seed_sd=0.002, run_image_sd=0.01, method_image_sd=0.08, images=60
-    ),
-}
 SEEDS = (3, 5, 10)
 
 
@@ -50,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "| mean half-width of the difference (points) | verdicts (true difference 2 points) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, model in MODELS.items():
+    for name, model in NOISE_MODELS.items():
         for seeds in SEEDS:
             results = coverage_by_scheme(model, seeds, tables, n_resamples=resamples, progress=True)
             for scheme, result in results.items():

@@ -24,7 +24,7 @@ often each scheme's 95% intervals contain these truths.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -56,6 +56,15 @@ class NoiseModel:
     seed_correlation: float = 0.3
     run_image_sd: float = 0.04
     union_range: tuple[int, int] = (200, 2000)
+
+
+# The two settings of the coverage study (benchmarks/coverage.py, the suite's fast check).
+NOISE_MODELS = {
+    "seed noise dominates (like the synthetic grid)": NoiseModel(),
+    "image noise dominates": replace(
+        NoiseModel(), seed_sd=0.002, run_image_sd=0.01, method_image_sd=0.08, images=60
+    ),
+}
 
 
 def simulate_pair(
