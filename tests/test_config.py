@@ -64,6 +64,12 @@ def _broken(params, mutate):
             lambda p: p["method_params"].update(affinity={"bogus": 1}),
             r"method_params.affinity: unknown key\(s\) \['bogus'\]",
         ),
+        (
+            lambda p: p["intervals"].update(n_resamples=10),
+            r"intervals.n_resamples: 10 is less than the minimum of 100",
+        ),
+        (lambda p: p["intervals"].pop("seed"), r"intervals.seed: missing required key"),
+        (lambda p: p["intervals"].update(confidence=0.9), r"intervals.confidence: unknown key"),
     ],
 )
 def test_malformed_params_name_the_key(params, mutate, message):

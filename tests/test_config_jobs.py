@@ -113,6 +113,7 @@ def test_the_table_job_gets_every_setting_in_one_config(params):
     assert set(config["labels"]) == set(methods) == set(config["training_runs"])
     assert config["baselines"]["aream"] == "mctformer_v2"
     assert "mctformer_v2" not in config["baselines"]
+    assert config["intervals"] == params["intervals"] == {"n_resamples": 4000, "seed": 0}
 
 
 def test_job_resources_carry_the_family_resources_and_execution_knobs(params):

@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from wsss.evaluation.bootstrap import (
+    Components,
     Interval,
     detectable_difference,
     image_only_miou_interval,
@@ -183,6 +184,39 @@ def test_a_single_image_cannot_be_bootstrapped():
         miou_interval([counts([[1]], [[2]]), counts([[1]], [[2]])])
     with pytest.raises(ValueError, match="no runs"):
         miou_interval([])
+
+
+def test_each_variance_part_gets_its_own_t_quantile():
+    # Per-seed values 0.2, 0.4, 0.6 (seed part s^2/S = 0.04/3) and a shared image
+    # covariance C = 0.002 from 50 images: half-width sqrt(t(2)^2 s^2/S + t(49)^2 C).
+    parts = Components(np.array([0.2, 0.4, 0.6]), 0.002, 50)
+    seed_part, t2, t49 = 0.04 / 3, stats.t.ppf(0.975, 2), stats.t.ppf(0.975, 49)
+    half = math.sqrt(t2**2 * seed_part + t49**2 * 0.002)
+    ci = parts.interval()
+    assert (ci.low, ci.high) == pytest.approx((0.4 - half, 0.4 + half))
+    assert ci.se == pytest.approx(math.sqrt(seed_part + 0.002))
+    # The reported df is the t whose quantile gives that half-width (for the power column).
+    assert 2 < ci.df < 49
+    assert stats.t.ppf(0.975, ci.df) * ci.se == pytest.approx(half)
+
+
+def test_the_welch_df_shrinks_the_interval_when_the_seeds_happen_to_agree():
+    # Why the Welch-Satterthwaite rule under-covered with 3 seeds: its df come from the
+    # estimated s^2, so seeds that agree by chance (s^2 small next to C) get many df and a
+    # small quantile, just when the interval is already too narrow. The per-part rule
+    # keeps t(2) on the seed part. Same parts, two rules:
+    parts = Components(np.array([0.400, 0.401, 0.402]), 1e-6, 80)
+    welch, components = parts.interval(rule="welch"), parts.interval()
+    assert welch.df > 10  # vs 2 seeds' worth of information about the seed variance
+    assert components.high - components.low > 1.2 * (welch.high - welch.low)
+    # With seed noise alone both are Student's t over the seeds; with image noise alone
+    # both are a t with n - 1 df.
+    for per_seed, cov in (([0.2, 0.4, 0.6], 0.0), ([0.4, 0.4, 0.4], 0.001)):
+        a = Components(np.array(per_seed), cov, 80).interval(rule="welch")
+        b = Components(np.array(per_seed), cov, 80).interval()
+        assert (a.low, a.high, a.df) == pytest.approx((b.low, b.high, b.df))
+    with pytest.raises(ValueError, match="unknown interval rule 'bogus'; known"):
+        parts.interval(rule="bogus")
 
 
 def test_detectable_difference():

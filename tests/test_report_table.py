@@ -254,10 +254,11 @@ def test_intervals_paired_difference_and_edge_marks(runs, tmp_path):
     # The interval of "a" itself: seed variance 0.0002 / 2, plus the image noise both seeds
     # share: each image is 0.1 above or below its seed's mIoU, so a 4-image resample with h
     # high images moves both seeds by 0.1 * (2h/4 - 1), variance 0.01 * 4 * 1/16 = 0.0025,
-    # times 4/3 for the plug-in bias: C = 0.00333; se = sqrt(0.0001 + C) = 0.0586,
-    # df = se^4 / (0.0001^2 / 1 + C^2 / 3) = 3.17, t = 3.086: half-width 0.181.
-    assert a["cam_miou_ci_low"] == pytest.approx(0.31 - 0.181, abs=0.015)
-    assert a["cam_miou_ci_high"] == pytest.approx(0.31 + 0.181, abs=0.015)
+    # times 4/3 for the plug-in bias: C = 0.00333. Each part with its own t quantile,
+    # t(1 df) = 12.706 for the seeds and t(3 df) = 3.182 for the 4 images: half-width
+    # sqrt(12.706^2 * 0.0001 + 3.182^2 * C) = 0.223.
+    assert a["cam_miou_ci_low"] == pytest.approx(0.31 - 0.223, abs=0.015)
+    assert a["cam_miou_ci_high"] == pytest.approx(0.31 + 0.223, abs=0.015)
     assert summary.loc["clustercam", "vs_baseline"] == "baseline"
     assert math.isnan(summary.loc["clustercam", "diff_vs_baseline"])
     assert list(summary["threshold_at_edge_runs"]) == [1, 0]
@@ -313,6 +314,23 @@ def test_verdict_with_three_consistent_seeds_and_its_t_test(tmp_path):
     assert cells["seeds"] == "3"
     assert cells["detectable Δ"] == f"{row['detectable_diff'] * 100:.1f}"
     assert "training seeds and the evaluation images" in table  # the legend says what it covers
+
+
+def test_the_interval_settings_reach_the_bootstrap(tmp_path, monkeypatch):
+    # params.yaml intervals: {n_resamples, seed} -> table_config -> write_report.
+    from wsss.report import table
+
+    seen = {}
+    real = table.add_intervals
+
+    def spy(summary, counts, **settings):
+        seen.update(settings)
+        return real(summary, counts, **settings)
+
+    monkeypatch.setattr(table, "add_intervals", spy)
+    files = [_cam(tmp_path, "base", seed, 0.30) for seed in (0, 1)]
+    write_report(files, tmp_path / "out", intervals={"n_resamples": 200, "seed": 7})
+    assert seen == {"n_resamples": 200, "seed": 7}
 
 
 def test_no_difference_and_missing_baseline(tmp_path):

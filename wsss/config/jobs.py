@@ -246,7 +246,8 @@ def attention_figure_config(params: dict[str, Any]) -> dict[str, Any]:
 def table_config(params: dict[str, Any]) -> dict[str, Any]:
     """The table job: the row order (the grid's methods), each dataset's kind (it picks the
     papers' numbers shown beside ours), each method's display label, the baseline it is
-    compared with (where it names one) and its trained run."""
+    compared with (where it names one), its trained run, and the intervals' bootstrap
+    settings (params.yaml ``intervals``)."""
     methods = params["grid"]["methods"]
     return {
         "method_order": list(methods),
@@ -258,6 +259,7 @@ def table_config(params: dict[str, Any]) -> dict[str, Any]:
             if params["methods"][m].get("baseline")
         },
         "training_runs": {m: training_key(params, m) for m in methods},
+        "intervals": dict(params["intervals"]),
     }
 
 

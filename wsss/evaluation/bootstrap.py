@@ -16,15 +16,27 @@ images. A rerun would redraw two things: the **training seeds** (the models) and
   for a difference, by the row and its baseline). Clipped at 0. A covariance, not the
   variance, so the per-seed image noise already in ``s^2`` is not counted twice.
 
-The interval is ``mean ± t(df) * sqrt(s^2/S + C)`` with the Welch-Satterthwaite
-degrees of freedom ``df = (s^2/S + C)^2 / ((s^2/S)^2 / (S - 1) + C^2 / (n - 1))``
-(n images; C is scaled by n / (n - 1), the plug-in bootstrap's bias): with few seeds
-and seed noise dominating it is Student's t over seeds (df = S - 1), with image noise
-dominating a t with n - 1 df. This scheme was
-chosen by its measured coverage on simulated tables with known seed- and image-level
-variance (wsss.evaluation.coverage; numbers in docs/statistics.md), where a
-percentile bootstrap over 3 seeds under-covers. At least 2 seeds are needed; with
-one seed the interval is undefined (NaN) and no verdict is given.
+The interval gives each part its own t quantile (``rule="components"``, the default):
+
+``half-width = sqrt(t(S - 1)^2 * s^2/S + t(n - 1)^2 * C)``
+
+(n images; C is scaled by n / (n - 1), the plug-in bootstrap's bias). With seed noise
+dominating it is Student's t over the seeds (S - 1 df), with image noise dominating a
+t with n - 1 df, and in between it is never narrower than either part alone would ask
+(the form of a modified large-sample interval for a sum of variance components,
+Graybill and Wang 1980). The earlier rule (``rule="welch"``) used one t with the
+Welch-Satterthwaite degrees of freedom ``df = (s^2/S + C)^2 / ((s^2/S)^2 / (S - 1) +
+C^2 / (n - 1))``; with 3 seeds it under-covered (91-92% of 95%) because the df are
+computed from the *estimated* s^2: a draw whose seeds happen to agree has a small s^2,
+hence more df and a smaller quantile, exactly when its interval is already too narrow.
+``rule="seed_df"`` (one t with S - 1 df) fixes that but over-covers when image noise
+dominates. The default was chosen by measured coverage on simulated tables with known
+seed- and image-level variance (wsss.evaluation.coverage, benchmarks/coverage.py;
+numbers in docs/statistics.md and results/coverage.md), where a percentile bootstrap
+over 3 seeds under-covers too. :attr:`Interval.df` is then the df of the t whose
+quantile gives the same half-width (between S - 1 and n - 1), for
+:func:`detectable_difference`. At least 2 seeds are needed; with one seed the interval
+is undefined (NaN) and no verdict is given.
 
 mIoU is a ratio of sums over images, so a resample's mIoU is recomputed from the
 summed per-image intersection and union counts (wsss.evaluation.per_image), never
@@ -126,11 +138,17 @@ def _aligned(groups: Sequence[Sequence[PerImageCounts]], what: str) -> list[list
     return out
 
 
+RULES = ("components", "welch", "seed_df")
+DEFAULT_RULE = "components"
+
+
 def _combine(
-    per_seed: np.ndarray, shared_cov: float, images: int, confidence: float
+    per_seed: np.ndarray, shared_cov: float, images: int, confidence: float, rule: str
 ) -> tuple[float, float, float, float, float]:
     """(estimate, low, high, se, df) from the per-seed values and the shared image covariance
-    (estimated from ``images`` images: n - 1 degrees of freedom)."""
+    (estimated from ``images`` images: n - 1 degrees of freedom), by ``rule`` (:data:`RULES`)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown interval rule {rule!r}; known: {list(RULES)}")
     seeds = len(per_seed)
     estimate = float(np.mean(per_seed))
     if seeds < 2:
@@ -142,20 +160,60 @@ def _combine(
     var = seed_part + image_part
     if var == 0:
         return estimate, estimate, estimate, 0.0, math.inf
-    df = var**2 / (seed_part**2 / (seeds - 1) + image_part**2 / (images - 1))
     se = math.sqrt(var)
-    half = float(t.ppf(0.5 + confidence / 2, df)) * se
+    p = 0.5 + confidence / 2
+    if rule == "welch":
+        df = var**2 / (seed_part**2 / (seeds - 1) + image_part**2 / (images - 1))
+        half = float(t.ppf(p, df)) * se
+    elif rule == "seed_df":
+        df = float(seeds - 1)
+        half = float(t.ppf(p, df)) * se
+    else:
+        q_seed, q_image = float(t.ppf(p, seeds - 1)), float(t.ppf(p, images - 1))
+        half = math.sqrt(q_seed**2 * seed_part + q_image**2 * image_part)
+        df = _equivalent_df(half / se, p, seeds - 1, images - 1)
     return estimate, estimate - half, estimate + half, se, df
+
+
+def _equivalent_df(quantile: float, p: float, low: float, high: float) -> float:
+    """The df in [low, high] whose t quantile at ``p`` is ``quantile`` (the ends when outside)."""
+    from scipy.optimize import brentq
+    from scipy.stats import t
+
+    if quantile >= t.ppf(p, low):
+        return float(low)
+    if quantile <= t.ppf(p, high):
+        return float(high)
+    return float(brentq(lambda df: t.ppf(p, df) - quantile, low, high, xtol=1e-9))
+
+
+@dataclass(frozen=True)
+class Components:
+    """The two variance parts of a mean over seeds, before an interval rule is applied.
+
+    ``per_seed``: the statistic of each seed (a run's mIoU, or a paired difference);
+    ``shared_cov``: C, the image covariance the seeds share (bias-corrected, unclipped);
+    ``images``: n. :meth:`interval` turns them into an :class:`Interval`; computing the
+    bootstrap once lets the coverage study compare rules on the same draws."""
+
+    per_seed: np.ndarray
+    shared_cov: float
+    images: int
+
+    def interval(self, confidence: float = CONFIDENCE, rule: str = DEFAULT_RULE) -> Interval:
+        estimate, low, high, se, df = _combine(
+            self.per_seed, self.shared_cov, self.images, confidence, rule
+        )
+        return Interval(estimate, low, high, len(self.per_seed), se, df)
 
 
 def _two_level(
     groups: list[list[PerImageCounts]],
     contrast: tuple[float, ...],
-    confidence: float,
     n_resamples: int,
     seed: int,
-) -> Interval:
-    """Interval of mean_s sum_k contrast[k] * mIoU(groups[s][k]) over seeds and images."""
+) -> Components:
+    """Variance parts of mean_s sum_k contrast[k] * mIoU(groups[s][k]) over seeds and images."""
     from scipy.stats import bootstrap
 
     n = len(groups[0][0].ids)
@@ -181,7 +239,6 @@ def _two_level(
             n_resamples=n_resamples,
             batch=BATCH,
             vectorized=True,
-            confidence_level=confidence,
             method="percentile",
             rng=np.random.default_rng(seed),
         )
@@ -189,8 +246,25 @@ def _two_level(
         seeds = len(groups)
         # n / (n - 1): the bootstrap's plug-in covariance is biased low by (n - 1) / n.
         shared_cov = float((cov.sum() - np.trace(cov)) / (seeds * (seeds - 1))) * n / (n - 1)
-    estimate, low, high, se, df = _combine(per_seed, shared_cov, n, confidence)
-    return Interval(estimate, low, high, len(groups), se, df)
+    return Components(per_seed, shared_cov, n)
+
+
+def miou_components(
+    runs: Sequence[PerImageCounts], n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> Components:
+    """:class:`Components` of :func:`miou_interval` (same arguments, same errors)."""
+    groups = _aligned([[run] for run in runs], "miou_interval")
+    return _two_level(groups, (1.0,), n_resamples, seed)
+
+
+def paired_components(
+    pairs: Sequence[tuple[PerImageCounts, PerImageCounts]],
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Components:
+    """:class:`Components` of :func:`paired_miou_difference` (same arguments, same errors)."""
+    groups = _aligned([list(pair) for pair in pairs], "paired_miou_difference")
+    return _two_level(groups, (1.0, -1.0), n_resamples, seed)
 
 
 def miou_interval(
@@ -198,15 +272,15 @@ def miou_interval(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    rule: str = DEFAULT_RULE,
 ) -> Interval:
     """Mean over seeds of the mIoU, with its interval over seeds and images.
 
     ``runs``: one :class:`PerImageCounts` per seed, all on the same images (at least 2;
     ValueError otherwise). ``seed`` seeds the resampling, so a table is reproducible.
-    Fractions in [0, 1]; NaN bounds with one seed.
+    Fractions in [0, 1]; NaN bounds with one seed. ``rule``: :data:`RULES` (module doc).
     """
-    groups = _aligned([[run] for run in runs], "miou_interval")
-    return _two_level(groups, (1.0,), confidence, n_resamples, seed)
+    return miou_components(runs, n_resamples, seed).interval(confidence, rule)
 
 
 def paired_miou_difference(
@@ -214,15 +288,15 @@ def paired_miou_difference(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    rule: str = DEFAULT_RULE,
 ) -> Interval:
     """Mean over seeds of mIoU(row) - mIoU(baseline), paired by seed and by image.
 
     ``pairs``: one ``(row, baseline)`` per seed, the row's and its baseline's run of that
     seed, all scored on the same images (ValueError otherwise). Positive: the row
-    scores higher. NaN bounds with one seed.
+    scores higher. NaN bounds with one seed. ``rule``: :data:`RULES` (module doc).
     """
-    groups = _aligned([list(pair) for pair in pairs], "paired_miou_difference")
-    return _two_level(groups, (1.0, -1.0), confidence, n_resamples, seed)
+    return paired_components(pairs, n_resamples, seed).interval(confidence, rule)
 
 
 def detectable_difference(

@@ -23,18 +23,17 @@ often each scheme's 95% intervals contain these truths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from wsss.evaluation.bootstrap import (
-    Interval,
     image_only_miou_interval,
     image_only_paired_difference,
-    miou_interval,
-    paired_miou_difference,
+    miou_components,
+    paired_components,
 )
 from wsss.evaluation.per_image import PerImageCounts
 
@@ -57,6 +56,15 @@ class NoiseModel:
     seed_correlation: float = 0.3
     run_image_sd: float = 0.04
     union_range: tuple[int, int] = (200, 2000)
+
+
+# The two settings of the coverage study (benchmarks/coverage.py, the suite's fast check).
+NOISE_MODELS = {
+    "seed noise dominates (like the synthetic grid)": NoiseModel(),
+    "image noise dominates": replace(
+        NoiseModel(), seed_sd=0.002, run_image_sd=0.01, method_image_sd=0.08, images=60
+    ),
+}
 
 
 def simulate_pair(
@@ -91,10 +99,63 @@ def simulate_pair(
     return runs["row"], runs["base"]
 
 
-SCHEMES: dict[str, tuple[Callable[..., Interval], Callable[..., Interval]]] = {
-    "seeds+images": (miou_interval, paired_miou_difference),
-    "image-only": (image_only_miou_interval, image_only_paired_difference),
+# scheme name -> the two-level interval rule (wsss.evaluation.bootstrap.RULES), or None for
+# the earlier image-only scheme. The two-level schemes share one bootstrap per table.
+SCHEMES: dict[str, str | None] = {
+    "seeds+images": "components",
+    "seeds+images, Welch-Satterthwaite df": "welch",
+    "seeds+images, S - 1 df": "seed_df",
+    "image-only": None,
 }
+
+
+def coverage_by_scheme(
+    model: NoiseModel,
+    seeds: int,
+    tables: int,
+    schemes: Sequence[str] = tuple(SCHEMES),
+    n_resamples: int = 1000,
+    rng_seed: int = 0,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """:func:`coverage` of several schemes on the same simulated tables: scheme -> result.
+
+    The two-level schemes differ only in how the interval is formed from the same
+    bootstrap (wsss.evaluation.bootstrap.Components), so their comparison is paired."""
+    unknown = [name for name in schemes if name not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown scheme {unknown[0]!r}; known: {sorted(SCHEMES)}")
+    rng = np.random.default_rng(rng_seed)
+    truth_row = model.base_iou + model.true_difference
+    tally = {name: {"row": 0, "difference": 0, "called": 0, "widths": []} for name in schemes}
+    two_level = any(SCHEMES[name] is not None for name in schemes)
+    for table in tqdm(range(tables), disable=not progress, desc=f"{seeds} seeds"):
+        row, base = simulate_pair(model, seeds, rng)
+        pairs = list(zip(row, base, strict=True))
+        if two_level:
+            row_parts = miou_components(row, n_resamples=n_resamples, seed=table)
+            diff_parts = paired_components(pairs, n_resamples=n_resamples, seed=table)
+        for name in schemes:
+            rule = SCHEMES[name]
+            if rule is None:
+                ci = image_only_miou_interval(row, n_resamples=n_resamples, seed=table)
+                diff = image_only_paired_difference(pairs, n_resamples=n_resamples, seed=table)
+            else:
+                ci, diff = row_parts.interval(rule=rule), diff_parts.interval(rule=rule)
+            counts = tally[name]
+            counts["row"] += ci.low <= truth_row <= ci.high
+            counts["difference"] += diff.low <= model.true_difference <= diff.high
+            counts["called"] += diff.verdict() in ("better", "worse")
+            counts["widths"].append((diff.high - diff.low) / 2)
+    return {
+        name: {
+            "row": counts["row"] / tables,
+            "difference": counts["difference"] / tables,
+            "half_width": float(np.mean(counts["widths"])),
+            "called": counts["called"] / tables,
+        }
+        for name, counts in tally.items()
+    }
 
 
 def coverage(
@@ -111,26 +172,7 @@ def coverage(
     Returns ``{"row": coverage of the row's mIoU interval, "difference": coverage of the
     paired difference's interval, "half_width": mean half-width of the difference's
     interval, "called": share of tables whose difference got a verdict}``. ``scheme``:
-    a key of :data:`SCHEMES`. Deterministic in ``rng_seed``.
+    a key of :data:`SCHEMES` (ValueError otherwise). Deterministic in ``rng_seed``.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; known: {sorted(SCHEMES)}")
-    row_interval, diff_interval = SCHEMES[scheme]
-    rng = np.random.default_rng(rng_seed)
-    truth_row = model.base_iou + model.true_difference
-    hits_row = hits_diff = called = 0
-    widths = []
-    for table in tqdm(range(tables), disable=not progress, desc=f"{scheme}, {seeds} seeds"):
-        row, base = simulate_pair(model, seeds, rng)
-        ci = row_interval(row, n_resamples=n_resamples, seed=table)
-        diff = diff_interval(list(zip(row, base, strict=True)), n_resamples=n_resamples, seed=table)
-        hits_row += ci.low <= truth_row <= ci.high
-        hits_diff += diff.low <= model.true_difference <= diff.high
-        called += diff.verdict() in ("better", "worse")
-        widths.append((diff.high - diff.low) / 2)
-    return {
-        "row": hits_row / tables,
-        "difference": hits_diff / tables,
-        "half_width": float(np.mean(widths)),
-        "called": called / tables,
-    }
+    results = coverage_by_scheme(model, seeds, tables, (scheme,), n_resamples, rng_seed, progress)
+    return results[scheme]

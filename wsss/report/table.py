@@ -586,9 +586,10 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "with mean foreground precision and recall (%) at that threshold. "
         "Mean ± std over seeds (sample std).",
         "",
-        "95% CI: an interval of the CAM mIoU over training seeds and images: a t-interval "
-        "over the seeds whose variance adds the image-sampling variance the seeds share (one "
-        "image bootstrap draw shared by every seed; docs/statistics.md). "
+        "95% CI: an interval of the CAM mIoU over training seeds and images: the variance "
+        "over seeds plus the image-sampling variance the seeds share (one image bootstrap "
+        "draw shared by every seed), each part with its own t quantile (seeds − 1 and "
+        "images − 1 degrees of freedom; docs/statistics.md). "
         f"{INTERVALS_COVER} "
         "Δ vs baseline: the mean over seeds of the row's CAM mIoU minus its baseline's, "
         "paired by seed and image, with the interval of that paired difference; **better** "
@@ -741,7 +742,12 @@ def write_report(
     baselines: dict[str, str] | None = None,
     attention_files: list[str | Path] = (),
     training_runs: dict[str, str] | None = None,
+    intervals: dict[str, int] | None = None,
 ) -> pd.DataFrame:
+    """Write table.md, table.csv, runs.csv, metrics.json and the plot CSVs to ``out_dir``.
+
+    ``intervals``: params.yaml ``intervals`` ({n_resamples, seed}; the defaults of
+    :func:`add_intervals` where absent). Returns the summary (one row per method)."""
     out_dir = Path(out_dir)
     runs = collect_runs(
         metric_files,
@@ -753,7 +759,9 @@ def write_report(
         attention_files,
         training_runs,
     )
-    summary = add_intervals(summarize_runs(runs, method_order), collect_counts(metric_files))
+    summary = add_intervals(
+        summarize_runs(runs, method_order), collect_counts(metric_files), **(intervals or {})
+    )
     summary = add_paper_numbers(summary, dataset_kinds or {})
     write_text(out_dir / "table.md", markdown_table(runs, summary))
     with atomic_path(out_dir / "table.csv") as tmp:

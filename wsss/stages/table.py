@@ -32,10 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--config",
         type=json_arg,
         required=True,
-        help="JSON {method_order, dataset_kinds, labels, baselines, training_runs} "
-        "(wsss.config.table_config): the row order; each dataset's kind (voc, coco, "
-        "synthetic: picks the papers' numbers shown beside ours); each method's display "
-        "label, the baseline it is compared with and its trained run",
+        help="JSON {method_order, dataset_kinds, labels, baselines, training_runs, "
+        "intervals} (wsss.config.table_config): the row order; each dataset's kind (voc, "
+        "coco, synthetic: picks the papers' numbers shown beside ours); each method's "
+        "display label, the baseline it is compared with and its trained run; the "
+        "intervals' {n_resamples, seed} (params.yaml intervals)",
     )
     p.add_argument("--out-dir", default="results")
     add_common(p)
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=config.get("baselines", {}),
         attention_files=args.attention_diagnostics,
         training_runs=config.get("training_runs", {}),
+        intervals=config.get("intervals", {}),
     )
     print(summary.to_string(index=False))
     return 0
