@@ -130,7 +130,10 @@ def test_tiny_pretraining_loads_through_the_pretrained_path(tmp_path, objective)
         "corpus": {"num_images": 48, "image_size": 32, "min_object_frac": 0.4},
         "model": TINY,
         "objective": objective,
-        "objective_params": {"classification_weight": 0.5} if objective == "grouping" else {},
+        "objective_params": {
+            "grouping": {"classification_weight": 0.5},
+            "grouping_rest": {"classification_weight": 0.5, "classification_path": "cls_readout"},
+        }.get(objective, {}),
         "batch_size": 16,
         "epochs": 2,
     }
@@ -188,3 +191,42 @@ def test_pretrain_stage_rebuilds_identical_weights(tmp_path):
     assert torch.equal(model.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
     args = ["--config", json.dumps(config), "--out", str(tmp_path / "x.pt")]
     assert main(["pretrain", *args]) == 1  # not a .pth: refused before any work
+
+
+@pytest.mark.parametrize("path", ["shared", "cls_readout"])
+def test_cls_readout_equals_the_class_token_and_keeps_gradient_off_the_patches(path):
+    """classification_path cls_readout: the head reads the class token's value, but its
+    gradient reaches no patch token (patch embedding, patch positions); shared does."""
+    from wsss.pretrain.objectives import PretrainBatch
+    from wsss.pretrain.run import backbone_forward
+
+    torch.manual_seed(0)
+    backbone = create_backbone(ModelConfig.from_dict({**TINY, "pretrained": False}))
+    objective = PRETRAIN_OBJECTIVES.get("grouping")(
+        {"classification_weight": 1.0, "classification_path": path}, 6, 32, 2
+    )
+    assert objective.cls_readout == (path == "cls_readout")
+    images = torch.randn(2, 3, 32, 32)
+    output = backbone_forward(backbone, images, cls_readout=objective.cls_readout)
+    if path == "cls_readout":
+        torch.testing.assert_close(output.cls_readout, output.tokens[:, 0], atol=1e-5, rtol=1e-5)
+    labels = torch.tensor([[1.0, 0, 0, 0, 0, 1], [0, 1.0, 0, 0, 0, 0]])
+    batch = PretrainBatch(images, torch.zeros(2, 16, dtype=torch.long), labels)
+    objective.head.zero_grad()
+    logits = objective.head(output.cls_readout if objective.cls_readout else output.tokens[:, 0])
+    torch.nn.functional.multilabel_soft_margin_loss(logits, labels).backward()
+    patch_grad = backbone.patch_embed.proj.weight.grad
+    position_grad = backbone.pos_embed.grad
+    assert backbone.cls_token.grad.abs().sum() > 0
+    assert position_grad[:, 0].abs().sum() > 0
+    if path == "cls_readout":
+        assert patch_grad is None or not patch_grad.any()
+        assert not position_grad[:, 1:].any()
+    else:
+        assert patch_grad.abs().sum() > 0 and position_grad[:, 1:].abs().sum() > 0
+    # the objective's own loss reads the same token
+    _, parts = objective.loss(batch, output)
+    expected = torch.nn.functional.multilabel_soft_margin_loss(logits, labels)
+    assert parts["classification"] == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="classification_path"):
+        PRETRAIN_OBJECTIVES.get("grouping")({"classification_path": "patches"}, 6, 32, 2)

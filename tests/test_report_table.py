@@ -130,8 +130,10 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     )
     assert [c.strip() for c in cluster.split("|")[1:-1]][11] == "11.0 ± 1.4"
     per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
-    assert per_run.split("|")[-4].strip() == "32.0" and per_run.split("|")[-3].strip() == "42.0"
-    assert per_run.split("|")[-2].strip() == ""  # no attention diagnostics given
+    assert _cell(table, "| synthetic | a | 1 |", "pseudo-label mIoU (train)") == "32.0"
+    assert _cell(table, "| synthetic | a | 1 |", "seg mIoU (val)") == "42.0"
+    for header in ("affinity bg→object", "affinity rest-of-object share", "class-token lift"):
+        assert _cell(table, "| synthetic | a | 1 |", header) == ""  # no diagnostics given
 
     with open(out / "table.csv") as f:
         rows = {r["method"]: r for r in csv.DictReader(f)}
@@ -151,11 +153,26 @@ def test_stage2_columns_in_every_output(runs, tmp_path):
     assert metrics["clustercam"]["seg_miou"] == pytest.approx((0.25 + 0.34) / 2)
 
 
-def _attention(tmp_path, run, seed, ratio, skipped=None):
+def _attention(tmp_path, run, seed, ratio, skipped=None, rest=0.3, lift=2.0):
     data = {"meta": {"dataset": "synthetic", "run": run, "seed": seed}, "skipped": skipped}
     if not skipped:
-        data["affinity"] = {"background_to_object_ratio": ratio, "own_object_lift": 3.0}
+        data["affinity"] = {
+            "background_to_object_ratio": ratio,
+            "own_object_lift": 3.0,
+            "rest_of_object_share": rest,
+        }
+        data["class_attention"] = {"blocks": [1, 2, 3], "class_token_lift": lift}
     return _write(tmp_path / "train" / run / f"seed{seed}" / "attention_diagnostics.json", data)
+
+
+def _cell(table: str, row_start: str, header: str) -> str:
+    """The cell under ``header`` in the first markdown row starting with ``row_start``,
+    read against the header line of the table that row belongs to."""
+    lines = table.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(row_start))
+    head = next(lines[i] for i in range(index, -1, -1) if lines[i].startswith("| dataset |"))
+    column = [c.strip() for c in head.split("|")[1:-1]].index(header)
+    return [c.strip() for c in lines[index].split("|")[1:-1]][column]
 
 
 def test_attention_column_per_trained_run(runs, tmp_path):
@@ -182,13 +199,58 @@ def test_attention_column_per_trained_run(runs, tmp_path):
     column = [c.strip() for c in header.split("|")[1:-1]].index("affinity bg→object")
     row = next(line for line in table.splitlines() if line.startswith("| synthetic | a |"))
     assert [c.strip() for c in row.split("|")[1:-1]][column] == "4.50 ± 0.71"
-    per_run = next(line for line in table.splitlines() if line.startswith("| synthetic | a | 1 |"))
-    assert per_run.split("|")[-2].strip() == "5.00"
+    assert _cell(table, "| synthetic | a | 1 |", "affinity bg→object") == "5.00"
     metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
     assert metrics["a"]["affinity_bg_to_object"] == pytest.approx(4.5)
     assert "affinity_bg_to_object" not in metrics["clustercam"]
     with pytest.raises(ValueError, match="no trained run given for method 'clustercam'"):
         collect_runs(runs["cam"], attention_files=files, training_runs={"a": "shared"})
+
+
+def test_rest_of_object_share_and_class_token_lift_columns(runs, tmp_path):
+    """The two diagnostics self-attention cannot fool are columns of every output, read
+    from the trained run's file (affinity.rest_of_object_share, class_attention
+    .class_token_lift); a file without them (an older stage) is an error naming it."""
+    files = [
+        _attention(tmp_path, "shared", 0, 4.0, rest=0.2, lift=4.0),
+        _attention(tmp_path, "shared", 1, 5.0, rest=0.4, lift=3.0),
+        _attention(tmp_path, "cc", 0, None, skipped="no instance masks"),
+        _attention(tmp_path, "cc", 1, None, skipped="no instance masks"),
+    ]
+    out = tmp_path / "results"
+    training = {"a": "shared", "clustercam": "cc"}
+    summary = write_report(
+        runs["cam"], out, baselines=RUN_BASELINES, attention_files=files, training_runs=training
+    ).set_index("method")
+    assert summary.loc["a", "affinity_rest_of_object_mean"] == pytest.approx(0.3)
+    assert summary.loc["a", "class_token_lift_mean"] == pytest.approx(3.5)
+    assert math.isnan(summary.loc["clustercam", "class_token_lift_mean"])
+    table = (out / "table.md").read_text()
+    assert _cell(table, "| synthetic | a |", "affinity rest-of-object share") == "0.30 ± 0.14"
+    assert _cell(table, "| synthetic | a |", "class-token lift") == "3.50 ± 0.71"
+    assert _cell(table, "| synthetic | clustercam |", "class-token lift") == ""
+    assert _cell(table, "| synthetic | a | 0 |", "affinity rest-of-object share") == "0.20"
+    assert _cell(table, "| synthetic | a | 1 |", "class-token lift") == "3.00"
+    assert "Affinity rest-of-object share:" in table and "Class-token lift:" in table
+    with open(out / "runs.csv") as f:
+        per_run = {(r["method"], r["seed"]): r for r in csv.DictReader(f)}
+    assert float(per_run[("a", "0")]["affinity_rest_of_object"]) == pytest.approx(0.2)
+    assert float(per_run[("a", "1")]["class_token_lift"]) == pytest.approx(3.0)
+    metrics = json.loads((out / "metrics.json").read_text())["synthetic"]
+    assert metrics["a"]["affinity_rest_of_object"] == pytest.approx(0.3)
+    assert metrics["a"]["class_token_lift"] == pytest.approx(3.5)
+    assert "class_token_lift" not in metrics["clustercam"]
+
+    # A diagnostics file written before these keys existed: no value is made up.
+    old = json.loads(files[0].read_text())
+    del old["affinity"]["rest_of_object_share"], old["class_attention"]
+    _write(files[0], old)
+    with pytest.raises(
+        ValueError,
+        match=r"seed0/attention_diagnostics.json: no affinity"
+        r"\.rest_of_object_share; the file was written by an older stage",
+    ):
+        collect_runs(runs["cam"], attention_files=files, training_runs=training)
 
 
 def test_stage2_columns_are_empty_without_their_files(runs, tmp_path):

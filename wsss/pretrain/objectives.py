@@ -30,8 +30,14 @@ backbone's per-block attention and final tokens. What each one uses:
 The grouping objectives take ``classification_weight`` (default 0) to add the
 classification term, ``classification_target`` (``"class"``: the 48 shape/fill
 classes, default; ``"shape"``: the 8 shapes, an easier task the CLS token can learn
-in a short run; a corpus class c has shape ``c // FILLS``) and ``blocks``
-(``"all"`` or a list of block indices) to choose the supervised blocks.
+in a short run; a corpus class c has shape ``c // FILLS``), ``classification_path``
+(``"shared"``, default: the head reads the final class token of the ordinary forward
+pass, so its gradient also flows through every patch token's key and value;
+``"cls_readout"``: the head reads the class token run a second time over the blocks'
+detached patch keys and values, :func:`wsss.pretrain.run.backbone_forward`, so the
+class token learns where to look without the classification term reshaping patch
+attention) and ``blocks`` (``"all"`` or a list of block indices) to choose the
+supervised blocks.
 """
 
 from __future__ import annotations
@@ -63,10 +69,12 @@ class PretrainBatch:
 @dataclass
 class BackboneOutput:
     """Final tokens (B x (1 + N) x D, after the final norm) and per-block attention
-    (L x (B x H x (1 + N) x (1 + N)), softmax, the class token first)."""
+    (L x (B x H x (1 + N) x (1 + N)), softmax, the class token first); ``cls_readout``
+    (B x D) only for an objective with ``cls_readout`` (wsss.pretrain.run.backbone_forward)."""
 
     tokens: torch.Tensor
     attentions: list[torch.Tensor]
+    cls_readout: torch.Tensor | None = None
 
 
 def own_region(patch_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +135,7 @@ class PretrainObjective(nn.Module):
 
     name = "?"
     uses_masks = False
+    cls_readout = False  # whether the forward pass must give BackboneOutput.cls_readout
 
     def __init__(self, params: dict[str, Any], num_classes: int, embed_dim: int, depth: int):
         super().__init__()
@@ -170,7 +179,9 @@ class GroupingObjective(PretrainObjective):
     def __init__(self, params: dict[str, Any], num_classes: int, embed_dim: int, depth: int):
         super().__init__(params, num_classes, embed_dim, depth)
         _check_keys(
-            self.name, self.params, ["blocks", "classification_weight", "classification_target"]
+            self.name,
+            self.params,
+            ["blocks", "classification_weight", "classification_target", "classification_path"],
         )
         blocks = self.params.get("blocks", "all")
         self.blocks = list(range(depth)) if blocks == "all" else [int(b) % depth for b in blocks]
@@ -183,6 +194,13 @@ class GroupingObjective(PretrainObjective):
                 f"pretrain objective {self.name!r}: classification_target must be 'class' or "
                 f"'shape', got {self.target!r}"
             )
+        path = self.params.get("classification_path", "shared")
+        if path not in ("shared", "cls_readout"):
+            raise ValueError(
+                f"pretrain objective {self.name!r}: classification_path must be 'shared' or "
+                f"'cls_readout', got {path!r}"
+            )
+        self.cls_readout = bool(self.classification_weight) and path == "cls_readout"
         outputs = num_classes if self.target == "class" else num_classes // len(FILLS)
         self.head = nn.Linear(embed_dim, outputs) if self.classification_weight else None
 
@@ -193,7 +211,10 @@ class GroupingObjective(PretrainObjective):
         )
         parts = {"grouping": loss.item()}
         if self.head is not None:
-            logits = self.head(output.tokens[:, 0])
+            if self.cls_readout and output.cls_readout is None:
+                raise ValueError("classification_path cls_readout: the forward gave no readout")
+            cls = output.cls_readout if self.cls_readout else output.tokens[:, 0]
+            logits = self.head(cls)
             labels = batch.labels
             if self.target == "shape":  # multi-hot over shapes: any fill of the shape present
                 labels = labels.reshape(len(labels), -1, len(FILLS)).amax(dim=-1)

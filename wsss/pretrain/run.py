@@ -69,17 +69,57 @@ class PretrainConfig:
         return config
 
 
-def backbone_forward(backbone: torch.nn.Module, images: torch.Tensor) -> BackboneOutput:
-    """timm's ``forward_features`` with each block's softmax attention kept."""
+def backbone_forward(
+    backbone: torch.nn.Module, images: torch.Tensor, cls_readout: bool = False
+) -> BackboneOutput:
+    """timm's ``forward_features`` with each block's softmax attention kept.
+
+    ``cls_readout``: also run the class token a second time, block by block, through
+    :func:`cls_readout_block` over the same blocks' *detached* patch keys and values
+    (``BackboneOutput.cls_readout``, B x D after the final norm). Its value equals the
+    final class token's (up to float rounding); a loss on it reaches the backbone only
+    through the class token's own query, key, value and MLP path, never through a patch
+    token, so it cannot reshape patch attention through the patches' keys and values."""
     x = backbone.patch_embed(images)
     x = backbone._pos_embed(x)
     x = backbone.patch_drop(x)
     x = backbone.norm_pre(x)
+    cls = x[:, :1] if cls_readout else None
     attentions = []
     for block in backbone.blocks:
+        if cls is not None:
+            cls = cls_readout_block(block, cls, x[:, 1:])
         x, weights, _ = block_forward(block, x, want_logits=False)
         attentions.append(weights)
-    return BackboneOutput(backbone.norm(x), attentions)
+    readout = None if cls is None else backbone.norm(cls)[:, 0]
+    return BackboneOutput(backbone.norm(x), attentions, readout)
+
+
+def cls_readout_block(block: torch.nn.Module, cls: torch.Tensor, patches: torch.Tensor):
+    """One timm ViT block for the class token alone (B x 1 x D), attending over itself and
+    ``patches`` (B x N x D, the block's input patch tokens) with the patches' keys and values
+    computed without gradient. The arithmetic is :func:`block_forward`'s for the class
+    token's row (timm's non-fused path); returns the class token's output, B x 1 x D."""
+    attn = block.attn
+    if getattr(attn, "gate", None) is not None:
+        raise NotImplementedError("gated attention blocks are not supported")
+
+    def qkv(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = tokens.shape
+        parts = attn.qkv(block.norm1(tokens))
+        q, k, v = parts.reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        return attn.q_norm(q), attn.k_norm(k), v
+
+    q, k_cls, v_cls = qkv(cls)
+    with torch.no_grad():
+        _, k_patch, v_patch = qkv(patches)
+    k = torch.cat([k_cls, k_patch], dim=2)
+    v = torch.cat([v_cls, v_patch], dim=2)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    mixed = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(len(cls), 1, -1)
+    mixed = attn.proj_drop(attn.proj(attn.norm(mixed)))
+    cls = cls + block.drop_path1(block.ls1(mixed))
+    return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))
 
 
 def corpus_patch_labels(corpus: Corpus, patch_size: int) -> np.ndarray:
@@ -158,7 +198,8 @@ def pretrain(
             lr = _lr(epoch * steps_per_epoch + step, total, warmup, config.lr, config.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            loss, parts = objective.loss(batch, backbone_forward(backbone, batch.images))
+            output = backbone_forward(backbone, batch.images, cls_readout=objective.cls_readout)
+            loss, parts = objective.loss(batch, output)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pretrain loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)

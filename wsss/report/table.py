@@ -142,6 +142,26 @@ COLUMNS: tuple[Column, ...] = (
         fmt="ratio",
         optional=True,
     ),
+    # Diagnostics self-attention cannot fool (wsss.evaluation.attention_diagnostics): an
+    # object patch's summed-affinity share on the rest of its own object (self excluded;
+    # the oracle grouping 1 - 1/n, the identity 0), and the class-token lift of the class
+    # attention summed over cam.class_layers (1 = uniform).
+    Column(
+        "affinity_rest_of_object",
+        "affinity rest-of-object share",
+        "attention",
+        ("affinity", "rest_of_object_share"),
+        fmt="ratio",
+        optional=True,
+    ),
+    Column(
+        "class_token_lift",
+        "class-token lift",
+        "attention",
+        ("class_attention", "class_token_lift"),
+        fmt="ratio",
+        optional=True,
+    ),
     Column(
         "seeds", "seeds", "intervals", fmt="count", shows=frozenset({"table.md", "metrics.json"})
     ),
@@ -627,6 +647,14 @@ def markdown_table(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         "patches, relative to their share; 1 = uniform, above 1 the refinement pulls CAMs into "
         "the background. Per block: results/figures/<dataset>/attention_diagnostics.png. "
         "Empty where the dataset has no instance masks.",
+        "",
+        "Affinity rest-of-object share: the same affinity's mass, for a patch of an object "
+        "of 2+ patches, on the other patches of its own object (self excluded; 0 for the "
+        "identity, 1 - 1/n for a uniform grouping of its n patches): what the refinement "
+        "spreads a CAM over an object with, which self-attention cannot inflate. "
+        "Class-token lift: the class attention summed over the CAM's class layers, its mass "
+        "on the class's own patches over their share (1 = uniform). Same files; empty where "
+        "the dataset has no instance masks.",
         "",
     ]
     # Only tables of real benchmarks get the papers' columns (the synthetic one has none).
