@@ -272,6 +272,8 @@ def test_bad_params_fail_before_any_job(project, override, message):
     result = _snakemake(project, "-n", "--configfile", str(path), check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+    # the override set the bad value: the error names it, not params.yaml (issue 28, case 9)
+    assert "bad.yaml is invalid:" in result.stdout + result.stderr
     assert not (project / "results").exists()
 
 

@@ -22,8 +22,29 @@ sys.path.insert(0, str(PROJECT))
 from wsss import code_deps as wsss_code_deps  # noqa: E402
 from wsss import config as wsss_config  # noqa: E402
 
-# Fails before any job starts, naming the key (schema + method registry).
-wsss_config.validate_params(config, source="params.yaml (with any --configfile overrides)")
+
+
+def config_sources():
+    """Which file set each key of `config` (params.yaml, each --configfile, --config), so an
+    error names the file the bad value came from (wsss.config.ParamsSources)."""
+    import yaml
+
+    layers = []
+    for path in ["params.yaml", *workflow.config_settings.configfiles]:
+        try:
+            shown = Path(path).resolve().relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        try:
+            layers.append((str(shown), yaml.safe_load(Path(path).read_text())))
+        except (OSError, yaml.YAMLError):
+            layers.append((str(shown), None))  # Snakemake has read it; names the rest
+    layers.append(("--config", dict(workflow.config_settings.config)))
+    return wsss_config.ParamsSources.of(layers)
+
+
+# Fails before any job starts, naming the key and its file (schema + method registry).
+wsss_config.validate_params(config, source=config_sources())
 
 # Every path a rule reads or writes lives under this one prefix (params.yaml `results_dir`,
 # default `results`; configs/smoke.yaml moves the smoke run out of the committed results).
