@@ -256,6 +256,35 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
             assert "--upstream" not in train[plain]["shell"]
 
 
+def test_equal_values_written_otherwise_give_every_job_the_same_params(project):
+    """Issue 28, case 5: `crop_scale: [0.6, 1]` or `drop_path_rate: 0` (the defaults are
+    1.0 and 0.0) retrained every classifier. Params are normalised by their schema type
+    before the job configs are built, so each job's --config (Snakemake's params, compared
+    for reruns) is the same text and a finished run reruns nothing."""
+    smoke = str(project / "configs" / "smoke.yaml")
+    equal = project / "equal.yaml"
+    equal.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"crop_scale": [0.6, 1], "lr": "1e-3"},
+                "model": {"drop_path_rate": 0},
+                "segmentation": {"head_lr_mult": 10.0, "crf": {"bilateral_sxy": 83.0}},
+            }
+        )
+    )
+
+    def commands(*configfiles):
+        out = _snakemake(project, "-n", "-p", "--configfile", smoke, *configfiles).stdout
+        return {
+            rule: sorted(job["shell"] for job in _jobs(out, rule))
+            for rule in ("train", "cams", "segment", "pseudo_labels", "table")
+        }
+
+    as_written = commands()
+    assert all(as_written.values()), as_written
+    assert commands(str(equal)) == as_written
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
