@@ -465,3 +465,19 @@ def test_sharded_cams_score_as_the_unsharded_split(project):
     assert (cams / "train.shards/1.npz").is_file()
     for run in runs:
         assert json.loads((project / run).read_text()) == unsharded[run], run
+
+    # A plan rebuilt with the same content reruns nothing downstream (issue 28, case 6).
+    # Touched: the shard and index jobs read it as ancient(), nothing is planned.
+    plan = project / "results-smoke/cams/synthetic/train.shard_plan.json"
+    plan.touch()
+    again = _snakemake(project, "-n", *everything)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # Deleted: only the plan should be made again. Snakemake 9.27 also plans the readers of
+    # the plan (evaluate_cams, pseudo_labels, gallery: their inputs wait for the checkpoint),
+    # and a real run then reruns what lies below them (both segmenters, plots, table),
+    # stating as reason inputs that no job rewrote (snakemake#3879). Open: the readers
+    # must get the shard count without the checkpoint once the split is prepared.
+    plan.unlink()
+    counts = _job_counts(_snakemake(project, "-n", *everything).stdout)
+    if set(counts) - {"cam_shard_plan", "all"}:
+        pytest.xfail(f"a deleted shard plan reruns jobs downstream of its readers: {counts}")
