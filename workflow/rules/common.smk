@@ -233,6 +233,24 @@ def cam_shard_plans():
     ]
 
 
+def after_shard_plans(wildcards):
+    """Input function that adds no file: the job waits, like the readers of a shard plan,
+    for the cam_shard_plan checkpoints of its dataset (of every dataset without {dataset}).
+
+    For the jobs below the plans' readers (segment below pseudo_labels, plots and table
+    below evaluate_cams, table_html below table). When a plan is rebuilt (deleted, or its
+    inputs newer), Snakemake re-evaluates the jobs that wait for it once it exists, and
+    the readers of an unchanged plan then do not run; but it kept the jobs below them
+    scheduled, with reasons naming inputs no job rewrote (snakemake#3879): a deleted plan
+    retrained both smoke segmenters. Waiting for the plan themselves, they are
+    re-evaluated too."""
+    datasets = [wildcards.dataset] if "dataset" in wildcards.keys() else DATASETS
+    for dataset in datasets:
+        for split in sorted({train_split(dataset), eval_split(dataset)}):
+            shard_count(dataset, split)
+    return []
+
+
 def cam_artifact(dataset, method, seed, split):
     """What a job reads as the CAMs of a split: the CAM file, or the shard index."""
     base = f"{RESULTS}/cams/{dataset}/{method}/seed{seed}/{split}"
