@@ -611,3 +611,34 @@ def test_unsafe_dataset_names_and_results_dir_are_refused(params):
         validate_params(params)
     assert "datasets: 'syn thetic' is not a safe name" in str(err.value)
     assert "results_dir: 'my results' is not a safe path" in str(err.value)
+
+
+def test_errors_name_the_file_that_set_the_bad_key(tmp_path):
+    """Issue 28, case 9: every error began "params.yaml is invalid", even when the bad value
+    came from an override file."""
+    lr = tmp_path / "lr.yaml"
+    lr.write_text("train: {lr: fast}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", lr)
+    assert str(err.value).startswith(f"{lr} is invalid:\n  train.lr: 'fast' is not of type")
+    # Two files with a bad key each: each line names its file.
+    scales = tmp_path / "scales.yaml"
+    scales.write_text("cam: {scales: all}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", scales, lr)
+    assert str(err.value).startswith(f"{scales}, {lr} are invalid:")
+    assert f"cam.scales: 'all' is not of type 'array' (from {scales})" in str(err.value)
+    assert f"train.lr: 'fast' is not of type 'number' (from {lr})" in str(err.value)
+    # A later file that replaces the value takes the blame; a check across keys names
+    # the file of the key it reports (the unknown variant, not the grid that lists it).
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("train: {lr: 0.001}\ngrid: {methods: [nope]}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", lr, fixed)
+    assert str(err.value).startswith(f"{fixed} is invalid:\n  grid.methods: unknown method")
+    # A bad value in params.yaml itself still names params.yaml.
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["train"]["epochs"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
+    with pytest.raises(ParamsError, match=r"params\.yaml is invalid:\n  train\.epochs"):
+        load_params(tmp_path / "params.yaml")

@@ -115,4 +115,4 @@ def test_metrics_record_the_platform(dataset_config, tmp_path):
     platform = _evaluate(dataset_config, cams, stop=0.5)["platform"]
     assert platform["device"] == "cpu"
     assert platform["versions"]["numpy"] == np.__version__
-    assert {"cpu", "isa", "torch_cpu_capability", "cpus_available"} <= set(platform)
+    assert {"cpu", "isa", "torch_cpu_capability", "libc"} <= set(platform)

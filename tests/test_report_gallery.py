@@ -1,6 +1,7 @@
 """The CAM gallery: image choice, colours, grid geometry, errors; and the HTML report."""
 
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -133,12 +134,36 @@ def test_cam_overlay_tints_by_the_strongest_class():
     cams[1, 0, 1] = 255  # class 3 fires fully at (0, 1)
     cams[0, 0, 1] = 100  # weaker class 1 there too
     overlay = cam_overlay(image, CamRecord("x", np.array([1, 3]), cams))
-    expected = (1 - CAM_OPACITY) * 100 + CAM_OPACITY * PALETTE[[1, 3]].astype(float)
-    assert np.abs(overlay[0, 0].astype(float) - expected[0]).max() <= 1
-    assert np.abs(overlay[0, 1].astype(float) - expected[1]).max() <= 1
+    expected = (1 - CAM_OPACITY) * 100 + CAM_OPACITY * PALETTE[[1, 3]].astype(int)
+    assert overlay[0, 0].tolist() == [round(v) for v in expected[0]]
+    assert overlay[0, 1].tolist() == [round(v) for v in expected[1]]
     assert overlay[1, 1].tolist() == [100, 100, 100]  # no CAM: the grey image
     with pytest.raises(ValueError, match="CAM of x is"):
         cam_overlay(np.zeros((3, 3, 3), np.uint8), CamRecord("x", np.array([1, 3]), cams))
+
+
+
+def test_cam_overlay_is_exact_integer_arithmetic():
+    """Issue 28, case 9: the gallery churned by one level in 16-20 pixels between runs with
+    identical CAMs (float32 products). The overlay is now exact: hand-computed values,
+    rounded half up, the same on every machine."""
+    from wsss.cam_store import CamRecord
+
+    # (8, 50, 147): luma 0.299*8 + 0.587*50 + 0.114*147 = 48.5 exactly -> 49 (half up;
+    # float32 and np.rint gave 48). (10, 200, 30): 123.81 -> 124.
+    image = np.array([[[8, 50, 147], [10, 200, 30]]], np.uint8)
+    cams = np.array([[[0, 100]], [[0, 60]]], np.uint8)  # classes 1 and 3; at (0,1) class 1
+    overlay = cam_overlay(image, CamRecord("x", np.array([1, 3]), cams))
+    assert overlay[0, 0].tolist() == [49, 49, 49]  # q = 0: the grey, untinted
+    # (0, 1): a = 4/5 * 100/255 = 80/255; class 1's colour (128, 0, 0) over grey 124:
+    # R = (175 * 124 + 80 * 128) / 255 = 125.25 -> 125; G = B = 175 * 124 / 255 = 85.09 -> 85.
+    assert overlay[0, 1].tolist() == [125, 85, 85]
+    # q = 255 (a = 4/5 exactly) of class 1's R = 128 over grey 1:
+    # (1 + 4 * 128) / 5 = 102.6 -> 103; G = B = 1/5 -> 0.
+    dark = np.array([[[1, 1, 1]]], np.uint8)
+    full = CamRecord("y", np.array([1]), np.full((1, 1, 1), 255, np.uint8))
+    assert cam_overlay(dark, full)[0, 0].tolist() == [103, 0, 0]
+    assert CAM_OPACITY == Fraction(4, 5)
 
 
 def _size(path):

@@ -256,6 +256,35 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
             assert "--upstream" not in train[plain]["shell"]
 
 
+def test_equal_values_written_otherwise_give_every_job_the_same_params(project):
+    """Issue 28, case 5: `crop_scale: [0.6, 1]` or `drop_path_rate: 0` (the defaults are
+    1.0 and 0.0) retrained every classifier. Params are normalised by their schema type
+    before the job configs are built, so each job's --config (Snakemake's params, compared
+    for reruns) is the same text and a finished run reruns nothing."""
+    smoke = str(project / "configs" / "smoke.yaml")
+    equal = project / "equal.yaml"
+    equal.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"crop_scale": [0.6, 1], "lr": "1e-3"},
+                "model": {"drop_path_rate": 0},
+                "segmentation": {"head_lr_mult": 10.0, "crf": {"bilateral_sxy": 83.0}},
+            }
+        )
+    )
+
+    def commands(*configfiles):
+        out = _snakemake(project, "-n", "-p", "--configfile", smoke, *configfiles).stdout
+        return {
+            rule: sorted(job["shell"] for job in _jobs(out, rule))
+            for rule in ("train", "cams", "segment", "pseudo_labels", "table")
+        }
+
+    as_written = commands()
+    assert all(as_written.values()), as_written
+    assert commands(str(equal)) == as_written
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -272,6 +301,8 @@ def test_bad_params_fail_before_any_job(project, override, message):
     result = _snakemake(project, "-n", "--configfile", str(path), check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+    # the override set the bad value: the error names it, not params.yaml (issue 28, case 9)
+    assert "bad.yaml is invalid:" in result.stdout + result.stderr
     assert not (project / "results").exists()
 
 
@@ -434,3 +465,22 @@ def test_sharded_cams_score_as_the_unsharded_split(project):
     assert (cams / "train.shards/1.npz").is_file()
     for run in runs:
         assert json.loads((project / run).read_text()) == unsharded[run], run
+
+    # A plan rebuilt with the same content reruns nothing downstream (issue 28, case 6).
+    # Touched: the shard and index jobs read it as ancient(), nothing is planned.
+    plan = project / "results-smoke/cams/synthetic/train.shard_plan.json"
+    plan.touch()
+    again = _snakemake(project, "-n", *everything)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # Deleted: a run makes only the plan again (the same content). A dry run cannot know
+    # that (the checkpoint has not run) and lists the plan's readers; the run re-evaluates
+    # them, and the jobs below them (segment, plots, table), once the plan exists. Before,
+    # both segmenters, plots and table reran (snakemake#3879, after_shard_plans).
+    plan_bytes = plan.read_bytes()
+    plan.unlink()
+    result = _snakemake(project, *everything)
+    ran = set(
+        re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M)
+    )
+    assert ran <= {"cam_shard_plan", "all"}, ran
+    assert plan.read_bytes() == plan_bytes

@@ -176,16 +176,23 @@ def platform_info(device: str | None = None) -> dict[str, Any]:
     params give bitwise-equal outputs only on the same platform. Keys:
 
     - ``cpu``: the model name (/proc/cpuinfo, else ``platform.processor()``);
-      ``machine``: the architecture; ``os``: ``platform.platform()``;
+      ``machine``: the architecture; ``system``: the OS name (``Linux``) and ``libc``
+      (``glibc 2.36``; its libm computes ``exp``/``log``);
     - ``isa``: the flags of :data:`KERNEL_ISA_FLAGS` that the CPU reports;
     - ``torch_cpu_capability``: ``torch.backends.cpu.get_cpu_capability()`` (the ATen
       kernel set, e.g. ``AVX512``), ``torch_threads``: ``torch.get_num_threads()``;
       both ``None`` in a job that never imported torch (evaluation runs on numpy; importing
       torch only to report them would cost seconds a job);
     - ``thread_env``: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` as the job saw them;
-      ``cpus_available``: the CPUs this process may run on;
     - ``versions``: python, numpy, torch, timm (installed distributions; ``None`` if absent);
     - ``device``: the device string given by the caller (e.g. ``cpu``, ``cuda:0``).
+
+    The record goes into tracked, DVC-cached files, so it holds only what selects the
+    numbers. What differs between hosts of the same kind without changing a number (the
+    kernel release, e.g. ``6.18.44-fc-v657`` on one VM and ``-fc-v1147`` on the next, and
+    the count of CPUs the process may use) is written to the job's log instead: in the
+    metrics file it changed the bytes of every ``cam_metrics.json`` between two runs whose
+    metrics were identical (issue 28, case 9).
     """
     import platform
 
@@ -195,15 +202,17 @@ def platform_info(device: str | None = None) -> dict[str, Any]:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count()
+    logging.getLogger("wsss").info("host: %s, %s CPUs available", platform.platform(), cpus)
+    libc, libc_version = platform.libc_ver()
     return {
         "cpu": model or platform.processor() or None,
         "machine": platform.machine(),
-        "os": platform.platform(),
+        "system": platform.system(),
+        "libc": f"{libc} {libc_version}" if libc else None,
         "isa": [flag for flag in KERNEL_ISA_FLAGS if flag in set(flags)],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch else None,
         "torch_threads": torch.get_num_threads() if torch else None,
         "thread_env": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-        "cpus_available": cpus,
         "versions": {
             "python": platform.python_version(),
             **{name: _version(name) for name in ("numpy", "torch", "timm")},

@@ -22,8 +22,29 @@ sys.path.insert(0, str(PROJECT))
 from wsss import code_deps as wsss_code_deps  # noqa: E402
 from wsss import config as wsss_config  # noqa: E402
 
-# Fails before any job starts, naming the key (schema + method registry).
-wsss_config.validate_params(config, source="params.yaml (with any --configfile overrides)")
+
+
+def config_sources():
+    """Which file set each key of `config` (params.yaml, each --configfile, --config), so an
+    error names the file the bad value came from (wsss.config.ParamsSources)."""
+    import yaml
+
+    layers = []
+    for path in ["params.yaml", *workflow.config_settings.configfiles]:
+        try:
+            shown = Path(path).resolve().relative_to(Path.cwd())
+        except ValueError:
+            shown = path
+        try:
+            layers.append((str(shown), yaml.safe_load(Path(path).read_text())))
+        except (OSError, yaml.YAMLError):
+            layers.append((str(shown), None))  # Snakemake has read it; names the rest
+    layers.append(("--config", dict(workflow.config_settings.config)))
+    return wsss_config.ParamsSources.of(layers)
+
+
+# Fails before any job starts, naming the key and its file (schema + method registry).
+wsss_config.validate_params(config, source=config_sources())
 
 # Every path a rule reads or writes lives under this one prefix (params.yaml `results_dir`,
 # default `results`; configs/smoke.yaml moves the smoke run out of the committed results).
@@ -224,6 +245,24 @@ def cam_shard_plans():
         if wsss_config.shard_size(config, dataset)
         for split in sorted({train_split(dataset), eval_split(dataset)})
     ]
+
+
+def after_shard_plans(wildcards):
+    """Input function that adds no file: the job waits, like the readers of a shard plan,
+    for the cam_shard_plan checkpoints of its dataset (of every dataset without {dataset}).
+
+    For the jobs below the plans' readers (segment below pseudo_labels, plots and table
+    below evaluate_cams, table_html below table). When a plan is rebuilt (deleted, or its
+    inputs newer), Snakemake re-evaluates the jobs that wait for it once it exists, and
+    the readers of an unchanged plan then do not run; but it kept the jobs below them
+    scheduled, with reasons naming inputs no job rewrote (snakemake#3879): a deleted plan
+    retrained both smoke segmenters. Waiting for the plan themselves, they are
+    re-evaluated too."""
+    datasets = [wildcards.dataset] if "dataset" in wildcards.keys() else DATASETS
+    for dataset in datasets:
+        for split in sorted({train_split(dataset), eval_split(dataset)}):
+            shard_count(dataset, split)
+    return []
 
 
 def cam_artifact(dataset, method, seed, split):

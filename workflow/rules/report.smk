@@ -4,6 +4,7 @@ localrules:
 
 rule table:
     input:
+        plans=after_shard_plans,
         metrics=expand(
             results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),
             dataset=DATASETS,
@@ -67,6 +68,7 @@ rule table_html:
     input:
         table=results("table.md"),
         code=code("table-html"),
+        plans=after_shard_plans,
     output:
         html=report(results("table.html"), caption="../report/table.rst", category="Results"),
     log:
@@ -77,6 +79,7 @@ rule table_html:
 
 rule plots:
     input:
+        plans=after_shard_plans,
         metrics=expand(
             results("runs/{{dataset}}/{method}/seed{seed}/cam_metrics.json"),
             method=METHODS,

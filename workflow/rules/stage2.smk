@@ -29,6 +29,7 @@ rule segment:
         labels=results("pseudo_labels/{dataset}/{method}/seed{seed}"),
         manifest=results("data/{dataset}.json"),
         code=code("segment"),
+        plans=after_shard_plans,
     output:
         model=results("runs/{dataset}/{method}/seed{seed}/segmenter.pt"),
         metrics=results("runs/{dataset}/{method}/seed{seed}/seg_metrics.json"),

@@ -59,13 +59,14 @@ from wsss.config.resolve import (
     variant_spec,
 )
 from wsss.config.schema import ParamsError, deep_merge, normalise_params, results_dir
-from wsss.config.validation import validate_params
+from wsss.config.validation import ParamsSources, validate_params
 
 __all__ = [
     "EXECUTION_KEYS",
     "JOBS",
     "TRAIN_OFF_DEFAULTS",
     "ParamsError",
+    "ParamsSources",
     "attention_config",
     "attention_figure_config",
     "build_variant_methods",

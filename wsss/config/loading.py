@@ -8,12 +8,14 @@ from typing import Any
 import yaml
 
 from wsss.config.schema import ParamsError, deep_merge
-from wsss.config.validation import validate_params
+from wsss.config.validation import ParamsSources, validate_params
 
 
 def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
-    """Read a params file (plus override files deep-merged on top, like ``--configfile``) and validate."""
+    """Read a params file (plus override files deep-merged on top, like ``--configfile``) and
+    validate; an error names the file that set the bad key."""
     params: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
     for file in (path, *overrides):
         file = Path(file)
         if not file.is_file():
@@ -31,7 +33,8 @@ def load_params(path: str | Path, *overrides: str | Path) -> dict[str, Any]:
                 f"{file}: expected a mapping at the top level, got {type(data).__name__}"
             )
         params = deep_merge(params, data)
-    validate_params(params, source=str(path))
+        layers.append((str(file), data))
+    validate_params(params, source=ParamsSources.of(layers))
     return params
 
 

@@ -61,10 +61,6 @@ def params_schema() -> dict[str, Any]:
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-# Whether an int written for a ``number`` leaf is read as a float (``1`` -> ``1.0``).
-INTS_AS_FLOATS = False
-
-
 def normalise_params(params: dict[str, Any]) -> dict[str, Any]:
     """Read every value the schema types as a number as one, in place (and return
     ``params``): ``number`` leaves become floats (``1`` -> ``1.0``, ``"1e-06"`` -> ``1e-06``),
@@ -129,6 +125,10 @@ def _as_typed(value: Any, types: set[str], otherwise: Any) -> Any:
         return otherwise(value)
     if "integer" in types and isinstance(value, float) and value.is_integer():
         return int(value)
-    if INTS_AS_FLOATS and "number" in types and "integer" not in types and isinstance(value, int):
+    # An int written for a ``number`` leaf is a float (``1`` -> ``1.0``), so that the job
+    # configs, which Snakemake compares for reruns, spell equal values alike. (The first
+    # run after this rule was added reran the jobs whose defaults held such ints: the CRF
+    # and head_lr_mult of stage 2, 66 jobs of the default grid.)
+    if "number" in types and "integer" not in types and isinstance(value, int):
         return float(value)
     return value

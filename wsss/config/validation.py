@@ -5,6 +5,8 @@ dataset files). Every problem is a :class:`~wsss.config.schema.ParamsError` nami
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from wsss.config.resolve import (
@@ -20,19 +22,84 @@ from wsss.config.schema import ParamsError, normalise_params, params_schema
 from wsss.data.kinds import kind_of
 
 
-def validate_params(params: dict[str, Any], source: str = "params.yaml") -> None:
-    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`.
+@dataclass(frozen=True)
+class ParamsSources:
+    """Which file set each key of a merged params mapping, so an error names the file the
+    bad value came from (an override file, ``--config``) rather than always params.yaml.
+
+    ``keys``: dotted key -> the last layer that wrote it (deep-merge order); a key no layer
+    wrote (a schema default, a missing key) belongs to ``default``.
+    """
+
+    default: str = "params.yaml"
+    keys: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, layers: Sequence[tuple[str, Any]]) -> ParamsSources:
+        """``layers``: (name, mapping) in merge order, e.g. params.yaml then each override."""
+        keys: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any, name: str) -> None:
+            for key, item in value.items():
+                dotted = f"{prefix}{key}"
+                keys[dotted] = name
+                if isinstance(item, dict):
+                    walk(f"{dotted}.", item, name)
+                else:  # replaced whole: what an earlier layer set below it is gone
+                    for stale in [k for k in keys if k.startswith(f"{dotted}.")]:
+                        del keys[stale]
+
+        for name, mapping in layers:
+            if isinstance(mapping, dict):
+                walk("", mapping, name)
+        return cls(default=layers[0][0] if layers else "params.yaml", keys=keys)
+
+    def of_key(self, key: str) -> str:
+        """The file that set ``key`` (dotted), or the nearest enclosing key that a file set."""
+        while key:
+            if key in self.keys:
+                return self.keys[key]
+            key = key.rpartition(".")[0]
+        return self.default
+
+    def error(self, problems: Sequence[str]) -> ParamsError:
+        """One error for ``problems`` (lines ``<dotted key>: <what is wrong>``), headed by the
+        file that supplied the bad keys, or by each line's file when there are several."""
+        files = [self.of_key(_problem_key(line)) for line in problems]
+        if len(set(files)) == 1:
+            return ParamsError(f"{files[0]} is invalid:\n  " + "\n  ".join(problems))
+        lines = [f"{line} (from {file})" for line, file in zip(problems, files, strict=True)]
+        return ParamsError(
+            f"{', '.join(dict.fromkeys(files))} are invalid:\n  " + "\n  ".join(lines)
+        )
+
+
+_KEY = re.compile(r"[^\s:]+(?=: )")
+
+
+def _problem_key(line: str) -> str:
+    """The dotted key a problem line starts with ('' when it names none)."""
+    match = _KEY.match(line)
+    return match.group(0) if match else ""
+
+
+def validate_params(
+    params: dict[str, Any], source: str | ParamsSources = "params.yaml"
+) -> None:
+    """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`
+    naming the key, and the file that set it (``source``: the file's name, or a
+    :class:`ParamsSources` of the files merged into ``params``).
     Numbers written as strings (``1e-06`` from ``dvc exp run -S``) are first read as numbers
     where the schema types a number, in place (:func:`~wsss.config.schema.normalise_params`)."""
     import jsonschema
 
+    sources = source if isinstance(source, ParamsSources) else ParamsSources(default=source)
     normalise_params(params)
     validator = jsonschema.Draft202012Validator(params_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = "\n  ".join(_format_schema_error(e) for e in errors[:10])
-        raise ParamsError(f"{source} is invalid:\n  {lines}")
-    _check_names(params, source)
+        raise sources.error([_format_schema_error(e) for e in errors[:10]])
+    _check_names(params, sources)
 
 
 def _format_schema_error(error: Any) -> str:
@@ -65,7 +132,7 @@ SAFE_NAME_TEXT = "a letter or digit, then letters, digits, _ . or - (e.g. aream_
 SAFE_PATH = re.compile(r"[A-Za-z0-9_.~/-]+")
 
 
-def _check_names(params: dict[str, Any], source: str) -> None:
+def _check_names(params: dict[str, Any], sources: ParamsSources) -> None:
     from wsss.methods import CAM_REFINERS, TRAINING_METHODS
 
     problems = [
@@ -142,25 +209,25 @@ def _check_names(params: dict[str, Any], source: str) -> None:
     problems.extend(_check_ranges(params))
     problems.extend(_check_datasets(params))
     if problems:
-        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+        raise sources.error(problems)
     # The files each grid dataset needs before any job starts, as its kind declares them
     # (a root in the VOC layout; raw files to convert; nothing for a generated one).
     for dataset in params["grid"]["datasets"]:
         spec = params["datasets"][dataset]
         missing = kind_of({**spec, "name": dataset}).check_inputs(dataset, spec)
         if missing:
-            raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(missing))
+            raise sources.error(missing)
     # Constructing the methods checks their parameter names too.
     for variant in params["methods"]:
         try:
             build_variant_methods(params, variant)
         except ValueError as err:
-            raise ParamsError(f"{source} is invalid:\n  methods.{variant}: {err}") from err
+            raise sources.error([f"methods.{variant}: {err}"]) from err
     # Block indices against the depth of the model each run builds; each method's limits
     # against the train block of each run (e.g. a start epoch within train.epochs).
     depth_problems = _check_blocks(params) + _check_limits(params)
     if depth_problems:
-        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(depth_problems))
+        raise sources.error(depth_problems)
     # Stage-2 settings the schema cannot check (e.g. PAR and CRF both switched on).
     from wsss.segmentation.pseudo_labels import PseudoLabelSettings
 
@@ -168,7 +235,7 @@ def _check_names(params: dict[str, Any], source: str) -> None:
         try:
             PseudoLabelSettings.from_dict(dataset_block(params, dataset, "pseudo_labels"))
         except ValueError as err:
-            raise ParamsError(f"{source} is invalid:\n  datasets.{dataset}: {err}") from err
+            raise sources.error([f"datasets.{dataset}: {err}"]) from err
 
 
 def _check_upstream(params: dict[str, Any]) -> list[str]:

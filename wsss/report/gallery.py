@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from wsss.cam_store import CamReader, CamRecord, dequantize
+from wsss.cam_store import CamReader, CamRecord
 from wsss.data.datasets import open_dataset
 from wsss.data.palette import IGNORE_INDEX, load_label_png, voc_palette
 from wsss.data.voc import VOCLayout
@@ -36,7 +37,10 @@ from wsss.io import atomic_path
 log = logging.getLogger("wsss")
 
 IGNORE_COLOUR = (255, 255, 255)
-CAM_OPACITY = 0.8  # opacity of a pixel whose CAM value is 1
+# Opacity of a pixel whose CAM value is 1, as a fraction: the overlay is integer arithmetic.
+CAM_OPACITY = Fraction(4, 5)
+# ITU-R BT.601 luma weights in thousandths (0.299, 0.587, 0.114; they sum to 1000).
+GREY_WEIGHTS = (299, 587, 114)
 FONT_SIZE = 13
 LINE_H = 17
 
@@ -102,23 +106,47 @@ def colour_labels(label: np.ndarray) -> np.ndarray:
 
 
 def cam_overlay(image: np.ndarray, record: CamRecord) -> np.ndarray:
-    """The image in grey, each pixel tinted by its strongest GT class's colour, opacity ~ CAM value."""
+    """The image in grey, each pixel tinted by its strongest GT class's colour, opacity ~ CAM value.
+
+    ``image``: HxWx3 uint8; ``record.cams``: kxHxW uint8 CAM values ``q`` (value ``q/255``).
+    Returns HxWx3 uint8:
+
+    - grey ``g = round((299 R + 587 G + 114 B) / 1000)`` (BT.601 luma);
+    - where a class is present, with ``c`` the colour of the class of the largest ``q``
+      (first on ties) and ``a = CAM_OPACITY * q / 255``: ``round((1 - a) g + a c)``.
+
+    Rounding is half up. Everything is integer arithmetic, so the same CAMs give the same
+    pixels whatever the CPU kernels: the float32 version (a BLAS product for the grey, whose
+    summation order and FMA use depend on the kernel, then np.rint) left the committed
+    gallery 16-20 pixel values (one level each) off a rerun whose CAMs were identical.
+
+    Raises ValueError when the CAM's size differs from the image's.
+    """
     if record.shape != image.shape[:2]:
         raise ValueError(
             f"CAM of {record.image_id} is {record.shape}, the image is {image.shape[:2]}"
         )
     # Over a grey copy of the image, so class colours stand out on colourful photos.
-    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    rgb = np.asarray(image, dtype=np.int64)
+    weighted = sum(w * rgb[..., i] for i, w in enumerate(GREY_WEIGHTS))
+    grey = _round_div(weighted, sum(GREY_WEIGHTS))
     out = np.repeat(grey[..., None], 3, axis=2)
     if len(record.classes) == 0:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    cams = dequantize(record.cams)  # k x H x W in [0, 1]
+        return out.astype(np.uint8)
+    cams = np.asarray(record.cams)  # k x H x W, uint8 (argmax of q = argmax of q / 255)
     strongest = cams.argmax(axis=0)
-    value = np.take_along_axis(cams, strongest[None], axis=0)[0]
-    colours = _palette_array()[np.asarray(record.classes, dtype=np.int64)].astype(np.float32)
-    alpha = (CAM_OPACITY * value)[..., None]
-    out = (1.0 - alpha) * out + alpha * colours[strongest]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    q = np.take_along_axis(cams, strongest[None], axis=0)[0].astype(np.int64)[..., None]
+    colours = _palette_array()[np.asarray(record.classes, dtype=np.int64)].astype(np.int64)
+    # (1 - a) g + a c with a = (num / den) (q / 255), over the common denominator den * 255.
+    den = CAM_OPACITY.denominator * 255
+    weight = CAM_OPACITY.numerator * q  # a * den, 0..den
+    out = _round_div((den - weight) * out + weight * colours[strongest], den)
+    return out.astype(np.uint8)
+
+
+def _round_div(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """``numerator / denominator`` rounded half up, for non-negative integer arrays."""
+    return (2 * numerator + denominator) // (2 * denominator)
 
 
 def _fit(picture: np.ndarray, cell: int, is_label: bool) -> np.ndarray:
