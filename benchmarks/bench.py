@@ -238,6 +238,51 @@ def bench_training(
     return result
 
 
+def bench_cpu_bf16(
+    model_config: dict,
+    method_specs: dict[str, dict],
+    num_classes: int,
+    batch: int,
+    steps: int,
+    rounds: int = 5,
+) -> dict:
+    """Each method's training step under bf16 autocast (``train.cpu_bf16``) against its fp32
+    step, in this process, the two taking turns within every round (random images and labels,
+    every method past its warm-up). Per method: the median and range over rounds of the time
+    ratio bf16 / fp32 (below 1: bf16 is faster)."""
+    torch.manual_seed(0)
+    size = model_config["img_size"]
+    images = torch.randn(batch, 3, size, size)
+    labels = (torch.rand(batch, num_classes) < 0.3).float()
+    labels[:, 0] = 1.0
+    built = _timed_methods(method_specs, model_config, num_classes, None)
+    candidates: dict[str, Callable[[], None]] = {}
+    for name, spec in method_specs.items():
+        method, model, opt = built[name]
+        epoch = spec.get("epoch", 10**6)  # past any warm-up: the full loss
+        for precision in ("fp32", "bf16"):
+
+            def step(method=method, model=model, opt=opt, epoch=epoch, bf16=precision == "bf16"):
+                for _ in range(steps):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        loss, _ = method.loss(model, images, labels, epoch)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+
+            candidates[f"{name}/{precision}"] = step
+    times = _interleaved(candidates, rounds=rounds)
+    result: dict[str, Any] = {"batch": batch, "steps": steps, "rounds": rounds, "methods": {}}
+    for name in method_specs:
+        ratio = _ratio(times, f"{name}/bf16", f"{name}/fp32")
+        result["methods"][name] = {
+            "fp32_images_per_s": batch * steps / float(np.median(times[f"{name}/fp32"])),
+            "ratio": ratio["median"],
+            "range": [ratio["min"], ratio["max"]],
+        }
+    return result
+
+
 def bench_epochs(
     dataset_config: dict,
     model_config: dict,

@@ -170,6 +170,44 @@ def floor_section(params_path: str, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bf16_section(params_path: str, rounds: int) -> str:
+    """Markdown: each trained run's step under ``train.cpu_bf16`` against its fp32 step
+    (benchmarks/bench.py's bench_cpu_bf16), in this process, interleaved."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+    from bench import bench_cpu_bf16
+
+    from wsss import config as wsss_config
+    from wsss.runtime import native_bf16
+
+    if not native_bf16(torch.device("cpu")):
+        return "\nThis CPU has no native bf16 (avx512_bf16 or AMX): train.cpu_bf16 not timed.\n"
+    params = wsss_config.load_params(params_path)
+    dataset = params["grid"]["datasets"][0]
+    keys = sorted({wsss_config.training_key(params, m) for m in params["grid"]["methods"]})
+    specs = {k: wsss_config.training_config(params, dataset, k)["method"] for k in keys}
+    model = wsss_config.training_config(params, dataset, keys[0])["model"]
+    classes = params["datasets"][dataset]["generator"]["num_classes"]
+    batch = params["train"]["batch_size"]
+    result = bench_cpu_bf16(model, specs, classes, batch, steps=2, rounds=rounds)
+    lines = [
+        "",
+        f"Training step under `train.cpu_bf16` (bf16 autocast) against the fp32 step of the "
+        f"same model (same process, interleaved, {rounds} rounds of 2 steps, batch {batch} of "
+        "random images, every method past its warm-up):",
+        "",
+        "| trained run | fp32 images/s | bf16 / fp32 time (median) | range over rounds |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in result["methods"].items():
+        low, high = entry["range"]
+        lines.append(
+            f"| {name} | {entry['fp32_images_per_s']:.0f} | {entry['ratio']:.2f}x "
+            f"| {low:.2f}–{high:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 BEGIN, END = "<!-- seed-cost: benchmarks/grid_time.py --seed-section -->", "<!-- /seed-cost -->"
 
 
@@ -215,7 +253,7 @@ COMMANDS = {  # rule -> the wsss command its shell runs
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log", type=Path)
+    parser.add_argument("log", type=Path, nargs="?", help="a Snakemake log (all modes but --bf16)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--quick",
@@ -234,10 +272,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PARAMS",
         help="with --seed-section: also time the grid's trainings against the timm floor",
     )
+    parser.add_argument(
+        "--bf16",
+        metavar="PARAMS",
+        help="print the trained runs' bf16-autocast step against fp32 (train.cpu_bf16) and exit",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="with --bf16: timing rounds")
     parser.add_argument("--note", default="", help="a line put under the section (load, machine)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat = 1
+    if args.bf16:
+        print(bf16_section(args.bf16, rounds=args.rounds))
+        return 0
+    if args.log is None:
+        parser.error("a Snakemake log is needed (only --bf16 runs without one)")
     if args.seed_section:
         text = per_seed_section(args.log, args.repeat)
         if args.floor:

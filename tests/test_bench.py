@@ -9,7 +9,13 @@ from conftest import tiny_synthetic_dataset
 
 # The harness lives outside the package (benchmarks/bench.py), run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench import aream_decomposition, bench_epochs, bench_training, markdown  # noqa: E402
+from bench import (  # noqa: E402
+    aream_decomposition,
+    bench_cpu_bf16,
+    bench_epochs,
+    bench_training,
+    markdown,
+)
 
 TRAIN = {"batch_size": 8, "crop_scale": [0.6, 1.0], "hflip": True}
 
@@ -40,6 +46,14 @@ def test_training_and_epoch_sections_on_the_data_pipeline(tiny_model_config, tmp
     assert aream["seconds_per_epoch"] > 0
     low, high = aream["ratio_to_mctformer_v2_range"]
     assert low <= aream["ratio_to_mctformer_v2"] <= high
+
+
+def test_cpu_bf16_section_gives_each_method_a_ratio_to_its_fp32_step(tiny_model_config):
+    result = bench_cpu_bf16(tiny_model_config, SPECS, 3, 4, steps=1, rounds=2)
+    assert set(result["methods"]) == set(SPECS) and result["rounds"] == 2
+    for entry in result["methods"].values():
+        low, high = entry["range"]
+        assert 0 < low <= entry["ratio"] <= high and entry["fp32_images_per_s"] > 0
 
 
 def test_markdown_lists_epoch_rows():

@@ -155,6 +155,22 @@ def test_fine_tuning_options_at_their_off_value_are_not_in_the_training_params(p
     assert tuned["layer_decay"] == 0.65 and "freeze_blocks" not in tuned
 
 
+def test_cpu_bf16_off_is_not_in_the_training_params_and_on_is(params):
+    """train.cpu_bf16 false (the default) reruns nothing; true is a param of every training job."""
+    assert params["train"]["cpu_bf16"] is False
+    plain = training_config(params, "synthetic", "mctformer_v2")
+    assert "cpu_bf16" not in plain["train"]
+    without = copy.deepcopy(params)
+    del without["train"]["cpu_bf16"]
+    validate_params(without)
+    assert training_config(without, "synthetic", "mctformer_v2") == plain
+    params["train"]["cpu_bf16"] = True
+    assert training_config(params, "synthetic", "mctformer_v2")["train"]["cpu_bf16"] is True
+    params["train"]["cpu_bf16"] = "yes"
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        validate_params(params)
+
+
 def test_dataset_overrides_apply(params):
     params["datasets"]["synthetic"]["overrides"] = {"train": {"epochs": 7}}
     cfg = training_config(params, "synthetic", "mctformer_v2")

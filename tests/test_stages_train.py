@@ -1,11 +1,11 @@
-"""The classifier training loop's fine-tuning options: layer-wise lr decay and frozen blocks."""
+"""The classifier training loop's options: layer-wise lr decay, frozen blocks, CPU bf16."""
 
 import pytest
 import torch
 from conftest import TINY_MODEL, tiny_synthetic_dataset, tiny_train_config
 
 from wsss.methods.base import TRAINING_METHODS
-from wsss.runtime import seed_everything
+from wsss.runtime import native_bf16, seed_everything
 from wsss.stages import train as train_stage
 
 DEPTH = TINY_MODEL["overrides"]["depth"]
@@ -89,3 +89,51 @@ def test_train_metrics_record_the_training_platform_and_threads(dataset_config, 
     assert platform["torch_threads"] == torch.get_num_threads()
     assert platform["device"] == "cpu" and platform["processes"] == 1
     assert platform["versions"]["torch"] and "cpu" in platform
+
+
+NATIVE_BF16 = pytest.mark.skipif(
+    not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16 (avx512_bf16/AMX)"
+)
+
+
+@NATIVE_BF16
+def test_cpu_bf16_runs_the_step_in_bf16_and_is_deterministic(dataset_config, tmp_path, monkeypatch):
+    """train.cpu_bf16: the loss is computed under bf16 autocast (the weights stay fp32), the
+    weights differ from the fp32 run's, and two runs with one seed give the same bytes."""
+    dtypes = []
+    method_class = TRAINING_METHODS.get("mctformer_v2")
+    original = method_class.loss
+
+    def recording_loss(self, model, images, labels, epoch):
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return original(self, model, images, labels, epoch)
+
+    monkeypatch.setattr(method_class, "loss", recording_loss)
+    weights = {}
+    for name, bf16 in (("a", True), ("b", True), ("fp32", False)):
+        train_stage.train(
+            _config(dataset_config, epochs=1, cpu_bf16=bf16), 0, tmp_path / name, False
+        )
+        weights[name] = (tmp_path / name / "model.pt").read_bytes()
+    assert dtypes == [torch.bfloat16] * 4 + [None] * 2  # 1 epoch x 2 batches per run
+    assert weights["a"] == weights["b"]
+    assert weights["a"] != weights["fp32"]
+    state = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_cpu_bf16_is_refused_on_a_cpu_without_native_bf16(dataset_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(
+        ValueError, match=r"train.cpu_bf16 is true, but this CPU has no native bf16"
+    ):
+        train_stage.train(_config(dataset_config, cpu_bf16=True), 0, tmp_path, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_step_autocast_follows_amp_on_cuda_and_cpu_bf16_on_a_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train_stage.step_autocast({"amp": True, "cpu_bf16": False}, cuda)
+    assert not train_stage.step_autocast({"amp": False, "cpu_bf16": True}, cuda)
+    assert not train_stage.step_autocast({"amp": True}, cpu)  # train.amp is CUDA-only

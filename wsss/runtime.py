@@ -65,6 +65,16 @@ def resolve_device(name: str | None = None):
     return torch.device(name)
 
 
+def native_bf16(device) -> bool:
+    """Whether bf16 matmuls run natively on ``device`` (any GPU: assumed; CPU: avx512_bf16 or
+    AMX). Without it, CPU autocast emulates bf16, which is slower than fp32."""
+    import torch
+
+    if device.type != "cpu":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def set_threads(threads: int | None) -> None:
     """Limit intra-op threads. Set through the environment too, so that a job that
     imports torch later (or never: evaluation) does not start a full thread pool.

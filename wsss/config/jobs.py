@@ -29,10 +29,10 @@ from wsss.config.schema import deep_merge
 EXECUTION_KEYS = ("device", "num_workers", "cache_images")
 
 
-# Fine-tuning options at the value that turns them off (the plain recipe). A training job's
+# Fine-tuning and precision options at the value that turns them off (the plain recipe). A training job's
 # params leave them out at that value, so adding or spelling them out reruns no existing run
 # and its model.pt (which stores the config) stays byte-identical.
-TRAIN_OFF_DEFAULTS = {"layer_decay": 1.0, "freeze_blocks": 0}
+TRAIN_OFF_DEFAULTS = {"layer_decay": 1.0, "freeze_blocks": 0, "cpu_bf16": False}
 
 
 def _without(block: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

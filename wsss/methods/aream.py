@@ -43,6 +43,7 @@ from wsss.models import ModelOutput, MultiClassTokenViT
 from wsss.models.attention import class_to_patch, propagate, select_blocks
 from wsss.ops.normalize import minmax_per_class
 from wsss.ops.par import PAR, denormalize, nearest_indices, refine_cams_to_labels
+from wsss.runtime import native_bf16
 
 # `entropy_weights: baseline` asks the DAG for the weights of a trained MCTformer-V2
 # (the official code computes them offline with ent_voc_mctformer.py).
@@ -237,14 +238,6 @@ def load_entropy_weights(source: str | Path | Sequence[float]) -> np.ndarray:
             f"method_params.aream.entropy_weights: need finite per-block values, got {values}"
         )
     return normalize_entropy(values)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively on ``device`` (any GPU: assumed; CPU: avx512_bf16 or
-    AMX). Without it, CPU autocast emulates bf16, which is slower than fp32."""
-    if device.type != "cpu":
-        return True
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 # ----------------------------------------------------------------- the method

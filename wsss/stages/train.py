@@ -40,6 +40,7 @@ from wsss.models.param_groups import param_groups
 from wsss.runtime import (
     EXECUTION,
     config_digest,
+    native_bf16,
     platform_info,
     resolve_device,
     seed_everything,
@@ -56,6 +57,23 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
         return floor + (peak - floor) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_autocast(settings: dict[str, Any], device: torch.device) -> bool:
+    """Whether the training step (forward and loss) runs under bf16 autocast: ``train.amp`` on
+    CUDA, ``train.cpu_bf16`` on a CPU. The CPU option needs native bf16 (avx512_bf16 or AMX;
+    emulated bf16 is slower than fp32): without it, ValueError rather than a silent slowdown.
+    The weights, the optimizer step and everything after training stay fp32."""
+    if device.type == "cuda":
+        return bool(settings["amp"])
+    if device.type == "cpu" and settings.get("cpu_bf16", False):
+        if not native_bf16(device):
+            raise ValueError(
+                "train.cpu_bf16 is true, but this CPU has no native bf16 (avx512_bf16 or AMX): "
+                "bf16 would be emulated, slower than fp32; set train.cpu_bf16 false"
+            )
+        return True
+    return False
 
 
 def build_method(config: dict[str, Any]) -> TrainingMethod:
@@ -107,7 +125,7 @@ def train(
     steps_per_epoch = len(loader)
     total_steps = epochs * steps_per_epoch
     warmup_steps = settings["warmup_epochs"] * steps_per_epoch
-    use_amp = settings["amp"] and device.type == "cuda"
+    use_amp = step_autocast(settings, device)
 
     digest = config_digest({"config": config, "seed": seed})
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -123,7 +141,7 @@ def train(
 
     method.on_train_start(model, data, device)
     log.info(
-        "training %s on %s (%d images, %d classes), seed %d, %d epochs x %d steps, device %s",
+        "training %s on %s (%d images, %d classes), seed %d, %d epochs x %d steps, device %s, %s",
         method.name,
         dataset.name,
         len(data),
@@ -132,6 +150,7 @@ def train(
         epochs,
         steps_per_epoch,
         device,
+        "bf16 autocast" if use_amp else "fp32",
     )
     train_seconds = sum(h["seconds"] for h in history)
     for epoch in range(start_epoch, epochs):
