@@ -106,14 +106,9 @@ def test_deployed_as_a_module_into_another_folder_it_plans_the_grid(tmp_path):
     assert "results-smoke/table.md" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snakefmt is applied to the workflow once the rule edits of this round are "
-    "merged; remove this mark then (strict: the test fails once the files are formatted)",
-)
 def test_the_workflow_files_are_snakefmt_formatted():
     """`snakefmt --check` on the Snakefile and every rule file (the formatter's defaults,
-    line length from pyproject's [tool.snakefmt] if any): exit 0 when nothing would change."""
+    line length from pyproject's [tool.snakefmt]): exit 0 when nothing would change."""
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
     if snakefmt is None:
         pytest.skip("snakefmt is not installed (pip install -e '.[test]')")

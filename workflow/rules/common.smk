@@ -14,7 +14,7 @@ if not Path(_rules_dir).is_dir():
     raise WorkflowError(
         f"the workflow's rules are at {_rules_dir}, not a local folder: the rules' code inputs "
         "are the package's files, so use the workflow as a module from a local clone "
-        "(module ...: snakefile: \"<clone>/workflow/Snakefile\")"
+        '(module ...: snakefile: "<clone>/workflow/Snakefile")'
     )
 PROJECT = Path(_rules_dir).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -229,4 +229,3 @@ def gallery_cams(wildcards):
     """The CAMs of every method's first-seed run on the dataset's eval split."""
     split = eval_split(wildcards.dataset)
     return [cam_artifact(wildcards.dataset, method, SEEDS[0], split) for method in METHODS]
-

@@ -4,12 +4,12 @@ rule prepare_data:
         conversion=conversion_manifest,
     output:
         manifest=results("data/{dataset}.json"),
-    params:
-        cfg=job_config("prepare-data"),
-    resources:
-        **job_resources("prepare_data"),
     log:
         results("logs/prepare_data/{dataset}.log"),
+    resources:
+        **job_resources("prepare_data"),
+    params:
+        cfg=job_config("prepare-data"),
     shell:
         "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
 
@@ -22,12 +22,12 @@ rule prepare_data:
 rule convert_coco:
     output:
         manifest=results("data/{dataset}.conversion.json"),
-    params:
-        cfg=job_config("convert-coco"),
+    log:
+        results("logs/convert_coco/{dataset}.log"),
     threads: 1
     resources:
         **job_resources("convert_coco"),
-    log:
-        results("logs/convert_coco/{dataset}.log"),
+    params:
+        cfg=job_config("convert-coco"),
     shell:
         "wsss convert-coco --config {params.cfg:q} --out {output.manifest} 2> {log}"

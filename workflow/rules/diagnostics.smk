@@ -37,13 +37,13 @@ rule attention_diagnostics:
         code=code("attention-diagnostics", training_method),
     output:
         diagnostics=results("runs/{dataset}/train/{train}/seed{seed}/attention_diagnostics.json"),
-    params:
-        cfg=job_config("attention-diagnostics"),
+    log:
+        results("logs/attention_diagnostics/{dataset}/{train}/seed{seed}.log"),
     threads: rule_resources("attention_diagnostics")["threads"]
     resources:
         **job_resources("attention_diagnostics", "train"),
-    log:
-        results("logs/attention_diagnostics/{dataset}/{train}/seed{seed}.log"),
+    params:
+        cfg=job_config("attention-diagnostics"),
     shell:
         "wsss attention-diagnostics --config {params.cfg:q} --model {input.model}"
         " --out {output.diagnostics} --threads {threads}"
@@ -67,11 +67,11 @@ rule attention_figure:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "attention diagnostics"},
         ),
+    log:
+        results("logs/attention_figure/{dataset}.log"),
     params:
         order=" ".join(dict.fromkeys(train_key_of(m) for m in METHODS)),
         labels=run_labels(),
-    log:
-        results("logs/attention_figure/{dataset}.log"),
     shell:
         "wsss attention-figure --diagnostics {input.diagnostics} --out {output.figure}"
         " --run-order {params.order} --labels {params.labels} > {log} 2>&1"

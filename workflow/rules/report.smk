@@ -42,11 +42,11 @@ rule table:
         runs=report(results("runs.csv"), caption="../report/table_files.rst", category="Results"),
         metrics=results("metrics.json"),
         plots=[results("plots/cam_miou.csv"), results("plots/threshold_curves.csv")],
+    log:
+        results("logs/table.log"),
     params:
         cfg=job_config("table"),
         out_dir=RESULTS,
-    log:
-        results("logs/table.log"),
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
@@ -57,6 +57,7 @@ rule table:
 
 # ---------------------------------------------------------------- pictures
 # One job per dataset (not per method): each reads every method's results.
+
 
 localrules:
     plots,
@@ -114,12 +115,12 @@ rule plots:
             labels={"dataset": "{dataset}", "figure": "part vs body recall, context FP"},
         ),
         csv=results("plots/per_class_iou/{dataset}.csv"),
+    log:
+        results("logs/plots/{dataset}.log"),
     params:
         order=" ".join(METHODS),
         out_dir=lambda wc, output: str(Path(output.miou).parent),
         labels=method_labels(),
-    log:
-        results("logs/plots/{dataset}.log"),
     shell:
         "wsss plots --metrics {input.metrics} --manifest {input.manifest} --out-dir {params.out_dir}"
         " --csv {output.csv} --method-order {params.order} --labels {params.labels} > {log} 2>&1"
@@ -141,12 +142,12 @@ rule gallery:
             category="CAM gallery",
             labels={"dataset": "{dataset}"},
         ),
-    params:
-        cfg=job_config("gallery"),
-    resources:
-        **job_resources("gallery"),
     log:
         results("logs/gallery/{dataset}.log"),
+    resources:
+        **job_resources("gallery"),
+    params:
+        cfg=job_config("gallery"),
     shell:
         "wsss gallery --config {params.cfg:q} --cams {input.cams} --pseudo-labels {input.pseudo}"
         " --out {output.gallery} > {log} 2>&1"
