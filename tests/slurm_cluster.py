@@ -347,7 +347,9 @@ class LocalSlurm:
 
     def _node_idle(self) -> bool:
         result = self.run("sinfo", "-h", "-N", "-o", "%t", check=False)
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        # one line per partition the node is in
+        states = result.stdout.split()
+        return result.returncode == 0 and bool(states) and set(states) == {"idle"}
 
     def stop(self, timeout: float = 20.0) -> None:
         """Cancel the jobs this cluster still holds (slurmstepd and the job's processes

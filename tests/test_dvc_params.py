@@ -78,3 +78,26 @@ def test_every_dvc_stage_depends_on_the_code_its_command_runs(dvc):
 def test_the_deps_check_fails_when_a_dep_is_dropped(dvc, dropped):
     deps = [d for d in dvc["stages"]["pretrain"]["deps"] if d != dropped]
     assert uncovered(deps, "pretrain")
+
+
+def _out_paths(stage: dict) -> list[str]:
+    return [
+        next(iter(out)) if isinstance(out, dict) else out
+        for kind in ("outs", "metrics", "plots")
+        for out in stage.get(kind, [])
+    ]
+
+
+def test_merge_params_keeps_exactly_the_grid_stages_output_paths(dvc):
+    """`wsss merge-params` keeps params.yaml's values of DVC_PATHS: every output of the grid
+    stage lies under the results folder or is the synthetic root, and those are the values
+    params.yaml (with the schema default) gives them."""
+    from wsss.config import results_dir
+    from wsss.tools.merge_params import DVC_PATHS
+
+    assert DVC_PATHS == (("results_dir",), ("datasets", "synthetic", "root"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    results, synthetic = results_dir(params), params["datasets"]["synthetic"]["root"]
+    paths = _out_paths(dvc["stages"]["grid"])
+    assert synthetic in paths
+    assert all(p == synthetic or p.startswith(f"{results}/") for p in paths), paths
