@@ -151,3 +151,31 @@ rule gallery:
     shell:
         "wsss gallery --config {params.cfg:q} --cams {input.cams} --pseudo-labels {input.pseudo}"
         " --out {output.gallery} > {log} 2>&1"
+
+
+localrules:
+    train_curves,
+
+
+rule train_curves:
+    input:
+        logs=expand(
+            results("runs/{{dataset}}/train/{train}/seed{seed}/train_log.tsv"),
+            train=train_keys(),
+            seed=SEEDS,
+        ),
+        code=code("train-curves"),
+    output:
+        csv=results("plots/train_curves/{dataset}.csv"),
+        figure=report(
+            results("figures/{dataset}/train_curves.png"),
+            caption="../report/train_curves.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "training loss per epoch"},
+        ),
+    log:
+        results("logs/train_curves/{dataset}.log"),
+    shell:
+        "wsss train-curves --logs {input.logs} --csv {output.csv} --figure {output.figure}"
+        " > {log} 2>&1"

@@ -7,6 +7,8 @@ rule train:
     output:
         model=results("runs/{dataset}/train/{train}/seed{seed}/model.pt"),
         metrics=results("runs/{dataset}/train/{train}/seed{seed}/train_metrics.json"),
+        # the per-epoch losses (the train_curves rule reads them)
+        history=results("runs/{dataset}/train/{train}/seed{seed}/train_log.tsv"),
     log:
         results("logs/train/{dataset}/{train}/seed{seed}.log"),
     threads: rule_resources("train")["threads"]
