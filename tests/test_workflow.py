@@ -234,10 +234,11 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
     entropy = _jobs(result.stdout, "entropy_weights")
     assert len(entropy) == len(seeds) == _job_counts(result.stdout)["entropy_weights"]
     for seed in seeds:
-        weights = f"results/runs/synthetic/train/mctformer_v2/seed{seed}/entropy_weights.json"
+        weights = f"results-full/runs/synthetic/train/mctformer_v2/seed{seed}/entropy_weights.json"
         (job,) = [j for j in entropy if j["output"] == weights]
-        assert f"results/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
-        assert job["log"] == f"results/logs/entropy_weights/synthetic/mctformer_v2/seed{seed}.log"
+        assert f"results-full/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
+        log = f"results-full/logs/entropy_weights/synthetic/mctformer_v2/seed{seed}.log"
+        assert job["log"] == log
         assert "wsss entropy-weights" in job["shell"] and f"--out {weights}" in job["shell"]
         train = {
             j["output"].split("/")[4]: j
