@@ -162,7 +162,8 @@ def test_dvc_repro_equals_snakemake_and_metrics_diff(reproduced, tmp_path):
         if node.get("scales") == [1.0, 0.5] or node.get("cam", {}).get("scales") == [1.0, 0.5]
     ]
     assert experiments, json.dumps(shown)[:3000]
-    assert "cam_miou_ci_low" in json.dumps(shown)
+    # (no cam_miou_ci_low here: with the smoke grid's one seed the interval is null and DVC
+    # drops null leaves)
     assert metrics_from_dvc["synthetic"]["mctformer_v2"]["seeds"] == 1
 
 
