@@ -88,7 +88,8 @@ def _free_port() -> int:
 @dataclass
 class LocalSlurm:
     """One-node cluster: node `NODE` with `cpus` CPUs, `mem_mb` MB and, with `gpu`, one
-    fake GPU, in partition `partition` (the default one). With `accounting`, a MariaDB
+    fake GPU, in partition `partition` (the default one) and in `gpu_partition` (a second
+    partition on the same node, for per-rule partitions). With `accounting`, a MariaDB
     server and slurmdbd keep the job records, and `account` exists with root in it.
     `root` holds every file; Unix socket paths are limited to 108 bytes, so the default
     is a short directory under the system's temporary folder."""
@@ -98,6 +99,7 @@ class LocalSlurm:
     mem_mb: int = 64000
     gpu: bool = True
     partition: str = "gpu_test"
+    gpu_partition: str = "gpu_second"
     account: str = "wsss_test"
     cluster: str = "wsss"
     min_job_age: int = 300
@@ -173,6 +175,7 @@ class LocalSlurm:
             f"CPUs={self.cpus} RealMemory={self.mem_mb}{gres} State=UNKNOWN",
             f"PartitionName={self.partition} Nodes={self.NODE} Default=YES "
             "MaxTime=INFINITE State=UP",
+            f"PartitionName={self.gpu_partition} Nodes={self.NODE} MaxTime=INFINITE State=UP",
         ]
         etc = r / "etc"
         self.conf.write_text("\n".join(lines) + "\n")
@@ -344,7 +347,9 @@ class LocalSlurm:
 
     def _node_idle(self) -> bool:
         result = self.run("sinfo", "-h", "-N", "-o", "%t", check=False)
-        return result.returncode == 0 and result.stdout.strip() == "idle"
+        # one line per partition the node is in
+        states = result.stdout.split()
+        return result.returncode == 0 and bool(states) and set(states) == {"idle"}
 
     def stop(self, timeout: float = 20.0) -> None:
         """Cancel the jobs this cluster still holds (slurmstepd and the job's processes

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsss.config import deep_merge, rule_family
+from wsss.config import rule_family
 from wsss.report.table import threshold_curves
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,26 +41,34 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 DVC = [sys.executable, "-m", "dvc"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+WSSS = [sys.executable, "-m", "wsss.cli"]
 
 
 def _make_project(dest: Path, params: dict | None = None) -> Path:
     """The project's code and DVC files in a fresh git repo (one commit), with the smoke
-    settings merged into params.yaml (dvc.yaml reads params.yaml only)."""
+    preset merged into params.yaml by the documented route (README, "Presets and -S":
+    `wsss merge-params configs/smoke.yaml`; dvc.yaml reads params.yaml only)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", "cache", "tmp")
     for part in ("workflow", "wsss", "configs", ".dvc"):
         shutil.copytree(REPO / part, dest / part, ignore=ignore)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "results/.gitignore", "data/.gitignore"):
+    for name in (
+        "dvc.yaml",
+        "params.yaml",
+        ".dvcignore",
+        ".gitignore",
+        "results/.gitignore",
+        "data/.gitignore",
+    ):
         (dest / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPO / name, dest / name)
     if params is None:
-        params = deep_merge(
-            yaml.safe_load((REPO / "params.yaml").read_text()),
-            yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text()),
-        )
-        # The paths dvc.yaml declares: the default results_dir and synthetic root.
-        del params["results_dir"]
-        params["datasets"]["synthetic"]["root"] = "data/synthetic"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = _run([*WSSS, "merge-params", "configs/smoke.yaml"], dest).stdout
+        # the stage's output paths stay dvc.yaml's (the preset's results-smoke is for runs
+        # outside DVC), and params.yaml keeps its comments
+        assert "kept results_dir from params.yaml" in out, out
+        assert "# The single source of truth" in (dest / "params.yaml").read_text()
+    else:
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
     _run(["git", "commit", "-qm", "init"], dest)
@@ -105,6 +113,17 @@ def _planned_rules(project: Path) -> set[str]:
     return rules - {"total", "all"}
 
 
+def _walk(node):
+    """Every dict inside a JSON value (depth first)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -129,15 +148,25 @@ def test_dvc_repro_equals_snakemake_and_metrics_diff(reproduced, tmp_path):
     _run([*DVC, "commit", "-f", "grid"], project)
     assert _run(["git", "status", "--porcelain"], project).stdout == ""
 
-    # Change the CAM scales: CAMs, evaluation and the table rerun, training does
-    # not, and `dvc metrics diff` shows what moved.
-    _set_params(project, "cam", "scales", [1.0, 0.5])
-    out = _run([*DVC, "repro", "grid"], project)
+    # A DVC experiment on a non-default key (the documented route): CAMs, evaluation and
+    # the table rerun, training does not, and `dvc metrics diff` shows what moved.
+    out = _run([*DVC, "exp", "run", "-S", "cam.scales=[1.0,0.5]"], project)
     log = out.stdout + out.stderr
     assert re.search(r"rule cams_\w+:", log) and "rule train:" not in log
+    assert yaml.safe_load((project / "params.yaml").read_text())["cam"]["scales"] == [1.0, 0.5]
     diff = json.loads(_run([*DVC, "metrics", "diff", "HEAD", "--json"], project).stdout)
     changed = diff["results/metrics.json"]
     assert any(key.endswith(".cam_miou") for key in changed), changed
+    # `dvc exp show` lists it: its params and its metrics (the intervals as scalar leaves)
+    shown = json.loads(_run([*DVC, "exp", "show", "--json"], project).stdout)
+    experiments = [
+        node
+        for node in _walk(shown)
+        if node.get("scales") == [1.0, 0.5] or node.get("cam", {}).get("scales") == [1.0, 0.5]
+    ]
+    assert experiments, json.dumps(shown)[:3000]
+    # (no cam_miou_ci_low here: with the smoke grid's one seed the interval is null and DVC
+    # drops null leaves)
     assert metrics_from_dvc["synthetic"]["mctformer_v2"]["seeds"] == 1
 
 

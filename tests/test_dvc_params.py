@@ -1,6 +1,7 @@
 """dvc.yaml's hand-written params list is checked against the params schema, so that
 `dvc exp run -S <key>` reruns the grid for every setting that changes a result."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,74 @@ def test_every_dvc_stage_depends_on_the_code_its_command_runs(dvc):
 def test_the_deps_check_fails_when_a_dep_is_dropped(dvc, dropped):
     deps = [d for d in dvc["stages"]["pretrain"]["deps"] if d != dropped]
     assert uncovered(deps, "pretrain")
+
+
+def _out_paths(stage: dict) -> list[str]:
+    return [
+        next(iter(out)) if isinstance(out, dict) else out
+        for kind in ("outs", "metrics", "plots")
+        for out in stage.get(kind, [])
+    ]
+
+
+def test_merge_params_keeps_exactly_the_grid_stages_output_paths(dvc):
+    """`wsss merge-params` keeps params.yaml's values of DVC_PATHS: every output of the grid
+    stage lies under the results folder or is the synthetic root, and those are the values
+    params.yaml (with the schema default) gives them."""
+    from wsss.config import results_dir
+    from wsss.tools.merge_params import DVC_PATHS
+
+    assert DVC_PATHS == (("results_dir",), ("datasets", "synthetic", "root"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    results, synthetic = results_dir(params), params["datasets"]["synthetic"]["root"]
+    paths = _out_paths(dvc["stages"]["grid"])
+    assert synthetic in paths
+    assert all(p == synthetic or p.startswith(f"{results}/") for p in paths), paths
+
+
+def undeclared_plots(dvc: dict, outputs: list[str], results: str) -> list[str]:
+    """The workflow's outputs under ``<results>/plots/`` that no plots entry of the grid
+    stage covers (the file itself or a folder above it)."""
+    declared = [p for p in _out_paths({"plots": dvc["stages"]["grid"]["plots"]})]
+    return [
+        path
+        for path in outputs
+        if path.startswith(f"{results}/plots/")
+        and not any(path == p or path.startswith(f"{p}/") for p in declared)
+    ]
+
+
+@pytest.fixture(scope="module")
+def workflow_outputs(tmp_path_factory) -> list[str]:
+    """Every output file of the smoke grid's DAG (`snakemake --summary`, no job run), with
+    the default results folder for the smoke preset's (the layout below it is the same)."""
+    import subprocess
+    import sys
+
+    from test_workflow import _copy_project
+
+    project = _copy_project(tmp_path_factory.mktemp("summary"))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--summary", "--configfile", "configs/smoke.yaml"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    outputs = [line.split("\t")[0] for line in result.stdout.splitlines()[1:] if line.strip()]
+    return [re.sub(r"^results-smoke/", "results/", path) for path in outputs]
+
+
+def test_every_plot_csv_of_the_workflow_is_a_dvc_plot(dvc, workflow_outputs):
+    """dvc.yaml's plots list is written by hand: every CSV the workflow writes under
+    results/plots/ (threshold curves, per-class IoU, training curves) must be in it."""
+    curves = [p for p in workflow_outputs if p.startswith("results/plots/train_curves/")]
+    assert curves == ["results/plots/train_curves/synthetic.csv"]
+    assert undeclared_plots(dvc, workflow_outputs, "results") == []
+    train_curves = dvc["stages"]["grid"]["plots"][-3]["results/plots/train_curves"]
+    assert (train_curves["x"], train_curves["y"]) == ("epoch", "loss")
+    # the drift test itself: dropping the training curves from dvc.yaml is caught
+    dvc["stages"]["grid"]["plots"] = [
+        p for p in dvc["stages"]["grid"]["plots"] if "results/plots/train_curves" not in p
+    ]
+    assert undeclared_plots(dvc, workflow_outputs, "results") == curves

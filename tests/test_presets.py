@@ -202,7 +202,7 @@ def test_voc_preset_dry_run_lists_the_full_grid(project, tmp_path, voc_params):
     assert "convert_data" not in counts
     # Every method of the grid appears, and training jobs ask for a GPU.
     for method in methods:
-        assert f"results/runs/voc/{method}/seed2/cam_metrics.json" in result.stdout
+        assert f"results-voc/runs/voc/{method}/seed2/cam_metrics.json" in result.stdout
     train_jobs = result.stdout.split("rule train:")[1:]
     assert train_jobs and all("gpu=1" in job.split("rule ")[0] for job in train_jobs)
     entropy_jobs = result.stdout.split("rule entropy_weights:")[1:]
@@ -286,13 +286,13 @@ def test_voc_preset_architectures_train_extract_and_score_on_real_images(project
             "method_params": {"aream": {"cls_epochs": 0}, "clustercam": {"seg_start_epoch": 0}},
         },
     )
-    targets = [f"results/runs/voc/{m}/seed0/cam_metrics.json" for m in methods]
+    targets = [f"results-voc/runs/voc/{m}/seed0/cam_metrics.json" for m in methods]
     _snakemake(project, "--configfile", str(VOC_PRESET), str(override), "--", *targets)
     for method, target in zip(methods, targets, strict=True):
         cam = json.loads((project / target).read_text())["cam"]
         assert cam["images"] == 2 and 0.0 <= cam["miou"] <= 1.0, method
         model = torch.load(
-            project / f"results/runs/voc/train/{method}/seed0/model.pt", weights_only=False
+            project / f"results-voc/runs/voc/train/{method}/seed0/model.pt", weights_only=False
         )
         config = model["config"]["model"]
         assert config["backbone"] == "deit_small_patch16_224"
@@ -337,3 +337,54 @@ def test_the_documented_site_file_sets_both_offline_weights():
     assert site["segmentation"]["weights"]
     params = load_params(REPO / "params.yaml")
     assert {"weights", "pretrained"} <= set(params["model"]) & set(params["segmentation"])
+
+
+@pytest.mark.parametrize(
+    "preset, results",
+    [
+        ("smoke", "results-smoke"),
+        ("full", "results-full"),
+        ("voc", "results-voc"),
+        ("coco", "results-coco"),
+        ("voc-sample", "results-voc-sample"),
+    ],
+)
+def test_each_preset_writes_its_own_git_ignored_results_dir(preset, results):
+    """A preset run never overwrites the committed results/ (the default grid's)."""
+    import subprocess
+
+    assert sorted(p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != "site") == sorted(
+        ["smoke", "full", "voc", "coco", "voc-sample"]
+    )
+    assert (
+        yaml.safe_load((REPO / "configs" / f"{preset}.yaml").read_text())["results_dir"] == results
+    )
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", f"{results}/x"], cwd=REPO)
+    assert ignored.returncode == 0, f"{results}/ is not git-ignored"
+
+
+def test_voc_sample_preset_plans_the_voc_code_path_on_the_sample_splits(project, tmp_path):
+    """configs/voc-sample.yaml after configs/voc.yaml (one command, CPU): the preset's
+    networks and stage 2 on the sample's own splits, nothing on a GPU, its own results
+    folder. The dry run reads no image: a tree with the sample's split files stands in."""
+    root = _fake_voc(tmp_path / "voc_sample") / "VOCdevkit" / "VOC2012"
+    splits = root / "ImageSets" / "Segmentation"
+    (splits / "train.txt").write_text("2007_000032\n2011_000003\n2011_000006\n2011_000025\n")
+    (splits / "val.txt").write_text("2007_000033\n")
+    site = _override(tmp_path / "site.yaml", {"datasets": {"voc": {"root": str(root)}}})
+    sample = REPO / "configs" / "voc-sample.yaml"
+    result = _snakemake(
+        project, "-n", "-p", "--configfile", str(VOC_PRESET), str(sample), str(site)
+    )
+    counts = _job_counts(result.stdout)
+    assert counts["train"] == counts["segment"] == counts["cams"] == counts["table"] == 1
+    assert "results-voc-sample/table.md" in result.stdout and "results/" not in result.stdout
+    for rule in ("train", "cams", "segment"):
+        block = result.stdout.split(f"rule {rule}")[1].split("\nrule ")[0]
+        assert "device=cpu" in block and "gpu=0" in block, (rule, block)
+    train = result.stdout.split("wsss train --config ")[1].split("\n")[0]
+    assert '"backbone": "deit_small_patch16_224"' in train and '"pretrained": false' in train
+    assert '"train_split": "train"' in train
+    segment = result.stdout.split("wsss segment --config ")[1].split("\n")[0]
+    assert '"backbone": "resnet101"' in segment and '"enabled": true' in segment  # the CRF
+    assert '"seg_split": "val"' in segment

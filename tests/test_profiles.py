@@ -423,3 +423,69 @@ def test_the_documented_slurm_log_options_are_the_plugins():
     settings = {f.name.replace("_", "-") for f in dataclasses.fields(ExecutorSettings)}
     assert options == {"keep-successful-logs", "delete-logfiles-older-than", "logdir"}
     assert options <= settings, options - settings
+
+
+def _shipped_set_resources(partition: str) -> str:
+    """The commented `set-resources:` block of the shipped SLURM profile, uncommented, with
+    `partition` for its placeholder."""
+    lines = (REPO / SLURM_PROFILE / "config.yaml").read_text().splitlines()
+    start = lines.index("# set-resources:")
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#   "):
+            break
+        block.append(line)
+    return "\n".join(line[2:] for line in block).replace("<gpu partition>", partition) + "\n"
+
+
+def test_rule_family_resources_reach_every_per_run_rule(project):
+    """`cams` in a profile's set-resources or in --set-resources reaches every cams_<run> rule
+    (one per trained run); a cams_<run> entry wins over its family's; a name that is no rule
+    or family stops the run, listing the known names (Snakemake alone ignores it)."""
+    two_runs = {"grid": {"methods": ["mctformer_v2", "mctformer_v2_affinity", "doei"]}}
+    (project / "two_runs.yaml").write_text(yaml.safe_dump(two_runs))
+    profile = project / "gpu-profile"
+    profile.mkdir()
+    shipped = (REPO / SLURM_PROFILE / "config.yaml").read_text()
+    (profile / "config.yaml").write_text(shipped + _shipped_set_resources("gpu_test"))
+    args = ("-n", "--forceall", "--configfile", "configs/smoke.yaml", "two_runs.yaml")
+    result = _snakemake(project, *args, "--workflow-profile", str(profile))
+    cam_rules = set(re.findall(r"^rule (cams_\w+):$", result.stdout, re.M))
+    assert cam_rules == {"cams_mctformer_v2", "cams_doei"}, cam_rules
+    jobs = _dry_run_jobs(result.stdout)
+    gpu_rules = {"train", "cams"}
+    assert gpu_rules <= {rule for rule, _ in jobs}
+    for rule, resources in jobs:
+        want = "gpu_test" if rule in gpu_rules | {"segment"} else None
+        assert resources.get("slurm_partition") == want, (rule, resources)
+
+    # The command line: the family for all, one run's own entry wins for that run.
+    result = _snakemake(
+        project,
+        *args,
+        "--set-resources",
+        "cams:slurm_partition=gpu",
+        "cams:mem_mb=1234",
+        "cams_doei:slurm_partition=big",
+        "--set-threads",
+        "cams=2",
+        "--cores",
+        "4",
+    )
+    blocks = re.findall(r"^rule (cams_\w+):$(.*?)(?=^\S|\Z)", result.stdout, re.M | re.S)
+    seen = {}
+    for name, body in blocks:
+        resources = dict(_dry_run_jobs(f"rule {name}:\n{body}"))["cams"]
+        assert resources["mem_mb"] == "1234" and "threads: 2" in body, (name, body)
+        seen[name] = resources["slurm_partition"]
+    assert seen == {"cams_mctformer_v2": "gpu", "cams_doei": "big"}, seen
+
+    for option, entry in (
+        ("--set-resources", "cam:slurm_partition=gpu"),
+        ("--set-threads", "cam=2"),
+    ):
+        with pytest.raises(AssertionError) as failure:
+            _snakemake(project, *args, option, entry)
+        message = str(failure.value)
+        assert f"{option} (command line or profile) names cam: no rule" in message
+        assert "cams, cams_shard" in message and "cams_mctformer_v2" in message

@@ -287,3 +287,9 @@ def test_smoke_run_then_html_report_with_table_figures_and_gallery(tmp_path):
     assert "CAM gallery" in page and "synthetic.png" in page
     assert "cam_miou.png" in page and "table.html" in page and "failure_modes.png" in page
     assert "attention_diagnostics.png" in page and "background-to-object ratio" in page
+    # the training curves: in the report, and the DVC plot's CSV (one row per epoch)
+    assert "train_curves.png" in page and "Training loss on synthetic" in page
+    curves = (results / "plots" / "train_curves" / "synthetic.csv").read_text().splitlines()
+    epochs = yaml.safe_load((project / "configs" / "smoke.yaml").read_text())["train"]["epochs"]
+    assert curves[0].startswith("dataset,run,seed,epoch,loss")
+    assert len(curves) == 1 + epochs  # one trained run (the affinity variant shares it)

@@ -153,3 +153,45 @@ def test_cli_plots(metric_files, tmp_path):
     # A missing input is an error message naming it, not a traceback.
     bad = [*args[:2], str(tmp_path / "missing.json"), *args[2 + len(metric_files) :]]
     assert main(bad) == 1
+
+
+def _train_log(root, run: str, seed: int, rows: list[dict]) -> str:
+    path = root / "runs" / "synthetic" / "train" / run / f"seed{seed}" / "train_log.tsv"
+    path.parent.mkdir(parents=True)
+    keys = list(rows[0])
+    lines = ["\t".join(keys)] + ["\t".join(str(row[k]) for k in keys) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_train_curves_long_format_from_the_training_logs(tmp_path):
+    from wsss.report.plots import write_train_curves
+
+    logs = [
+        _train_log(tmp_path, "aream", 0, [{"epoch": 1, "lr": 0.1, "loss": 2.0, "loss_aff": 0.5}]),
+        _train_log(
+            tmp_path,
+            "mctformer_v2",
+            1,
+            [{"epoch": 1, "lr": 0.1, "loss": 1.5}, {"epoch": 2, "lr": 0.05, "loss": 0.75}],
+        ),
+    ]
+    csv, figure = tmp_path / "curves.csv", tmp_path / "curves.png"
+    write_train_curves(logs, csv, figure)
+    assert csv.read_text().splitlines() == [
+        "dataset,run,seed,epoch,loss,loss_aff,lr",
+        "synthetic,aream,0,1,2,0.5,0.1",
+        "synthetic,mctformer_v2,1,1,1.5,,0.1",
+        "synthetic,mctformer_v2,1,2,0.75,,0.05",
+    ]
+    with Image.open(figure) as image:
+        assert image.size[0] > 300
+
+    outside = tmp_path / "elsewhere" / "train_log.tsv"
+    outside.parent.mkdir()
+    outside.write_text("epoch\tloss\n1\t1.0\n")
+    with pytest.raises(ValueError, match=r"elsewhere/train_log\.tsv: expected .*/train/<run>"):
+        write_train_curves([outside], csv, figure)
+    no_loss = _train_log(tmp_path, "doei", 0, [{"epoch": 1, "lr": 0.1}])
+    with pytest.raises(ValueError, match=r"doei/seed0/train_log\.tsv: no loss column"):
+        write_train_curves([no_loss], csv, figure)

@@ -245,9 +245,12 @@ def test_smoke_dag_on_a_real_cluster_with_accounting(slurm, tmp_path):
         }
     }
     (project / "cluster.yaml").write_text(yaml.safe_dump(override))
+    # A rule family's partition (docs/real-data.md): `cams` reaches the per-run cams_<run>
+    # rule; every other rule stays in the default partition.
+    family = ["--set-resources", f"cams:slurm_partition={slurm.gpu_partition}"]
     start = time.monotonic()
     result = _launch(
-        slurm, project, *_smoke_args(slurm, "cluster.yaml"), limit_s=LIMIT_ACCOUNTING_S
+        slurm, project, *_smoke_args(slurm, "cluster.yaml"), *family, limit_s=LIMIT_ACCOUNTING_S
     )
     elapsed = time.monotonic() - start
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{slurm.logs()}"
@@ -283,7 +286,8 @@ def test_smoke_dag_on_a_real_cluster_with_accounting(slurm, tmp_path):
         want = _expected_resources(params, rule)
         for job in rule_jobs:
             assert job["JobState"] == "COMPLETED", job
-            assert (job["Account"], job["Partition"]) == (slurm.account, slurm.partition), job
+            partition = slurm.gpu_partition if rule == "cams" else slurm.partition
+            assert (job["Account"], job["Partition"]) == (slurm.account, partition), job
             assert job["CPUs/Task"] == str(want["threads"]), (rule, job)
             assert job["MinMemoryNode"] == f"{want['mem_mb']}M", (rule, job)
             assert job["TimeLimit"] == _time_limit(want["runtime"]), (rule, job)

@@ -106,14 +106,9 @@ def test_deployed_as_a_module_into_another_folder_it_plans_the_grid(tmp_path):
     assert "results-smoke/table.md" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snakefmt is applied to the workflow once the rule edits of this round are "
-    "merged; remove this mark then (strict: the test fails once the files are formatted)",
-)
 def test_the_workflow_files_are_snakefmt_formatted():
     """`snakefmt --check` on the Snakefile and every rule file (the formatter's defaults,
-    line length from pyproject's [tool.snakefmt] if any): exit 0 when nothing would change."""
+    line length from pyproject's [tool.snakefmt]): exit 0 when nothing would change."""
     snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
     if snakefmt is None:
         pytest.skip("snakefmt is not installed (pip install -e '.[test]')")
@@ -239,10 +234,11 @@ def test_entropy_weights_rule_feeds_only_the_baseline_keyword_runs(project):
     entropy = _jobs(result.stdout, "entropy_weights")
     assert len(entropy) == len(seeds) == _job_counts(result.stdout)["entropy_weights"]
     for seed in seeds:
-        weights = f"results/runs/synthetic/train/mctformer_v2/seed{seed}/entropy_weights.json"
+        weights = f"results-full/runs/synthetic/train/mctformer_v2/seed{seed}/entropy_weights.json"
         (job,) = [j for j in entropy if j["output"] == weights]
-        assert f"results/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
-        assert job["log"] == f"results/logs/entropy_weights/synthetic/mctformer_v2/seed{seed}.log"
+        assert f"results-full/runs/synthetic/train/mctformer_v2/seed{seed}/model.pt" in job["input"]
+        log = f"results-full/logs/entropy_weights/synthetic/mctformer_v2/seed{seed}.log"
+        assert job["log"] == log
         assert "wsss entropy-weights" in job["shell"] and f"--out {weights}" in job["shell"]
         train = {
             j["output"].split("/")[4]: j

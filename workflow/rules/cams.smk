@@ -36,17 +36,17 @@ for cam_run, cam_variants in CAM_GROUPS.items():
             code=code("cams", cam_group_methods(cam_variants)),
         output:
             **cam_group_outputs(cam_variants, ".npz"),
-        params:
-            cfg=job_config("cams", variants=cam_variants),
-            outs=cam_group_outs(cam_variants),
-        threads: rule_resources("cams")["threads"]
-        resources:
-            **job_resources("cams", "train"),
         # The timing JSON varies run to run: a log (untracked, never a rerun trigger), not an
         # output in results/cams, which DVC caches and pushes.
         log:
             log=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.log"),
             timing=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}_timing.json"),
+        threads: rule_resources("cams")["threads"]
+        resources:
+            **job_resources("cams", "train"),
+        params:
+            cfg=job_config("cams", variants=cam_variants),
+            outs=cam_group_outs(cam_variants),
         shell:
             "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
             " {params.outs} --timing {log.timing} --threads {threads}"
@@ -83,10 +83,10 @@ checkpoint cam_shard_plan:
         code=code("cam-shards"),
     output:
         plan=results("cams/{dataset}/{split}.shard_plan.json"),
-    params:
-        cfg=job_config("cam-shards"),
     log:
         results("logs/cam_shard_plan/{dataset}/{split}.log"),
+    params:
+        cfg=job_config("cam-shards"),
     shell:
         "wsss cam-shards plan --config {params.cfg:q} --split {wildcards.split}"
         " --out {output.plan} --threads 1 2> {log}"
@@ -103,18 +103,20 @@ for cam_run, cam_variants in CAM_GROUPS.items():
             code=code("cams", cam_group_methods(cam_variants)),
         output:
             **cam_group_outputs(cam_variants, ".shards/{shard}.npz"),
+        log:
+            log=results(
+                f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}.log"
+            ),
+            timing=results(
+                f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}_timing.json"
+            ),
+        threads: rule_resources("cams")["threads"]
+        resources:
+            **job_resources("cams", "train"),
         params:
             plan_sha256=shard_plan_digest,
             cfg=job_config("cams", variants=cam_variants),
             outs=cam_group_outs(cam_variants),
-        threads: rule_resources("cams")["threads"]
-        resources:
-            **job_resources("cams", "train"),
-        log:
-            log=results(f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}.log"),
-            timing=results(
-                f"logs/cams/{{dataset}}/{cam_run}/seed{{seed}}/{{split}}.shards/{{shard}}_timing.json"
-            ),
         shell:
             "wsss cams --config {params.cfg:q} --model {input.model} --split {wildcards.split}"
             " --shard {wildcards.shard} --plan {input.plan}"
@@ -130,10 +132,10 @@ rule cam_shard_index:
         code=code("cam-shards"),
     output:
         index=results("cams/{dataset}/{method}/seed{seed}/{split}.shards.json"),
-    params:
-        plan_sha256=shard_plan_digest,
     log:
         results("logs/cam_shard_index/{dataset}/{method}/seed{seed}/{split}.log"),
+    params:
+        plan_sha256=shard_plan_digest,
     shell:
         "wsss cam-shards index --plan {input.plan} --shards {input.shards}"
         " --out {output.index} --threads 1 2> {log}"

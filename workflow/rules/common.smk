@@ -14,14 +14,13 @@ if not Path(_rules_dir).is_dir():
     raise WorkflowError(
         f"the workflow's rules are at {_rules_dir}, not a local folder: the rules' code inputs "
         "are the package's files, so use the workflow as a module from a local clone "
-        "(module ...: snakefile: \"<clone>/workflow/Snakefile\")"
+        '(module ...: snakefile: "<clone>/workflow/Snakefile")'
     )
 PROJECT = Path(_rules_dir).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 from wsss import code_deps as wsss_code_deps  # noqa: E402
 from wsss import config as wsss_config  # noqa: E402
-
 
 
 def config_sources():
@@ -283,3 +282,42 @@ def gallery_cams(wildcards):
     split = eval_split(wildcards.dataset)
     return [cam_artifact(wildcards.dataset, method, SEEDS[0], split) for method in METHODS]
 
+
+def apply_rule_families():
+    """Per-rule settings (``--set-resources RULE:KEY=VALUE``, ``--set-threads RULE=N`` and a
+    profile's ``set-resources:`` / ``set-threads:``) may name a rule family instead of a rule:
+    ``cams`` reaches every per-run CAM rule ``cams_<run>`` and ``cams_shard`` every
+    ``cams_shard_<run>`` (wsss.config.rule_family), as in params.yaml's ``resources:``. An
+    entry for one ``cams_<run>`` wins over its family's, key by key. Called once every rule is
+    defined; a name that is neither a rule nor a family stops the run here, with the known
+    names (Snakemake itself ignores it silently). In a module (snakedeploy), the deploying
+    workflow's rules are not defined yet and its names may carry a prefix: no check there."""
+    settings = workflow.resource_settings
+    rules = {job_rule.name: job_rule for job_rule in workflow.rules}
+    families = {wsss_config.rule_family(name) for name in rules}
+    given = {
+        "--set-resources": dict(settings.overwrite_resources),
+        "--set-threads": dict(settings.overwrite_threads),
+    }
+    # the main workflow has one modifier; `module` / `use rule ... from` push one more
+    if len(workflow.modifier_stack) == 1:
+        for option, entries in given.items():
+            unknown = sorted(set(entries) - set(rules) - families)
+            if unknown:
+                per_run = sorted(set(rules) - families)
+                raise WorkflowError(
+                    f"{option} (command line or profile) names {', '.join(unknown)}: no rule "
+                    f"of this workflow. Names it knows: {', '.join(sorted(families))} (a family "
+                    f"name reaches its per-run rules: {', '.join(per_run)})"
+                )
+    for name, job_rule in rules.items():
+        family = wsss_config.rule_family(name)
+        if family == name:
+            continue
+        own = given["--set-resources"].get(name, {})
+        inherited = given["--set-resources"].get(family, {})
+        for key, value in inherited.items():
+            if key not in own:
+                job_rule.resources[key] = value
+        if family in given["--set-threads"] and name not in given["--set-threads"]:
+            job_rule.resources["_cores"] = given["--set-threads"][family]

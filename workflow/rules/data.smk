@@ -4,12 +4,12 @@ rule prepare_data:
         conversion=conversion_manifest,
     output:
         manifest=results("data/{dataset}.json"),
-    params:
-        cfg=job_config("prepare-data"),
-    resources:
-        **job_resources("prepare_data"),
     log:
         results("logs/prepare_data/{dataset}.log"),
+    resources:
+        **job_resources("prepare_data"),
+    params:
+        cfg=job_config("prepare-data"),
     shell:
         "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
 
@@ -23,13 +23,13 @@ rule prepare_data:
 rule convert_data:
     output:
         manifest=results("data/{dataset}.conversion.json"),
-    params:
-        stage=conversion_stage,
-        cfg=job_config(conversion_stage),
+    log:
+        results("logs/convert_data/{dataset}.log"),
     threads: 1
     resources:
         **job_resources(conversion_family),
-    log:
-        results("logs/convert_data/{dataset}.log"),
+    params:
+        stage=conversion_stage,
+        cfg=job_config(conversion_stage),
     shell:
         "wsss {params.stage} --config {params.cfg:q} --out {output.manifest} 2> {log}"

@@ -18,13 +18,13 @@ rule attention_diagnostics:
         code=code("attention-diagnostics", training_method),
     output:
         diagnostics=results("runs/{dataset}/train/{train}/seed{seed}/attention_diagnostics.json"),
-    params:
-        cfg=job_config("attention-diagnostics"),
+    log:
+        results("logs/attention_diagnostics/{dataset}/{train}/seed{seed}.log"),
     threads: rule_resources("attention_diagnostics")["threads"]
     resources:
         **job_resources("attention_diagnostics", "train"),
-    log:
-        results("logs/attention_diagnostics/{dataset}/{train}/seed{seed}.log"),
+    params:
+        cfg=job_config("attention-diagnostics"),
     shell:
         "wsss attention-diagnostics --config {params.cfg:q} --model {input.model}"
         " --out {output.diagnostics} --threads {threads}"
@@ -48,10 +48,10 @@ rule attention_figure:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "figure": "attention diagnostics"},
         ),
-    params:
-        cfg=job_config("attention-figure"),
     log:
         results("logs/attention_figure/{dataset}.log"),
+    params:
+        cfg=job_config("attention-figure"),
     shell:
         "wsss attention-figure --config {params.cfg:q} --diagnostics {input.diagnostics}"
         " --out {output.figure} > {log} 2>&1"

@@ -4,13 +4,13 @@ rule evaluate_cams:
         code=code("evaluate"),
     output:
         metrics=results("runs/{dataset}/{method}/seed{seed}/cam_metrics.json"),
-    params:
-        cfg=job_config("evaluate"),
+    log:
+        results("logs/evaluate/{dataset}/{method}/seed{seed}.log"),
     threads: rule_resources("evaluate_cams")["threads"]
     resources:
         **job_resources("evaluate_cams"),
-    log:
-        results("logs/evaluate/{dataset}/{method}/seed{seed}.log"),
+    params:
+        cfg=job_config("evaluate"),
     shell:
         "wsss evaluate --config {params.cfg:q} --cams {input.cams} --out {output.metrics}"
         " --threads {threads} 2> {log}"
@@ -22,13 +22,13 @@ rule evaluate_decoder:
         code=code("evaluate-decoder", variant_methods),
     output:
         metrics=results("runs/{dataset}/{method}/seed{seed}/decoder_metrics.json"),
-    params:
-        cfg=job_config("evaluate-decoder"),
+    log:
+        results("logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log"),
     threads: rule_resources("evaluate_decoder")["threads"]
     resources:
         **job_resources("evaluate_decoder", "train"),
-    log:
-        results("logs/evaluate_decoder/{dataset}/{method}/seed{seed}.log"),
+    params:
+        cfg=job_config("evaluate-decoder"),
     shell:
         "wsss evaluate-decoder --config {params.cfg:q} --model {input.model} --out {output.metrics}"
         " --threads {threads}"

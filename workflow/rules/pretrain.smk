@@ -11,13 +11,13 @@ rule pretrain:
     output:
         weights=PRETRAINED,
         summary=PRETRAINED.removesuffix(".pth") + ".json",
-    params:
-        cfg=job_config("pretrain"),
+    log:
+        results("logs/pretrain.log"),
     threads: rule_resources("pretrain")["threads"]
     resources:
         **job_resources("pretrain"),
-    log:
-        results("logs/pretrain.log"),
+    params:
+        cfg=job_config("pretrain"),
     shell:
         "wsss pretrain --config {params.cfg:q} --out {output.weights} --threads {threads}"
         " --no-progress 2> {log}"

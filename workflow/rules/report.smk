@@ -43,11 +43,11 @@ rule table:
         runs=report(results("runs.csv"), caption="../report/table_files.rst", category="Results"),
         metrics=results("metrics.json"),
         plots=[results("plots/cam_miou.csv"), results("plots/threshold_curves.csv")],
+    log:
+        results("logs/table.log"),
     params:
         cfg=job_config("table"),
         out_dir=RESULTS,
-    log:
-        results("logs/table.log"),
     shell:
         "wsss table --metrics {input.metrics} --decoder-metrics {input.decoder}"
         " --pseudo-label-metrics {input.pseudo} --seg-metrics {input.seg}"
@@ -58,6 +58,7 @@ rule table:
 
 # ---------------------------------------------------------------- pictures
 # One job per dataset (not per method): each reads every method's results.
+
 
 localrules:
     plots,
@@ -117,11 +118,11 @@ rule plots:
             labels={"dataset": "{dataset}", "figure": "part vs body recall, context FP"},
         ),
         csv=results("plots/per_class_iou/{dataset}.csv"),
+    log:
+        results("logs/plots/{dataset}.log"),
     params:
         cfg=job_config("plots"),
         out_dir=lambda wc, output: str(Path(output.miou).parent),
-    log:
-        results("logs/plots/{dataset}.log"),
     shell:
         "wsss plots --config {params.cfg:q} --metrics {input.metrics} --manifest {input.manifest}"
         " --out-dir {params.out_dir} --csv {output.csv} > {log} 2>&1"
@@ -143,12 +144,40 @@ rule gallery:
             category="CAM gallery",
             labels={"dataset": "{dataset}"},
         ),
-    params:
-        cfg=job_config("gallery"),
-    resources:
-        **job_resources("gallery"),
     log:
         results("logs/gallery/{dataset}.log"),
+    resources:
+        **job_resources("gallery"),
+    params:
+        cfg=job_config("gallery"),
     shell:
         "wsss gallery --config {params.cfg:q} --cams {input.cams} --pseudo-labels {input.pseudo}"
         " --out {output.gallery} > {log} 2>&1"
+
+
+localrules:
+    train_curves,
+
+
+rule train_curves:
+    input:
+        logs=expand(
+            results("runs/{{dataset}}/train/{train}/seed{seed}/train_log.tsv"),
+            train=train_keys(),
+            seed=SEEDS,
+        ),
+        code=code("train-curves"),
+    output:
+        csv=results("plots/train_curves/{dataset}.csv"),
+        figure=report(
+            results("figures/{dataset}/train_curves.png"),
+            caption="../report/train_curves.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "training loss per epoch"},
+        ),
+    log:
+        results("logs/train_curves/{dataset}.log"),
+    shell:
+        "wsss train-curves --logs {input.logs} --csv {output.csv} --figure {output.figure}"
+        " > {log} 2>&1"

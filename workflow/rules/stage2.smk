@@ -11,14 +11,16 @@ rule pseudo_labels:
     output:
         labels=directory(results("pseudo_labels/{dataset}/{method}/seed{seed}")),
         metrics=results("runs/{dataset}/{method}/seed{seed}/pseudo_label_metrics.json"),
-    params:
-        cfg=job_config("pseudo-labels"),
-        cam_metrics=lambda wc, input: f"--cam-metrics {input.cam_metrics}" if input.cam_metrics else "",
+    log:
+        results("logs/pseudo_labels/{dataset}/{method}/seed{seed}.log"),
     threads: rule_resources("pseudo_labels")["threads"]
     resources:
         **job_resources("pseudo_labels"),
-    log:
-        results("logs/pseudo_labels/{dataset}/{method}/seed{seed}.log"),
+    params:
+        cfg=job_config("pseudo-labels"),
+        cam_metrics=lambda wc, input: (
+            f"--cam-metrics {input.cam_metrics}" if input.cam_metrics else ""
+        ),
     shell:
         "wsss pseudo-labels --config {params.cfg:q} --cams {input.cams} {params.cam_metrics}"
         " --out-dir {output.labels} --metrics {output.metrics} --threads {threads} 2> {log}"
@@ -33,15 +35,16 @@ rule segment:
     output:
         model=results("runs/{dataset}/{method}/seed{seed}/segmenter.pt"),
         metrics=results("runs/{dataset}/{method}/seed{seed}/seg_metrics.json"),
-    params:
-        cfg=job_config("segment"),
+    log:
+        results("logs/segment/{dataset}/{method}/seed{seed}.log"),
     threads: rule_resources("segment")["threads"]
     resources:
         **job_resources("segment", "segmentation"),
-    log:
-        results("logs/segment/{dataset}/{method}/seed{seed}.log"),
+    params:
+        cfg=job_config("segment"),
     shell:
-        launcher("segment") + " segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
+        launcher("segment")
+        + " segment --config {params.cfg:q} --labels {input.labels} --seed {wildcards.seed}"
         " --model {output.model} --metrics {output.metrics} --threads {threads}"
         " --device {resources.device} --workers {resources.workers} --cache-images {resources.cache_images}"
         " 2> {log}"

@@ -367,3 +367,71 @@ def write_plots(
     plot_per_class(table, classes, paths[2])
     plot_failure_modes(runs, paths[3])
     return paths
+
+
+# -- training curves ----------------------------------------------------------------------
+
+TRAIN_CURVE_KEYS = ("dataset", "run", "seed", "epoch")
+
+
+def train_curves_table(logs: Sequence[str | Path]) -> pd.DataFrame:
+    """The per-epoch training logs (``<results>/runs/<dataset>/train/<run>/seed<N>/
+    train_log.tsv``, written by the train stage: ``epoch``, ``lr`` and the epoch's mean
+    loss terms, ``loss`` their weighted sum) in long format: one row per (dataset, run,
+    seed, epoch), columns ``dataset, run, seed, epoch, loss``, then ``lr`` and the other
+    terms (empty where a run's method has no such term). Sorted by run, seed, epoch.
+    ValueError naming the file for a path outside that layout or a log without ``epoch``
+    and ``loss`` columns."""
+    frames = []
+    for log in logs:
+        path = Path(log)
+        seed_dir, run_dir, train_dir = path.parent, path.parent.parent, path.parents[2]
+        if train_dir.name != "train" or not seed_dir.name.startswith("seed"):
+            raise ValueError(f"{path}: expected <results>/runs/<dataset>/train/<run>/seed<N>/")
+        frame = pd.read_csv(path, sep="\t")
+        missing = {"epoch", "loss"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(sorted(missing))} column in the log")
+        frame.insert(0, "dataset", train_dir.parent.name)
+        frame.insert(1, "run", run_dir.name)
+        frame.insert(2, "seed", int(seed_dir.name[len("seed") :]))
+        frames.append(frame)
+    if not frames:
+        raise ValueError("no training logs given")
+    table = pd.concat(frames, ignore_index=True)
+    first = [*TRAIN_CURVE_KEYS, "loss"]
+    rest = sorted(c for c in table.columns if c not in first)
+    table = table[first + rest].sort_values(["run", "seed", "epoch"], kind="stable")
+    return table.reset_index(drop=True)
+
+
+def plot_train_curves(table: pd.DataFrame, path: str | Path) -> None:
+    """Training loss per epoch: one colour per trained run, one line per seed (log scale
+    when every loss is positive)."""
+    plt = _pyplot()
+    runs = list(dict.fromkeys(table["run"]))
+    fig, ax = plt.subplots(figsize=(8.0, 4.5), layout="constrained")
+    for run, colour in zip(runs, _colours(len(runs)), strict=True):
+        for index, (_, rows) in enumerate(table[table["run"] == run].groupby("seed")):
+            label = run if index == 0 else None
+            ax.plot(rows["epoch"], rows["loss"], color=colour, label=label, linewidth=1.2)
+            ax.plot(rows["epoch"].iloc[-1], rows["loss"].iloc[-1], "o", color=colour, ms=3)
+    if (table["loss"] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (epoch mean)")
+    ax.set_title(f"{table['dataset'].iloc[0]}: training loss (one line per seed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    _save(fig, Path(path))
+
+
+def write_train_curves(
+    logs: Sequence[str | Path], csv_path: str | Path, figure: str | Path
+) -> list[Path]:
+    """The training curves of one dataset: the long-format CSV (a DVC plot) and the figure."""
+    table = train_curves_table(logs)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    plot_train_curves(table, figure)
+    return [Path(csv_path), Path(figure)]
