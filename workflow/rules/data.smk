@@ -2,16 +2,20 @@ rule prepare_data:
     input:
         code=code("prepare-data"),
         conversion=conversion_manifest,
+    # update: Snakemake keeps the previous manifest (and restores it if the job fails), whose
+    # record of the files already decoded and checked lets a rerun skip decoding them.
     output:
-        manifest=results("data/{dataset}.json"),
+        manifest=update(results("data/{dataset}.json")),
     params:
         cfg=job_config("prepare-data"),
+    threads: rule_resources("prepare_data")["threads"]
     resources:
         **job_resources("prepare_data"),
     log:
         results("logs/prepare_data/{dataset}.log"),
     shell:
-        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
+        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads {threads}"
+        " 2> {log}"
 
 
 # COCO instance annotations -> the VOC-style layout at datasets.<name>.root, once per
