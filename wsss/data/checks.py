@@ -168,23 +168,24 @@ def decode_mask(data: bytes) -> dict[str, Any]:
     return facts
 
 
-def _examine(path: Path, kind: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
-    """The record of one file: its content hash and what decoding it found (``recorded``
-    reused when the hash matches), or ``{"error": ...}`` when it cannot be read or decoded."""
+def _examine(path: Path, kind: str, recorded: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """``(record, decoded)`` of one file: its content hash and what decoding it found
+    (``recorded`` reused, and ``decoded`` False, when the hash matches), or
+    ``{"error": ...}`` when it cannot be read or decoded."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {"error": "does not exist"}
+        return {"error": "does not exist"}, False
     except OSError as err:
-        return {"error": f"cannot be read ({err})"}
+        return {"error": f"cannot be read ({err})"}, False
     digest = _digest(data)
-    if recorded is not None and recorded.get("blake2b") == digest and "error" not in recorded:
-        return recorded
+    if recorded is not None and recorded.get("blake2b") == digest:
+        return recorded, False
     try:
         facts = decode_image(data) if kind == "image" else decode_mask(data)
-    except Exception as err:  # noqa: BLE001 - any decoder failure means the same: unusable
-        return {"error": f"cannot be decoded completely ({type(err).__name__}: {err})"}
-    return {"blake2b": digest, **facts}
+    except Exception as err:  # any decoder failure means the same: the file is unusable
+        return {"error": f"cannot be decoded completely ({type(err).__name__}: {err})"}, True
+    return {"blake2b": digest, **facts}, True
 
 
 # --------------------------------------------------------------------------- judging
@@ -312,7 +313,7 @@ def check_dataset(
     def relative(path: Path) -> str:
         return path.relative_to(root).as_posix()
 
-    def examine(job: tuple[str, str, Path]) -> dict[str, Any]:
+    def examine(job: tuple[str, str, Path]) -> tuple[dict[str, Any], bool]:
         _, kind, path = job
         return _examine(path, kind, recorded.get(relative(path)))
 
@@ -326,7 +327,7 @@ def check_dataset(
     files: dict[str, dict[str, Any]] = {}
     sizes: dict[str, list[int] | None] = {}
     problems: list[str] = []
-    for (image_id, kind, path), facts in zip(jobs, found, strict=True):
+    for (image_id, kind, path), (facts, _) in zip(jobs, found, strict=True):
         if kind == "image":
             problem = image_problem(facts)
             sizes[image_id] = facts.get("size")
@@ -348,6 +349,12 @@ def check_dataset(
             f"{shown}{more}\nno job has trained on this dataset yet; {RESTORE_ADVICE}, or "
             "remove the ids from the lists, then rerun"
         )
+    reused = sum(1 for _, decoded in found if not decoded)
+    print(
+        f"{dataset.name}: {len(jobs)} image and mask file(s) checked, {len(jobs) - reused} "
+        f"decoded, {reused} unchanged since the recorded check",
+        file=sys.stderr,
+    )
     return {"version": FACTS_VERSION, "files": files}
 
 
