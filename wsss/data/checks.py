@@ -263,10 +263,12 @@ def _map(function, items: list, threads: int, desc: str, progress: bool) -> list
         mininterval=0.1 if sys.stderr.isatty() else 10.0,
     )
     results = []
+    block = 256 * max(1, threads)  # bounds the pending futures (COCO: 244k files)
     with bar, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for result in pool.map(function, items, chunksize=1):
-            results.append(result)
-            bar.update()
+        for start in range(0, len(items), block):
+            for result in pool.map(function, items[start : start + block]):
+                results.append(result)
+                bar.update()
     return results
 
 
