@@ -251,8 +251,8 @@ def test_prepare_data_refuses_bad_datasets_before_any_job_trains(tmp_path):
     """The smoke preset with four VOC-layout datasets, run up to their manifests (the rule
     every training job waits for), with -k: a train_aug that lists a val image (issue case
     1), a truncated val JPEG (case 2) and an id listed twice are refused by prepare-data,
-    naming the file, id and list line. The sound copy passes, and its prepare-data, forced
-    to rerun over the manifest an earlier run left, decodes nothing (one Snakemake run)."""
+    naming the file, id and list line, and leave no manifest. The sound copy passes, decoding
+    none of the files an earlier check recorded (one Snakemake run)."""
     project = _copy_project(tmp_path / "project")
     data = tmp_path / "data"
     _voc(data / "good")
@@ -273,16 +273,17 @@ def test_prepare_data_refuses_bad_datasets_before_any_job_trains(tmp_path):
         )
     )
     targets = [f"results-check/data/{n}.json" for n in names]
-    # The sound copy's manifest as an earlier run left it; forced to rerun, prepare-data
-    # finds it kept (the rule's update flag) and decodes nothing.
-    good = project / targets[0]
-    good.parent.mkdir(parents=True)
-    options = {"out": str(good), "threads": 1, "no_progress": True}
-    prepare_data.run(argparse.Namespace(config=_config(data / "good", name="good"), **options))
-    before = json.loads(good.read_text())
-    assert len(before["checked"]["files"]) == 10
+    # The record an earlier check of the sound copy kept (prepare-data --cache): the run
+    # decodes none of its files, and writes the same record into the manifest.
+    cache = project / "results-check" / "data" / "good.checked.json"
+    cache.parent.mkdir(parents=True)
+    options = {"out": str(tmp_path / "earlier.json"), "cache": str(cache), "threads": 1}
+    config = _config(data / "good", name="good")
+    prepare_data.run(argparse.Namespace(config=config, no_progress=True, **options))
+    before = json.loads(cache.read_text())["checked"]
+    assert len(before["files"]) == 10
 
-    args = ["--configfile", "configs/smoke.yaml", str(override), "--forcerun", "prepare_data"]
+    args = ["--configfile", "configs/smoke.yaml", str(override)]
     result = _snakemake(project, *targets, "-k", *args, check=False)
     assert result.returncode != 0
     logs = project / "results-check" / "logs" / "prepare_data"
@@ -302,7 +303,7 @@ def test_prepare_data_refuses_bad_datasets_before_any_job_trains(tmp_path):
         f"{lists['repeated'] / 'train_aug.txt'}: 1 id(s) listed more than once: "
         "'2011_000003' on lines 2, 5" in log["repeated"]
     )
-    for n in ("leaky", "truncated", "repeated"):
+    for n in ("leaky", "truncated", "repeated"):  # no manifest: the next run checks again
         assert not (project / "results-check" / "data" / f"{n}.json").exists()
     assert "10 image and mask file(s) checked, 0 decoded, 10 unchanged" in log["good"]
-    assert json.loads(good.read_text()) == before
+    assert json.loads((project / targets[0]).read_text())["checked"] == before

@@ -2,20 +2,24 @@ rule prepare_data:
     input:
         code=code("prepare-data"),
         conversion=conversion_manifest,
-    # update: Snakemake keeps the previous manifest (and restores it if the job fails), whose
-    # record of the files already decoded and checked lets a rerun skip decoding them.
     output:
-        manifest=update(results("data/{dataset}.json")),
+        manifest=results("data/{dataset}.json"),
     params:
         cfg=job_config("prepare-data"),
+        # A copy of the manifest's record of the files decoded and checked, read by the next
+        # run so that it decodes only changed files. Not an output: Snakemake deletes outputs
+        # before a job runs, and losing the copy costs only decoding time. (An update() flag
+        # on the manifest would keep it, but also restore it when the check fails, and the
+        # next run then took the restored manifest as current and trained on the refused data.)
+        cache=results("data/{dataset}.checked.json"),
     threads: rule_resources("prepare_data")["threads"]
     resources:
         **job_resources("prepare_data"),
     log:
         results("logs/prepare_data/{dataset}.log"),
     shell:
-        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads {threads}"
-        " 2> {log}"
+        "wsss prepare-data --config {params.cfg:q} --out {output.manifest}"
+        " --cache {params.cache} --threads {threads} 2> {log}"
 
 
 # COCO instance annotations -> the VOC-style layout at datasets.<name>.root, once per

@@ -361,7 +361,8 @@ def check_dataset(
 
 
 def recorded_checks(manifest: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``checked`` record of an existing manifest, or None (no file, not JSON, none)."""
+    """The ``checked`` record of a manifest (or of the copy ``prepare-data --cache`` keeps),
+    or None (no file, not JSON, no record)."""
     import json
 
     try:

@@ -2,9 +2,10 @@
 
 Besides the files and their sizes (:func:`wsss.data.datasets.prepare_dataset`), every image
 and mask of the splits in use is decoded and checked once (:mod:`wsss.data.checks`), in a
-pool of ``--threads`` threads; the manifest's ``checked`` record lets a rerun skip decoding
-the files whose content it already checked (the rule marks the manifest ``update`` so
-Snakemake keeps it for the rerun to read).
+pool of ``--threads`` threads, and the manifest records what decoding found (``checked``).
+``--cache`` keeps a copy of that record where the next run finds it (Snakemake deletes the
+manifest before rerunning the job), so a rerun decodes only the files whose content changed;
+the checks are applied again to every file either way.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ HELP = "generate or check a dataset (every image and mask decoded once); write i
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=json_arg, required=True, help="the dataset block (JSON)")
+    p.add_argument("--out", required=True, help="manifest JSON to write")
     p.add_argument(
-        "--out", required=True, help="manifest JSON to write (an existing one's checks are reused)"
+        "--cache",
+        help="JSON file keeping the record of the files checked: read (if present) to skip "
+        "decoding unchanged files, rewritten after a successful check",
     )
     add_common(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    previous = recorded_checks(args.out)
+    previous = recorded_checks(args.cache) if args.cache else None
     manifest = prepare_dataset(args.config, progress=not args.no_progress)
     manifest["checked"] = check_dataset(
         args.config, previous, threads=args.threads or 1, progress=not args.no_progress
     )
     write_json(args.out, manifest)
+    if args.cache:
+        write_json(args.cache, {"checked": manifest["checked"]})
     return 0
