@@ -6,12 +6,20 @@ rule prepare_data:
         manifest=results("data/{dataset}.json"),
     log:
         results("logs/prepare_data/{dataset}.log"),
+    threads: rule_resources("prepare_data")["threads"]
     resources:
         **job_resources("prepare_data"),
     params:
         cfg=job_config("prepare-data"),
+        # A copy of the manifest's record of the files decoded and checked, read by the next
+        # run so that it decodes only changed files. Not an output: Snakemake deletes outputs
+        # before a job runs, and losing the copy costs only decoding time. (An update() flag
+        # on the manifest would keep it, but also restore it when the check fails, and the
+        # next run then took the restored manifest as current and trained on the refused data.)
+        cache=results("data/{dataset}.checked.json"),
     shell:
-        "wsss prepare-data --config {params.cfg:q} --out {output.manifest} --threads 1 2> {log}"
+        "wsss prepare-data --config {params.cfg:q} --out {output.manifest}"
+        " --cache {params.cache} --threads {threads} 2> {log}"
 
 
 # Raw files -> the VOC-style layout at datasets.<name>.root, once per dataset whose kind

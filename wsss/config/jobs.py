@@ -155,9 +155,9 @@ def segmentation_config(
 
 
 def prepare_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """A prepare-data job: the generator (synthetic) and the splits the classifier stages
-    read; seg_split is checked by stage 2, which alone reads it."""
-    return dataset_config(params, dataset, "train_split", "eval_split", "generator")
+    """A prepare-data job: the generator (synthetic) and every split in use, all checked
+    up front (wsss.data.checks), seg_split included."""
+    return dataset_config(params, dataset, "train_split", "eval_split", "seg_split", "generator")
 
 
 def conversion_config(params: dict[str, Any], dataset: str) -> dict[str, Any]:
