@@ -54,7 +54,7 @@ SNAKEMAKE_LOCKS = Path(".snakemake") / "locks"
 # wsss.io.atomic_path: ".<stem>.<mkstemp's 8 chars><suffix>"; atomic_directory:
 # ".<name>.<8 chars>" and ".<name>.old.<8 chars>". mkstemp draws from [a-z0-9_].
 ATOMIC_TEMPORARY = re.compile(r"^\..+\.(old\.)?[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
-# wsss.data.synthetic.write_dataset and wsss.data.datasets.repair_synthetic.
+# wsss.data.synthetic.write_dataset and wsss.data.synthetic.repair_synthetic.
 DATASET_TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
 
 
