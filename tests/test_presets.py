@@ -272,6 +272,8 @@ def test_voc_preset_architectures_train_extract_and_score_on_real_images(project
         (root / folder).symlink_to(VOC_SAMPLE / folder)
     ids = ["2007_000032", "2011_000003"]  # 500 x 281 and 500 x 334: not patch multiples
     (root / "ImageSets" / "Segmentation" / "smoke.txt").write_text("\n".join(ids) + "\n")
+    # the seg split (val) is decoded and checked by prepare-data too: the sample's own val image
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000033\n")
     methods = ["mctformer_v2", "aream", "clustercam"]
     one_step = {"epochs": 1, "batch_size": 2, "warmup_epochs": 0}
     override = _override(
