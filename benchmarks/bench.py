@@ -159,6 +159,15 @@ def _timed_methods(method_specs: dict[str, dict], model_config: dict, num_classe
     return built
 
 
+def _random_batch(batch: int, size: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images (batch, 3, size, size) and multi-hot labels (batch, num_classes): each
+    class present with probability 0.3, class 0 always (from the caller's torch seed)."""
+    images = torch.randn(batch, 3, size, size)
+    labels = (torch.rand(batch, num_classes) < 0.3).float()
+    labels[:, 0] = 1.0
+    return images, labels
+
+
 def bench_training(
     model_config: dict,
     method_specs: dict[str, dict],
@@ -180,9 +189,7 @@ def bench_training(
     torch.manual_seed(0)
     size = model_config["img_size"]
     if data is None:
-        images = torch.randn(batch, 3, size, size)
-        labels = (torch.rand(batch, num_classes) < 0.3).float()
-        labels[:, 0] = 1.0
+        images, labels = _random_batch(batch, size, num_classes)
         source = "random images and labels"
     else:
         _, _, loader = _training_loader(data["dataset"], model_config, data["train"], batch)
@@ -251,10 +258,7 @@ def bench_cpu_bf16(
     every method past its warm-up). Per method: the median and range over rounds of the time
     ratio bf16 / fp32 (below 1: bf16 is faster)."""
     torch.manual_seed(0)
-    size = model_config["img_size"]
-    images = torch.randn(batch, 3, size, size)
-    labels = (torch.rand(batch, num_classes) < 0.3).float()
-    labels[:, 0] = 1.0
+    images, labels = _random_batch(batch, model_config["img_size"], num_classes)
     built = _timed_methods(method_specs, model_config, num_classes, None)
     candidates: dict[str, Callable[[], None]] = {}
     for name, spec in method_specs.items():

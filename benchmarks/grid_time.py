@@ -140,12 +140,9 @@ def per_seed_section(log: Path, repeat: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def floor_section(params_path: str, rounds: int) -> str:
-    """Markdown: training steps of the grid's trained runs against a plain timm ViT of the
-    same shape (forward, backward, AdamW; benchmarks/bench.py's floor), in this process."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench import bench_training
-
+def _trained_runs(params_path: str) -> tuple[dict, dict[str, dict], int, int]:
+    """The grid's trained runs on its first dataset: (model config, training method spec per
+    training key, number of classes, batch size), as the train jobs would build them."""
     from wsss import config as wsss_config
 
     params = wsss_config.load_params(params_path)
@@ -154,7 +151,16 @@ def floor_section(params_path: str, rounds: int) -> str:
     specs = {k: wsss_config.training_config(params, dataset, k)["method"] for k in keys}
     model = wsss_config.training_config(params, dataset, keys[0])["model"]
     classes = params["datasets"][dataset]["generator"]["num_classes"]
-    batch = params["train"]["batch_size"]
+    return model, specs, classes, params["train"]["batch_size"]
+
+
+def floor_section(params_path: str, rounds: int) -> str:
+    """Markdown: training steps of the grid's trained runs against a plain timm ViT of the
+    same shape (forward, backward, AdamW; benchmarks/bench.py's floor), in this process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import bench_training
+
+    model, specs, classes, batch = _trained_runs(params_path)
     result = bench_training(model, specs, classes, batch, steps=2, rounds=rounds)
     lines = [
         "",
@@ -177,18 +183,11 @@ def bf16_section(params_path: str, rounds: int) -> str:
     import torch
     from bench import bench_cpu_bf16
 
-    from wsss import config as wsss_config
     from wsss.runtime import native_bf16
 
     if not native_bf16(torch.device("cpu")):
         return "\nThis CPU has no native bf16 (avx512_bf16 or AMX): train.cpu_bf16 not timed.\n"
-    params = wsss_config.load_params(params_path)
-    dataset = params["grid"]["datasets"][0]
-    keys = sorted({wsss_config.training_key(params, m) for m in params["grid"]["methods"]})
-    specs = {k: wsss_config.training_config(params, dataset, k)["method"] for k in keys}
-    model = wsss_config.training_config(params, dataset, keys[0])["model"]
-    classes = params["datasets"][dataset]["generator"]["num_classes"]
-    batch = params["train"]["batch_size"]
+    model, specs, classes, batch = _trained_runs(params_path)
     result = bench_cpu_bf16(model, specs, classes, batch, steps=2, rounds=rounds)
     lines = [
         "",
