@@ -60,7 +60,7 @@ from PIL import Image, ImageFile
 
 from wsss.data.datasets import OpenedDataset, open_dataset
 from wsss.data.palette import IGNORE_INDEX
-from wsss.data.voc import OFFICIAL_SPLITS, RESTORE_ADVICE, official_voc_ids
+from wsss.data.voc import OFFICIAL_SPLITS, RESTORE_ADVICE, official_voc_ids, read_id_lines
 
 # Bump when what decoding records (the facts of a file) changes: older records are ignored.
 FACTS_VERSION = 1
@@ -91,13 +91,7 @@ def list_lines(dataset: OpenedDataset, split: str) -> tuple[str, dict[str, int]]
         return f"wsss/resources/voc/{split}.txt (packaged)", {
             image_id: n for n, image_id in enumerate(official_voc_ids(split), start=1)
         }
-    lines: dict[str, int] = {}
-    text = path.read_text(encoding="utf-8-sig")
-    for number, line in enumerate(text.splitlines(), start=1):
-        item = line.strip()
-        if item:
-            lines.setdefault(item, number)
-    return str(path), lines
+    return str(path), read_id_lines(path)
 
 
 def _splits(config: dict[str, Any]) -> dict[str, str]:

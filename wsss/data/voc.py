@@ -98,6 +98,12 @@ def read_id_list(path: PathLike) -> list[str]:
     (Windows editors write one) is not part of the first id. Not UTF-8: ValueError
     naming the file.
     """
+    return list(read_id_lines(path))
+
+
+def read_id_lines(path: PathLike) -> dict[str, int]:
+    """Like :func:`read_id_list` (same checks, same errors), each id with its 1-based line
+    in the file, in list order: for messages that point at the line of an id."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"id list {path} does not exist")
@@ -111,8 +117,8 @@ def read_id_list(path: PathLike) -> list[str]:
     return _parse_id_lines(text, str(path))
 
 
-def _parse_id_lines(text: str, origin: str) -> list[str]:
-    ids = []
+def _parse_id_lines(text: str, origin: str) -> dict[str, int]:
+    """``{id: line}`` in list order; ValueError for a line of several fields or a repeated id."""
     lines: dict[str, list[int]] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         item = line.strip()
@@ -120,7 +126,6 @@ def _parse_id_lines(text: str, origin: str) -> list[str]:
             continue
         if len(item.split()) != 1:
             raise ValueError(f"{origin}:{number}: expected one id per line, got {line!r}")
-        ids.append(item)
         lines.setdefault(item, []).append(number)
     repeated = {i: n for i, n in lines.items() if len(n) > 1}
     if repeated:
@@ -132,7 +137,7 @@ def _parse_id_lines(text: str, origin: str) -> list[str]:
             f"{origin}: {len(repeated)} id(s) listed more than once: {shown}{more}; "
             "list each image once"
         )
-    return ids
+    return {item: numbers[0] for item, numbers in lines.items()}
 
 
 @functools.cache
