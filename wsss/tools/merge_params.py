@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wsss.config import validate_params
+from wsss.config import ParamsSources, validate_params
 from wsss.io import write_text
 
 HELP = (
@@ -82,12 +82,24 @@ def _merge(document: Any, override: dict, path: tuple[str, ...], kept: list[str]
             document[key] = value
 
 
+def _without_dvc_paths(layer: dict) -> dict:
+    """``layer`` less the :data:`DVC_PATHS` keys, which the merge keeps at params' values."""
+    for *parents, key in DVC_PATHS:
+        block = layer
+        for parent in parents:
+            block = block.get(parent) if isinstance(block, dict) else None
+        if isinstance(block, dict):
+            block.pop(key, None)
+    return layer
+
+
 def merge_into(params: Path, overrides: list[Path]) -> list[str]:
     """Merge ``overrides`` into the file ``params`` (validated first, written atomically).
     Returns the DVC path keys kept at params' values. SystemExit naming the file on a
     missing or malformed file, ValueError (the schema's message) on invalid params."""
     yaml = _yaml()
     document = _load(yaml, params)
+    layers = [(str(params), json.loads(json.dumps(document)))]
     kept: list[str] = []
     for override in overrides:
         layer = _load(yaml, override)
@@ -96,8 +108,9 @@ def merge_into(params: Path, overrides: list[Path]) -> list[str]:
         if not isinstance(layer, dict):
             raise SystemExit(f"{override}: expected a mapping of params.yaml keys")
         _merge(document, layer, (), kept)
-    plain = json.loads(json.dumps(document))
-    validate_params(plain, source=f"{params} merged with {', '.join(map(str, overrides))}")
+        layers.append((str(override), _without_dvc_paths(json.loads(json.dumps(layer)))))
+    # an error names the file that set the bad key, as for --configfile
+    validate_params(json.loads(json.dumps(document)), source=ParamsSources.of(layers))
     out = io.StringIO()
     yaml.dump(document, out)
     write_text(params, out.getvalue())
