@@ -85,6 +85,11 @@ def repo(tmp_path_factory):
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], root)
     (root / "dvc.yaml").write_text(DVC_YAML)
+    # The project's params with fewer resamples: compare must use them (the table's intervals).
+    params = (Path(__file__).parents[1] / "params.yaml").read_text()
+    assert "n_resamples: 4000" in params
+    (root / "params.yaml").write_text(params.replace("n_resamples: 4000", "n_resamples: 300"))
+    _run(["git", "add", "-A"], root)
     _run(["git", "commit", "-qam", "empty"], root)  # a commit with no DVC data
     _write_runs(root, gain=0.0)
     for cmd in (
@@ -112,6 +117,7 @@ def test_compare_reads_the_other_commit_through_dvc(repo, capsys, monkeypatch):
     assert main(["compare", "HEAD~1", "--repo", str(repo), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert text == out.read_text()
+    assert "300 image resamples, seed 0" in text.splitlines()[0]  # params.yaml intervals
     rows = {line.split("|")[2].strip(): line for line in text.splitlines()[4:]}
     # a: +5 points on every image of every seed: a zero-width interval at +5, better.
     assert "| +5.0 [+5.0, +5.0] | better |" in rows["a"]

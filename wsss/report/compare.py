@@ -134,11 +134,15 @@ def compare_runs(
     return out
 
 
-def markdown(rows: list[dict[str, Any]], rev: str) -> str:
-    """The comparison as a markdown table (percentages)."""
+def markdown(
+    rows: list[dict[str, Any]], rev: str, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> str:
+    """The comparison as a markdown table (percentages); ``n_resamples``/``seed``: the
+    bootstrap settings the rows were computed with, stated in the header."""
     lines = [
         f"CAM mIoU: this checkout vs `{rev}`, paired by seed and image; 95% interval over "
-        "seeds and images (as in results/table.md).",
+        f"seeds and images (as in results/table.md; {n_resamples} image resamples, "
+        f"seed {seed}).",
         "",
         f"| dataset | method | seeds | this checkout | {rev} | Δ [95% CI] | verdict |",
         "|---|---|---|---|---|---|---|",
