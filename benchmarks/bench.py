@@ -245,6 +245,106 @@ def bench_training(
     return result
 
 
+def bench_stacked_seeds(
+    model_config: dict, num_classes: int, batch: int, seeds: int, steps: int = 2, rounds: int = 5
+) -> dict:
+    """``seeds`` independent floor models (plain ViT of the proxy's shape + linear head,
+    AdamW) trained one after another against the same models stacked into one vectorised
+    step (``torch.func.stack_module_state`` + ``vmap`` of ``functional_call``; one AdamW over
+    the stacked tensors, which is ``seeds`` independent AdamWs since AdamW is elementwise).
+    Each model gets its own batch. Before timing, one step of each is run from the same
+    weights and the stacked gradients are checked against the one-at-a-time ones
+    (``max_rel_grad_diff``), so the timing compares the same computation."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state
+
+    from wsss.models.mct_vit import ModelConfig, create_backbone
+
+    torch.manual_seed(0)
+    size = model_config["img_size"]
+    batches = [_random_batch(batch, size, num_classes) for _ in range(seeds)]
+    images = torch.stack([b[0] for b in batches])
+    labels = torch.stack([b[1] for b in batches])
+
+    class Floor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = create_backbone(ModelConfig.from_dict(model_config))
+            self.head = torch.nn.Linear(self.backbone.embed_dim, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone.forward_features(x)[:, 0])
+
+    models = [Floor() for _ in range(seeds)]
+    singles = [copy.deepcopy(m) for m in models]
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in singles]
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    stacked_opt = torch.optim.AdamW(list(params.values()), lr=1e-4)
+    template = copy.deepcopy(models[0]).to("meta")
+    # torch has no vmap batching rule for the CPU's fused attention kernel (it falls back to
+    # a loop over the stacked models): the stacked step uses timm's explicit attention.
+    for module in template.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+
+    def loss_of(p, b, x, y):
+        logits = functional_call(template, (p, b), (x,))
+        return F.multilabel_soft_margin_loss(logits, y)
+
+    vectorised = torch.func.vmap(loss_of)
+
+    def one_at_a_time(update: bool = True):
+        for k, (model, opt) in enumerate(zip(singles, opts, strict=True)):
+            loss = F.multilabel_soft_margin_loss(model(images[k]), labels[k])
+            opt.zero_grad()
+            loss.backward()
+            if update:
+                opt.step()
+
+    def stacked(update: bool = True):
+        loss = vectorised(params, buffers, images, labels).sum()
+        stacked_opt.zero_grad()
+        loss.backward()
+        if update:
+            stacked_opt.step()
+
+    # Same weights, same batches: the stacked gradients are the one-at-a-time ones.
+    one_at_a_time(update=False)
+    stacked(update=False)
+    worst = 0.0
+    for name, grad in ((n, p.grad) for n, p in params.items()):
+        for k, model in enumerate(singles):
+            ref = dict(model.named_parameters())[name].grad
+            worst = max(worst, float((grad[k] - ref).abs().max() / (ref.abs().max() + 1e-12)))
+
+    def run_sequential():
+        for _ in range(steps):
+            one_at_a_time()
+
+    def run_stacked():
+        for _ in range(steps):
+            stacked()
+
+    times = _interleaved({"one_at_a_time": run_sequential, "stacked": run_stacked}, rounds=rounds)
+    ratio = _ratio(times, "stacked", "one_at_a_time")
+    return {
+        "seeds": seeds,
+        "batch": batch,
+        "steps": steps,
+        "rounds": rounds,
+        "img_size": size,
+        "one_at_a_time_images_per_s": seeds
+        * batch
+        * steps
+        / float(np.median(times["one_at_a_time"])),
+        "ratio": ratio["median"],
+        "range": [ratio["min"], ratio["max"]],
+        "max_rel_grad_diff": worst,
+    }
+
+
 def bench_cpu_bf16(
     model_config: dict,
     method_specs: dict[str, dict],

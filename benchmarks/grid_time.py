@@ -207,6 +207,25 @@ def bf16_section(params_path: str, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stacked_seeds_section(params_path: str, rounds: int, seeds: int) -> str:
+    """Markdown: ``seeds`` floor models trained as one vectorised step against one after
+    another (benchmarks/bench.py's bench_stacked_seeds), in this process, interleaved."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import bench_stacked_seeds
+
+    model, _, classes, batch = _trained_runs(params_path)
+    r = bench_stacked_seeds(model, classes, batch, seeds, steps=2, rounds=rounds)
+    low, high = r["range"]
+    return (
+        f"\n{seeds} seeds' floor models (plain ViT of the proxy's shape, AdamW, batch {batch} "
+        f"each) as one stacked step (torch.func vmap) against one after another, same process, "
+        f"interleaved, {rounds} rounds of 2 steps: stacked / one-at-a-time time "
+        f"{r['ratio']:.2f}x (range {low:.2f}–{high:.2f}); one-at-a-time "
+        f"{r['one_at_a_time_images_per_s']:.0f} images/s; the stacked gradients match the "
+        f"one-at-a-time ones to {r['max_rel_grad_diff']:.1e} (relative).\n"
+    )
+
+
 BEGIN, END = "<!-- seed-cost: benchmarks/grid_time.py --seed-section -->", "<!-- /seed-cost -->"
 
 
@@ -276,13 +295,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PARAMS",
         help="print the trained runs' bf16-autocast step against fp32 (train.cpu_bf16) and exit",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="with --bf16: timing rounds")
+    parser.add_argument(
+        "--stacked-seeds",
+        metavar="PARAMS",
+        help="print several seeds' floor models as one vmapped step against one at a time, exit",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="with --stacked-seeds: models")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="with --bf16/--stacked-seeds: timing rounds"
+    )
     parser.add_argument("--note", default="", help="a line put under the section (load, machine)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat = 1
     if args.bf16:
         print(bf16_section(args.bf16, rounds=args.rounds))
+        return 0
+    if args.stacked_seeds:
+        print(stacked_seeds_section(args.stacked_seeds, rounds=args.rounds, seeds=args.seeds))
         return 0
     if args.log is None:
         parser.error("a Snakemake log is needed (only --bf16 runs without one)")

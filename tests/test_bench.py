@@ -13,6 +13,7 @@ from bench import (  # noqa: E402
     aream_decomposition,
     bench_cpu_bf16,
     bench_epochs,
+    bench_stacked_seeds,
     bench_training,
     markdown,
 )
@@ -54,6 +55,15 @@ def test_cpu_bf16_section_gives_each_method_a_ratio_to_its_fp32_step(tiny_model_
     for entry in result["methods"].values():
         low, high = entry["range"]
         assert 0 < low <= entry["ratio"] <= high and entry["fp32_images_per_s"] > 0
+
+
+def test_stacked_seeds_compute_the_one_at_a_time_gradients(tiny_model_config):
+    # The vmapped step must be the same computation as the models one after another:
+    # the harness compares their gradients from the same weights before timing.
+    result = bench_stacked_seeds(tiny_model_config, 3, 4, seeds=2, steps=1, rounds=1)
+    assert result["seeds"] == 2 and result["max_rel_grad_diff"] < 1e-4
+    low, high = result["range"]
+    assert 0 < low <= result["ratio"] <= high
 
 
 def test_markdown_lists_epoch_rows():
