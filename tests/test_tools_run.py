@@ -41,6 +41,19 @@ def test_is_run_command(argv, expected):
     assert is_run_command(argv) is expected
 
 
+def test_targets_after_the_overrides_stay_targets():
+    # `wsss run --configfile o.yaml -- a.json -n`: Snakemake must see a.json as a target,
+    # not as a second config file (its --configfile takes every value that follows).
+    from snakemake.cli import get_argument_parser
+
+    from wsss.tools.run import run_command
+
+    command = run_command(2, ["--configfile", "o.yaml"], ["a.json", "-n"])
+    parsed = get_argument_parser().parse_args(command[3:])
+    assert parsed.targets == ["a.json"] and parsed.dryrun
+    assert [str(f) for f in parsed.configfile] == ["o.yaml"]
+
+
 def test_temporaries_of_wsss_io_are_found_and_nothing_else(tmp_path):
     """Names made by the real atomic writers (caught while they exist) match; final files,
     .gitignore and Snakemake's .snakemake_timestamp do not."""

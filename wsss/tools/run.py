@@ -215,6 +215,13 @@ def _snakemake(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "snakemake", *args]
 
 
+def run_command(cores: int | str, config_args: list[str], snakemake_args: list[str]) -> list[str]:
+    """The Snakemake command of a run. The override files go last: Snakemake's
+    ``--configfile`` takes every value that follows it, so targets given after ``--``
+    (``wsss run --configfile o.yaml -- results/x.json``) would be read as config files."""
+    return _snakemake(["--cores", str(cores), "--rerun-incomplete", *snakemake_args, *config_args])
+
+
 def recover(root: Path, params: dict, config_args: list[str]) -> None:
     """Steps 3-6 of the module docstring, with the project lock held."""
     alive = live_run_processes(root)
@@ -280,9 +287,7 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as err:  # RunRefused, or snakemake --unlock failing
             _say(f"error: {err}")
             return 1
-        command = _snakemake(
-            ["--cores", str(args.cores), "--rerun-incomplete", *config_args, *args.snakemake_args]
-        )
+        command = run_command(args.cores, config_args, args.snakemake_args)
         # Snakemake inherits the lock's descriptor: the project stays locked while it runs,
         # even if this process is killed alone.
         child = subprocess.Popen(command, cwd=root, pass_fds=(lock.fileno(),))
