@@ -235,7 +235,8 @@ def replace_section(path: Path, text: str) -> None:
     block = f"{BEGIN}\n{text}{END}\n"
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1].lstrip("\n")
+        after = rest.split(END, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + after if after else "")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)
