@@ -251,7 +251,10 @@ def test_a_training_run_name_cannot_serve_two_recipes(params):
     # into the plain method's run folder.
     params["methods"]["aream"] = {"train": "mctformer_v2", "overrides": {"train": {"epochs": 3}}}
     params["methods"]["aream_plain"] = {"train": "aream"}
-    with pytest.raises(ParamsError, match="training run 'aream' is also the run of a variant"):
+    with pytest.raises(
+        ParamsError,
+        match=r"methods\.aream: methods\.aream has its own training settings .* under the run name 'aream', which is also the run of .*methods\.aream_plain with other settings; rename the variant$",
+    ):
         validate_params(params)
 
 
@@ -658,3 +661,48 @@ def test_errors_name_the_file_that_set_the_bad_key(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
     with pytest.raises(ParamsError, match=r"params\.yaml is invalid:\n  train\.epochs"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_method_param_errors_name_the_file_and_key_that_set_them(tmp_path):
+    """A bad method parameter in an override file was reported as "params.yaml is invalid:
+    methods.aream: method_params.aream.weight ...": the variant's key (set in params.yaml)
+    led the line, so the error named params.yaml. Now the method's own key leads, and a
+    value from a variant's train_params is named there, not under method_params."""
+    override = tmp_path / "o.yaml"
+    override.write_text("method_params: {aream: {weight: heavy}}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    assert str(err.value).startswith(
+        f"{override} is invalid:\n  method_params.aream.weight: expected a number, got 'heavy'"
+    )
+    override.write_text("methods: {aream_x: {train: aream, train_params: {wieght: 1}}}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    assert str(err.value).startswith(
+        f"{override} is invalid:\n  methods.aream_x.train_params: unknown key(s) ['wieght']"
+    )
+
+
+def test_a_variant_named_like_its_method_with_own_settings_names_the_setting(tmp_path):
+    """`methods.aream.train_params` in an override gives the variant `aream` its own run,
+    named `aream`, the run the other AReAM variants train with the defaults: one line, led
+    by the key the override set, naming every variant involved and both fixes."""
+    override = tmp_path / "o.yaml"
+    override.write_text("methods: {aream: {train_params: {weight: 0.2}}}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    text = str(err.value)
+    assert text.startswith(f"{override} is invalid:\n  methods.aream.train_params: methods.aream ")
+    assert text.count("\n") == 1  # one problem line, not one per sibling variant
+    assert "methods.aream_unrefined" in text and "method_params.aream" in text
+
+
+def test_a_check_across_keys_names_the_file_that_changed_one_of_them(tmp_path):
+    """`train: {epochs: 3}` in an override makes AReAM's cls_epochs (params.yaml) too late;
+    the line leads with cls_epochs, but the file to blame is the override that set the
+    other key it names, not params.yaml."""
+    override = tmp_path / "short.yaml"
+    override.write_text("train: {epochs: 3}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    assert str(err.value).startswith(f"{override} is invalid:\n  method_params.aream.cls_epochs")

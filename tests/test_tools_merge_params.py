@@ -32,7 +32,18 @@ def test_the_smoke_preset_merged_keeps_comments_and_the_dvc_paths(params):
     kept = merge_into(params, [REPO / "configs" / "smoke.yaml"])
     assert kept == ["results_dir", "datasets.synthetic.root"]
     after = params.read_text()
-    assert _comments(after) == _comments(before)  # every comment, in order
+    # Every comment, in order, except the end-of-line comments of replaced values: they
+    # described params.yaml's value (`seeds: [0]  # at least 3 ...` after the merge), so
+    # they now name the preset; the comment lines after them stay.
+    smoke_path = REPO / "configs" / "smoke.yaml"
+    marked = f"# set by {smoke_path}"
+    assert re.search(rf"\n  seeds: \[0\] +{re.escape(marked)}\n", after)
+    assert "at least 3" in before and "at least 3" not in after
+    stale = [c for c in _comments(before) if c not in _comments(after)]
+    assert len(stale) == after.count(marked) > 0
+    assert [c for c in _comments(after) if c != marked] == [
+        c for c in _comments(before) if c not in stale
+    ]
     assert "null" in after and "weights: null" in after  # not rewritten as empty values
     expected = deep_merge(yaml.safe_load(before), smoke)
     del expected["results_dir"]  # params.yaml has none: the schema default, results

@@ -44,7 +44,7 @@ def training_key(params: dict[str, Any], variant: str) -> str:
     training method, ``train_params`` and ``overrides`` are all equal to its own.
     """
     recipe = _training_recipe(params, variant)
-    if recipe == (recipe[0], {}, {}):
+    if _is_default_recipe(recipe):
         return recipe[0]
     # Variants with equal recipes share the run, named after the first of them.
     return next(v for v in params["methods"] if _training_recipe(params, v) == recipe)
@@ -55,6 +55,12 @@ def _training_recipe(params: dict[str, Any], variant: str) -> tuple[str, dict, d
     spec = params["methods"][variant]
     overrides = {block: v for block, v in (spec.get("overrides") or {}).items() if v}
     return spec["train"], spec.get("train_params") or {}, overrides
+
+
+def _is_default_recipe(recipe: tuple[str, dict, dict]) -> bool:
+    """A recipe with no ``train_params`` and no ``overrides``: its run is named after the
+    training method."""
+    return recipe == (recipe[0], {}, {})
 
 
 def training_variant(params: dict[str, Any], key: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsss.config.resolve import (
+    _is_default_recipe,
     _training_recipe,
     build_variant_methods,
     dataset_block,
@@ -62,10 +63,22 @@ class ParamsSources:
             key = key.rpartition(".")[0]
         return self.default
 
+    def _file_of(self, line: str) -> str:
+        """The file of a problem line's key; for a check across keys (``cls_epochs`` against
+        ``train.epochs``) whose leading key is params.yaml's, the file that set another key
+        the line names, since that value is the one an override changed."""
+        file = self.of_key(_problem_key(line))
+        if file != self.default:
+            return file
+        for token in _DOTTED.findall(line):
+            if self.keys.get(token, self.default) != self.default:
+                return self.keys[token]
+        return file
+
     def error(self, problems: Sequence[str]) -> ParamsError:
         """One error for ``problems`` (lines ``<dotted key>: <what is wrong>``), headed by the
         file that supplied the bad keys, or by each line's file when there are several."""
-        files = [self.of_key(_problem_key(line)) for line in problems]
+        files = [self._file_of(line) for line in problems]
         if len(set(files)) == 1:
             return ParamsError(f"{files[0]} is invalid:\n  " + "\n  ".join(problems))
         lines = [f"{line} (from {file})" for line, file in zip(problems, files, strict=True)]
@@ -75,6 +88,7 @@ class ParamsSources:
 
 
 _KEY = re.compile(r"[^\s:]+(?=: )")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.\w+)+")
 
 
 def _problem_key(line: str) -> str:
@@ -83,9 +97,7 @@ def _problem_key(line: str) -> str:
     return match.group(0) if match else ""
 
 
-def validate_params(
-    params: dict[str, Any], source: str | ParamsSources = "params.yaml"
-) -> None:
+def validate_params(params: dict[str, Any], source: str | ParamsSources = "params.yaml") -> None:
     """Check ``params`` against the JSON schema and the registries; raise :class:`ParamsError`
     naming the key, and the file that set it (``source``: the file's name, or a
     :class:`ParamsSources` of the files merged into ``params``).
@@ -194,14 +206,7 @@ def _check_names(params: dict[str, Any], sources: ParamsSources) -> None:
             problems.append(
                 f"method_params.{name}: no registered method of that name (known: {', '.join(known)})"
             )
-    runs: dict[str, tuple] = {}
-    for variant in params["methods"]:
-        key, recipe = training_key(params, variant), _training_recipe(params, variant)
-        if runs.setdefault(key, recipe) != recipe:
-            problems.append(
-                f"methods.{variant}: its training run {key!r} is also the run of a variant "
-                "with another training method, train_params or overrides; rename one of them"
-            )
+    problems.extend(_check_shared_runs(params, sources))
     problems.extend(_check_upstream(params))
     thresholds = params["evaluate"]["thresholds"]
     if thresholds["start"] > thresholds["stop"]:
@@ -222,7 +227,7 @@ def _check_names(params: dict[str, Any], sources: ParamsSources) -> None:
         try:
             build_variant_methods(params, variant)
         except ValueError as err:
-            raise sources.error([f"methods.{variant}: {err}"]) from err
+            raise sources.error([_method_problem(params, variant, str(err))]) from err
     # Block indices against the depth of the model each run builds; each method's limits
     # against the train block of each run (e.g. a start epoch within train.epochs).
     depth_problems = _check_blocks(params) + _check_limits(params)
@@ -236,6 +241,68 @@ def _check_names(params: dict[str, Any], sources: ParamsSources) -> None:
             PseudoLabelSettings.from_dict(dataset_block(params, dataset, "pseudo_labels"))
         except ValueError as err:
             raise sources.error([f"datasets.{dataset}: {err}"]) from err
+
+
+def _method_problem(params: dict[str, Any], variant: str, text: str) -> str:
+    """The problem line for a method's own error ``text`` when building ``variant``.
+
+    A method names the key it rejects in its merged parameters,
+    ``method_params.<method>[.<key>]``; the line leads with that key, so the error names
+    the file that set it, not the one that declared the variant. Where the key came from
+    the variant's own ``train_params``/``refine_params``, the line names that instead
+    (``methods.<variant>.train_params.<key>``). An error naming no such key is put under
+    ``methods.<variant>``."""
+    raw = params["methods"][variant]
+    key = _problem_key(text)
+    for block, name in (("train_params", raw["train"]), ("refine_params", raw.get("refine"))):
+        prefix, own = f"method_params.{name}", raw.get(block) or {}
+        if not own or not (key == prefix or key.startswith(f"{prefix}.")):
+            continue
+        rest = key[len(prefix) + 1 :].split(".")[0]
+        # "<prefix>: unknown key(s) ['x']" names no key of its own: look for the listed ones
+        if (rest in own) if rest else any(repr(k) in text for k in own):
+            return f"methods.{variant}.{block}{text[len(prefix) :]}"
+    if key.startswith("method_params."):
+        return f"{text} (used by methods.{variant})"
+    return f"methods.{variant}: {text}"
+
+
+def _check_shared_runs(params: dict[str, Any], sources: ParamsSources) -> list[str]:
+    """Variants whose training settings differ but whose run names coincide.
+
+    A variant with default settings trains under its training method's name; one with its
+    own ``train_params``/``overrides`` trains under the name of the first variant with its
+    settings (:func:`~wsss.config.resolve.training_key`). The two collide when that variant
+    is named like the training method (e.g. ``methods.aream`` given ``train_params``, while
+    ``aream_unrefined`` trains ``aream`` with the defaults). The problem line leads with the
+    settings key a file set for the odd variant, so the error names that file."""
+    problems = []
+    by_run: dict[str, list[str]] = {}
+    for variant in params["methods"]:
+        by_run.setdefault(training_key(params, variant), []).append(variant)
+    for key, variants in by_run.items():
+        recipes = [_training_recipe(params, v) for v in variants]
+        if all(recipe == recipes[0] for recipe in recipes):
+            continue
+        own = [v for v, r in zip(variants, recipes, strict=True) if not _is_default_recipe(r)]
+        others = [v for v in variants if v not in own]
+        if not own or not others:  # two custom recipes under one name: name the later one
+            own, others = variants[1:], variants[:1]
+        candidates = [
+            f"methods.{v}.{field}" for v in own for field in ("train_params", "overrides", "train")
+        ]
+        set_by_a_file = [c for c in candidates if sources.of_key(c) != sources.default]
+        lead = (set_by_a_file or [f"methods.{own[0]}"])[0]
+        train = params["methods"][own[0]]["train"]
+        hint = "rename the variant"
+        if any(params["methods"][v].get("train_params") for v in own):
+            hint += f", or set the value under method_params.{train} for every {train} variant"
+        problems.append(
+            f"{lead}: {', '.join(f'methods.{v}' for v in own)} has its own training settings "
+            f"(train_params or overrides) but trains under the run name {key!r}, which is also "
+            f"the run of {', '.join(f'methods.{v}' for v in others)} with other settings; {hint}"
+        )
+    return problems
 
 
 def _check_upstream(params: dict[str, Any]) -> list[str]:

@@ -67,8 +67,12 @@ def _load(yaml, path: Path) -> Any:
         raise SystemExit(f"{path}: not valid YAML: {err}") from None
 
 
-def _merge(document: Any, override: dict, path: tuple[str, ...], kept: list[str]) -> None:
-    """``override`` into the round-trip mapping ``document`` in place, as deep_merge."""
+def _merge(
+    document: Any, override: dict, path: tuple[str, ...], kept: list[str], source: str
+) -> None:
+    """``override`` into the round-trip mapping ``document`` in place, as deep_merge. A
+    replaced value's end-of-line comment described the old value (``seeds: [0]  # at least
+    3``): its first line now names ``source`` instead; the comment lines after it stay."""
     for key, value in override.items():
         where = (*path, key)
         if where in DVC_PATHS:
@@ -77,9 +81,22 @@ def _merge(document: Any, override: dict, path: tuple[str, ...], kept: list[str]
             continue
         current = document.get(key) if hasattr(document, "get") else None
         if isinstance(value, dict) and isinstance(current, dict):
-            _merge(current, value, where, kept)
+            _merge(current, value, where, kept, source)
         else:
+            if current != value:
+                _replace_line_comment(document, key, f"# set by {source}")
             document[key] = value
+
+
+def _replace_line_comment(document: Any, key: str, text: str) -> None:
+    """The first line of ``key``'s end-of-line comment (ruamel keeps the comment lines that
+    follow it in the same token) becomes ``text``; nothing when the key has none."""
+    comments = document.ca.items.get(key) if hasattr(document, "ca") else None
+    token = comments[2] if comments else None  # [.., .., end-of-line token, ..]
+    if token is None or not token.value.startswith("#"):
+        return
+    _, newline, rest = token.value.partition("\n")
+    token.value = f"{text}{newline}{rest}"
 
 
 def _without_dvc_paths(layer: dict) -> dict:
@@ -107,7 +124,7 @@ def merge_into(params: Path, overrides: list[Path]) -> list[str]:
             continue
         if not isinstance(layer, dict):
             raise SystemExit(f"{override}: expected a mapping of params.yaml keys")
-        _merge(document, layer, (), kept)
+        _merge(document, layer, (), kept, str(override))
         layers.append((str(override), _without_dvc_paths(json.loads(json.dumps(layer)))))
     # an error names the file that set the bad key, as for --configfile
     validate_params(json.loads(json.dumps(document)), source=ParamsSources.of(layers))
