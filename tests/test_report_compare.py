@@ -134,6 +134,20 @@ def test_a_rev_without_dvc_data_or_unknown_is_named(repo, capsys, monkeypatch):
     assert "revision 'no-such-rev'" in capsys.readouterr().err
 
 
+def test_data_missing_from_cache_and_remote_says_what_to_do(repo, tmp_path, capsys, monkeypatch):
+    """A clone with no DVC remote and an empty cache (what a fresh clone of this project
+    is): DVC only says "failed to load directory"; the error names the revision, that the
+    data is in neither the cache nor a remote, and how to get it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(repo.parent / ".cache"))
+    clone = tmp_path / "clone"
+    shutil.copytree(repo, clone)
+    _run([sys.executable, "-m", "dvc", "remote", "remove", "local"], clone)
+    assert main(["compare", "HEAD~1", "--repo", str(clone)]) == 1
+    err = capsys.readouterr().err
+    assert "revision 'HEAD~1': DVC cannot read its results/runs" in err
+    assert "none is configured (`dvc remote list` is empty)" in err
+
+
 def test_different_splits_are_refused(tmp_path):
     _write_runs(tmp_path / "x", gain=0.0, split="val")
     _write_runs(tmp_path / "y", gain=0.0, split="train")

@@ -70,6 +70,11 @@ def dvc_runs(
     except FileNotFoundError:
         files = []
     except Exception as err:  # dvc/scmrepo raise their own types for an unknown revision
+        if _is_commit(rev, repo):  # git knows it: DVC lacks the data of a tracked folder
+            raise ValueError(
+                f"revision {rev!r}: DVC cannot read its {results_dir}/runs ({err}): the data "
+                f"is in neither this checkout's DVC cache nor {_remotes_text(repo)}"
+            ) from err
         raise ValueError(f"revision {rev!r}: git or DVC cannot open it ({err})") from err
     if not files:
         raise ValueError(
@@ -82,10 +87,41 @@ def dvc_runs(
             runs[f"{rev}:{path}"] = json.loads(fs.read_text(path))
         except Exception as err:
             raise ValueError(
-                f"revision {rev!r}: {path} is tracked but its data is neither in the DVC cache "
-                f"nor in the remote ({err}); `dvc push` it from where it was made"
+                f"revision {rev!r}: {path} is tracked but its data is in neither the DVC cache "
+                f"nor {_remotes_text(repo)} ({err})"
             ) from err
     return _runs_from_json(runs)
+
+
+def _is_commit(rev: str, repo: str | Path) -> bool:
+    import subprocess
+
+    result = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=repo,
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+def _remotes_text(repo: str | Path) -> str:
+    """Where the missing data could come from, and what to do: the configured DVC
+    remotes (then `dvc push` from the machine that made the runs), or none (then add one,
+    or rerun the grid at that commit and `dvc commit` it)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        remotes = sorted(dvc_repo.config.get("remote", {}))
+    if remotes:
+        return (
+            f"the DVC remote(s) {', '.join(remotes)}; `dvc push` it from the machine that "
+            "made those runs"
+        )
+    return (
+        "a DVC remote: none is configured (`dvc remote list` is empty); add the one that "
+        "holds it (`dvc remote add -d <name> <url>`), or check out that commit, run the grid "
+        "and `dvc commit` it"
+    )
 
 
 def compare_runs(

@@ -29,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--configfile",
-        nargs="+",
+        action="append",  # one file per flag, as `wsss run`: a rev after it stays the rev
         default=[],
-        help="override files merged on top of --params, as for snakemake --configfile",
+        help="override file merged on top of --params (repeatable), as for `wsss run`",
     )
     p.add_argument("--results-dir", help="the results folder (default: the params' results_dir)")
     p.add_argument("--out", help="also write the markdown table here")
