@@ -23,7 +23,6 @@ install: $(BIN)/.installed
 # files) and runs `snakemake --rerun-incomplete`. ARGS: e.g. ARGS="--configfile configs/smoke.yaml".
 run: install
 	$(BIN)/wsss run --cores $(CORES) $(ARGS)
-	@echo "table: results/table.md"
 
 dry-run: install
 	$(BIN)/wsss check-params

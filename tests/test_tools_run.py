@@ -224,3 +224,46 @@ def test_bad_params_fail_before_the_lock_with_file_and_line(tmp_path):
     assert result.returncode == 1
     assert "bad.yaml:3:" in result.stderr and "not valid YAML" in result.stderr
     assert not (project / ".snakemake").exists()
+
+
+@pytest.mark.parametrize(
+    "configfiles, dry, expected",
+    [
+        ([], False, "results/table.md"),
+        (["configs/smoke.yaml"], False, "results-smoke/table.md"),
+        (["configs/smoke.yaml"], True, None),
+    ],
+)
+def test_a_finished_run_names_its_own_table(
+    tmp_path, monkeypatch, capsys, configfiles, dry, expected
+):
+    """`make run ARGS="--configfile configs/smoke.yaml"` ended with "table: results/table.md"
+    (a fixed echo in the Makefile) while the table was in results-smoke/. `wsss run` now
+    names the table of the params it ran, after Snakemake succeeds, and not for a dry run."""
+    import argparse
+
+    from wsss.tools import run as run_module
+
+    (tmp_path / "workflow").mkdir()
+    (tmp_path / "workflow" / "Snakefile").write_text("")
+    (tmp_path / "configs").mkdir()
+    for name in ("params.yaml", "configs/smoke.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_module, "recover", lambda *a: None)
+
+    class Done:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(run_module.subprocess, "Popen", Done)
+    args = argparse.Namespace(cores=1, configfile=configfiles, snakemake_args=["-n"] if dry else [])
+    assert run_module.run(args) == 0
+    err = capsys.readouterr().err
+    if expected is None:
+        assert "table:" not in err
+    else:
+        assert err.splitlines()[-1] == f"wsss run: table: {expected}"

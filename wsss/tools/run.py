@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO
 
 from wsss.config import load_params, prepare_config, results_dir
+from wsss.tools.check_params import valid_line
 
 HELP = "run the DAG; recover from an interrupted run (locks, temporary files, lost data)"
 
@@ -269,12 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if not (root / "workflow" / "Snakefile").is_file():
         raise FileNotFoundError(f"{root} holds no workflow/Snakefile; run from the project root")
     params = load_params(root / PARAMS, *args.configfile)
-    grid = params["grid"]
-    _say(
-        f"{PARAMS}{''.join(' + ' + c for c in args.configfile)}: valid "
-        f"({len(grid['datasets'])} datasets x {len(grid['methods'])} methods x "
-        f"{len(grid['seeds'])} seeds)"
-    )
+    _say(valid_line([PARAMS, *args.configfile], params))
     config_args = ["--configfile", *args.configfile] if args.configfile else []
     try:
         lock = acquire_project_lock(root)
@@ -302,7 +298,11 @@ def run(args: argparse.Namespace) -> int:
             signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
         }
         try:
-            return child.wait()
+            returncode = child.wait()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+    dry = {"-n", "--dry-run", "--dryrun"} & set(args.snakemake_args)
+    if returncode == 0 and not dry:  # the results folder of these params, presets included
+        _say(f"table: {results_dir(params)}/table.md")
+    return returncode
