@@ -142,7 +142,6 @@ def test_cam_overlay_tints_by_the_strongest_class():
         cam_overlay(np.zeros((3, 3, 3), np.uint8), CamRecord("x", np.array([1, 3]), cams))
 
 
-
 def test_cam_overlay_is_exact_integer_arithmetic():
     """Issue 28, case 9: the gallery churned by one level in 16-20 pixels between runs with
     identical CAMs (float32 products). The overlay is now exact: hand-computed values,
