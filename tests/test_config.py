@@ -695,6 +695,13 @@ def test_a_variant_named_like_its_method_with_own_settings_names_the_setting(tmp
     assert text.startswith(f"{override} is invalid:\n  methods.aream.train_params: methods.aream ")
     assert text.count("\n") == 1  # one problem line, not one per sibling variant
     assert "methods.aream_unrefined" in text and "method_params.aream" in text
+    # `overrides` written by the file: the line leads with that key, not with train_params
+    override.write_text("methods: {clustercam: {overrides: {train: {epochs: 30}}}}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    assert str(err.value).startswith(
+        f"{override} is invalid:\n  methods.clustercam.overrides: methods.clustercam "
+    )
 
 
 def test_a_check_across_keys_names_the_file_that_changed_one_of_them(tmp_path):

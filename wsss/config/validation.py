@@ -291,8 +291,10 @@ def _check_shared_runs(params: dict[str, Any], sources: ParamsSources) -> list[s
         candidates = [
             f"methods.{v}.{field}" for v in own for field in ("train_params", "overrides", "train")
         ]
+        # a key a file wrote itself first (its `overrides`), then one under a key it wrote
+        written = [c for c in candidates if sources.keys.get(c, sources.default) != sources.default]
         set_by_a_file = [c for c in candidates if sources.of_key(c) != sources.default]
-        lead = (set_by_a_file or [f"methods.{own[0]}"])[0]
+        lead = (written or set_by_a_file or [f"methods.{own[0]}"])[0]
         train = params["methods"][own[0]]["train"]
         hint = "rename the variant"
         if any(params["methods"][v].get("train_params") for v in own):
