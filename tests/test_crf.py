@@ -191,7 +191,9 @@ def test_missing_package_raises_install_hint(monkeypatch):
     crf = importlib.import_module("wsss.ops.crf")  # importing the module needs no pydensecrf
     image = _red_blue_image()
     probs = np.full((2, HEIGHT, WIDTH), 0.5, np.float32)
-    with pytest.raises(crf.CrfUnavailableError, match=r'pip install "wsss\[crf\]"'):
+    with pytest.raises(
+        crf.CrfUnavailableError, match=r'pip install -e "\.\[crf\]" in the wsss checkout'
+    ):
         crf.dense_crf(image, probs)
     # also when no CRF would be needed (no class), so a run fails on its first image
     with pytest.raises(ImportError, match="pydensecrf2"):

@@ -6,7 +6,8 @@ appearance kernel), installed from the ``pydensecrf2`` distribution, which
 builds from source with pip. It is an optional dependency: importing this
 module works without it, but calling :func:`dense_crf` or
 :func:`crf_labels_from_cams` raises :class:`CrfUnavailableError` saying how to
-install it (``pip install "wsss[crf]"``). Nothing falls back to "no CRF".
+install it (``pip install -e ".[crf]"`` in the checkout: wsss is not on PyPI).
+Nothing falls back to "no CRF".
 
 Two settings from the literature (methods.md section 1.3):
 
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-INSTALL_HINT = 'pip install "wsss[crf]"  (or: pip install pydensecrf2)'
+# wsss is installed from its checkout, not from PyPI: the extra is named on the checkout
+INSTALL_HINT = 'pip install -e ".[crf]" in the wsss checkout (or: pip install pydensecrf2)'
 
 # Probabilities are clipped before the log so that a zero score is a finite,
 # large cost rather than an impossible label (pydensecrf's unary_from_softmax).
