@@ -663,22 +663,28 @@ def test_errors_name_the_file_that_set_the_bad_key(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
+def _override_error(override: Path, text: str) -> str:
+    """The ParamsError message of params.yaml merged with ``override`` holding ``text``."""
+    override.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(REPO / "params.yaml", override)
+    return str(err.value)
+
+
 def test_method_param_errors_name_the_file_and_key_that_set_them(tmp_path):
     """A bad method parameter in an override file was reported as "params.yaml is invalid:
     methods.aream: method_params.aream.weight ...": the variant's key (set in params.yaml)
     led the line, so the error named params.yaml. Now the method's own key leads, and a
     value from a variant's train_params is named there, not under method_params."""
     override = tmp_path / "o.yaml"
-    override.write_text("method_params: {aream: {weight: heavy}}\n")
-    with pytest.raises(ParamsError) as err:
-        load_params(REPO / "params.yaml", override)
-    assert str(err.value).startswith(
+    error = _override_error(override, "method_params: {aream: {weight: heavy}}\n")
+    assert error.startswith(
         f"{override} is invalid:\n  method_params.aream.weight: expected a number, got 'heavy'"
     )
-    override.write_text("methods: {aream_x: {train: aream, train_params: {wieght: 1}}}\n")
-    with pytest.raises(ParamsError) as err:
-        load_params(REPO / "params.yaml", override)
-    assert str(err.value).startswith(
+    error = _override_error(
+        override, "methods: {aream_x: {train: aream, train_params: {wieght: 1}}}\n"
+    )
+    assert error.startswith(
         f"{override} is invalid:\n  methods.aream_x.train_params: unknown key(s) ['wieght']"
     )
 
@@ -688,18 +694,13 @@ def test_a_variant_named_like_its_method_with_own_settings_names_the_setting(tmp
     named `aream`, the run the other AReAM variants train with the defaults: one line, led
     by the key the override set, naming every variant involved and both fixes."""
     override = tmp_path / "o.yaml"
-    override.write_text("methods: {aream: {train_params: {weight: 0.2}}}\n")
-    with pytest.raises(ParamsError) as err:
-        load_params(REPO / "params.yaml", override)
-    text = str(err.value)
-    assert text.startswith(f"{override} is invalid:\n  methods.aream.train_params: methods.aream ")
-    assert text.count("\n") == 1  # one problem line, not one per sibling variant
-    assert "methods.aream_unrefined" in text and "method_params.aream" in text
+    error = _override_error(override, "methods: {aream: {train_params: {weight: 0.2}}}\n")
+    assert error.startswith(f"{override} is invalid:\n  methods.aream.train_params: methods.aream ")
+    assert error.count("\n") == 1  # one problem line, not one per sibling variant
+    assert "methods.aream_unrefined" in error and "method_params.aream" in error
     # `overrides` written by the file: the line leads with that key, not with train_params
-    override.write_text("methods: {clustercam: {overrides: {train: {epochs: 30}}}}\n")
-    with pytest.raises(ParamsError) as err:
-        load_params(REPO / "params.yaml", override)
-    assert str(err.value).startswith(
+    error = _override_error(override, "methods: {clustercam: {overrides: {train: {epochs: 30}}}}\n")
+    assert error.startswith(
         f"{override} is invalid:\n  methods.clustercam.overrides: methods.clustercam "
     )
 
