@@ -63,6 +63,10 @@ class ParamsSources:
             key = key.rpartition(".")[0]
         return self.default
 
+    def overridden(self, key: str) -> bool:
+        """Whether a file after ``default`` (an override) wrote ``key`` (dotted) itself."""
+        return self.keys.get(key, self.default) != self.default
+
     def _file_of(self, line: str) -> str:
         """The file of a problem line's key; for a check across keys (``cls_epochs`` against
         ``train.epochs``) whose leading key is params.yaml's, the file that set another key
@@ -71,7 +75,7 @@ class ParamsSources:
         if file != self.default:
             return file
         for token in _DOTTED.findall(line):
-            if self.keys.get(token, self.default) != self.default:
+            if self.overridden(token):
                 return self.keys[token]
         return file
 
@@ -292,7 +296,7 @@ def _check_shared_runs(params: dict[str, Any], sources: ParamsSources) -> list[s
             f"methods.{v}.{field}" for v in own for field in ("train_params", "overrides", "train")
         ]
         # a key a file wrote itself first (its `overrides`), then one under a key it wrote
-        written = [c for c in candidates if sources.keys.get(c, sources.default) != sources.default]
+        written = [c for c in candidates if sources.overridden(c)]
         set_by_a_file = [c for c in candidates if sources.of_key(c) != sources.default]
         lead = (written or set_by_a_file or [f"methods.{own[0]}"])[0]
         train = params["methods"][own[0]]["train"]
